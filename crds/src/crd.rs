@@ -6,14 +6,14 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::{Error, PodNetwork, Result, ServiceRoute};
+use crate::{Error, NodeBlock, PodNetwork, Result, ServiceRoute};
 
 /// Where the chart keeps the CRDs, relative to the repository root.
 pub const CHART_CRD_DIR: &str = "charts/switchyard/crds";
 
 /// Every CRD of the API, in install order.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![PodNetwork::crd(), ServiceRoute::crd()]
+    vec![PodNetwork::crd(), ServiceRoute::crd(), NodeBlock::crd()]
 }
 
 /// File name of a CRD: `<plural>.<group>.yaml`.

@@ -7,11 +7,14 @@
 
 pub mod crd;
 pub mod error;
+pub mod membership;
+pub mod node_block;
 pub mod pod_network;
 pub mod service_route;
 pub mod validate;
 
 pub use error::{Error, Result};
+pub use node_block::{NodeBlock, NodeBlockSpec};
 pub use pod_network::{PodNetwork, PodNetworkSpec, PodNetworkStatus};
 pub use service_route::{ServiceRoute, ServiceRouteSpec, ServiceRouteStatus};
 pub use validate::{Violation, Violations};

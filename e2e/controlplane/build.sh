@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the lab's control plane (etcd, kube-apiserver, kube-controller-manager,
-# kubectl) from the Go modules pinned beside this script, into a cache keyed by
+# kubectl) and cnitool, the reference CNI runtime, from the Go modules pinned beside this script, into a cache keyed by
 # version. A cache hit costs nothing; a cold build takes a while on 2 cores and
 # shows its progress. Prints the cache directory on its last line.
 set -euo pipefail
@@ -13,12 +13,13 @@ fi
 
 # The versions come from the pinned modules, so go.mod is the single source.
 k8s=$(sed -n 's|^[[:space:]]*k8s.io/kubernetes v\([0-9.]*\).*|\1|p' "$here/k8s/go.mod" | head -n1)
+cni=$(sed -n 's|.*github.com/containernetworking/cni v\([0-9.]*\).*|\1|p' "$here/cni/go.mod" | head -n1)
 etcd=$(sed -n 's|.*go.etcd.io/etcd/server/v3 v\([0-9.]*\).*|\1|p' "$here/etcd/go.mod" | head -n1)
 [ -n "$k8s" ] && [ -n "$etcd" ] || { echo "switchyard: cannot read pinned versions from $here/{k8s,etcd}/go.mod" >&2; exit 1; }
 minor=$(cut -d. -f2 <<<"$k8s")
 
-out=${SWITCHYARD_CONTROLPLANE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/switchyard/k8s-v$k8s-etcd-v$etcd}
-bins=(etcd kube-apiserver kube-controller-manager kubectl)
+out=${SWITCHYARD_CONTROLPLANE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/switchyard/k8s-v$k8s-etcd-v$etcd-cni-v$cni}
+bins=(etcd kube-apiserver kube-controller-manager kubectl cnitool)
 missing=()
 for b in "${bins[@]}"; do [ -x "$out/$b" ] || missing+=("$b"); done
 if [ ${#missing[@]} -eq 0 ]; then
@@ -36,6 +37,11 @@ need() { printf '%s\n' "${missing[@]}" | grep -qx "$1"; }
 if need etcd; then
   step "building etcd v$etcd"
   (cd "$here/etcd" && go build -trimpath -ldflags="-s -w" -o "$out/etcd.tmp" . ) && mv "$out/etcd.tmp" "$out/etcd"
+fi
+
+if need cnitool; then
+  step "building cnitool v$cni (the reference CNI runtime)"
+  (cd "$here/cni" && go build -trimpath -ldflags="-s -w" -o "$out/cnitool.tmp" github.com/containernetworking/cni/cnitool) && mv "$out/cnitool.tmp" "$out/cnitool"
 fi
 
 ld="-s -w"

@@ -1,0 +1,58 @@
+//! The one error type of the node agent.
+
+/// Everything the agent can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A kernel-programming command failed.
+    #[error("`{command}` failed: {stderr}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// Its standard error.
+        stderr: String,
+    },
+    /// A program could not be started.
+    #[error("cannot run {program}: {source}; is it installed (iproute2, nftables)?")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Output of a command could not be read.
+    #[error("cannot parse the output of `{command}`: {source}")]
+    Parse {
+        /// The command.
+        command: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A file operation failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        /// What was done.
+        op: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// A short stable label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Command { .. } => "command",
+            Error::Spawn { .. } => "spawn",
+            Error::Parse { .. } => "parse",
+            Error::Io { .. } => "io",
+        }
+    }
+}
+
+/// `Result` with the agent's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,7 @@
+//! Programming the node's kernel: links and routes through iproute2, packet filtering through
+//! one nftables table of our own. Each `apply` reads what is there, compares it with what
+//! should be, and changes only the difference.
+
+pub mod cmd;
+pub mod links;
+pub mod nft;

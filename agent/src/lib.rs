@@ -1,0 +1,17 @@
+//! Switchyard's node agent: turns PodNetworks and NodeBlocks into this node's kernel state
+//! (one bridge per network the node carries, one route per remote node block, one nftables
+//! table) and answers the CNI plugin's questions over a unix socket.
+//!
+//! It decides no policy of its own: everything it programs comes from API objects, through the
+//! pure `desired` computation; `kernel` only applies differences.
+#![forbid(unsafe_code)]
+
+pub mod cni_config;
+pub mod cni_server;
+pub mod desired;
+pub mod error;
+pub mod kernel;
+pub mod run;
+pub mod state;
+
+pub use error::{Error, Result};

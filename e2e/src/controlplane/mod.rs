@@ -1,0 +1,674 @@
+//! A real Kubernetes control plane as child processes: etcd, kube-apiserver and
+//! kube-controller-manager built from the Go modules pinned in `e2e/controlplane/`, with a PKI
+//! minted in-process. No kubelet, no scheduler: the lab's nodes are network namespaces.
+//!
+//! ```no_run
+//! # async fn f() -> switchyard_e2e::Result<()> {
+//! use switchyard_e2e::controlplane::{ControlPlane, ControlPlaneOptions, ensure_binaries};
+//! let binaries = ensure_binaries().await?;
+//! let mut cp = ControlPlane::start(ControlPlaneOptions {
+//!     dir: "/tmp/lab".into(),
+//!     bind: "198.18.0.1".parse().unwrap(),
+//!     binaries,
+//! })
+//! .await?;
+//! let client = cp.client().await?;
+//! # let _ = client;
+//! cp.stop().await;
+//! # Ok(()) }
+//! ```
+
+pub mod certs;
+pub mod kubeconfig;
+pub mod process;
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::error::{Error, Result};
+use certs::Ca;
+use process::{Managed, free_ports, log_tail};
+
+/// The service range of the lab's clusters; its first address is the `kubernetes` Service.
+pub const SERVICE_CLUSTER_IP_RANGE: &str = "198.19.255.0/24";
+/// The `kubernetes` Service's ClusterIP (first address of [`SERVICE_CLUSTER_IP_RANGE`]).
+pub const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 1);
+
+const FRONT_PROXY_CLIENT: &str = "front-proxy-client";
+const APISERVER_READY_TIMEOUT: Duration = Duration::from_secs(60);
+const ETCD_READY_TIMEOUT: Duration = Duration::from_secs(30);
+const CONTROLLER_MANAGER_READY_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// The control plane's executables, all in one directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Binaries {
+    /// The cache directory build.sh printed.
+    pub dir: PathBuf,
+    /// etcd.
+    pub etcd: PathBuf,
+    /// kube-apiserver.
+    pub kube_apiserver: PathBuf,
+    /// kube-controller-manager.
+    pub kube_controller_manager: PathBuf,
+    /// kubectl.
+    pub kubectl: PathBuf,
+    /// cnitool, the reference CNI runtime.
+    pub cnitool: PathBuf,
+}
+
+impl Binaries {
+    /// The binaries in `dir`, checked to exist.
+    pub fn from_dir(dir: impl Into<PathBuf>) -> Result<Self> {
+        let dir = dir.into();
+        let bin = |name: &str| {
+            let path = dir.join(name);
+            if path.is_file() {
+                Ok(path)
+            } else {
+                Err(Error::Missing {
+                    what: path.display().to_string(),
+                    hint: format!(
+                        "run e2e/controlplane/build.sh (it builds {name} into {})",
+                        dir.display()
+                    ),
+                })
+            }
+        };
+        Ok(Self {
+            etcd: bin("etcd")?,
+            kube_apiserver: bin("kube-apiserver")?,
+            kube_controller_manager: bin("kube-controller-manager")?,
+            kubectl: bin("kubectl")?,
+            cnitool: bin("cnitool")?,
+            dir,
+        })
+    }
+}
+
+/// Builds (or finds in the cache) the control plane's binaries by running
+/// `e2e/controlplane/build.sh`, whose progress goes to our stderr. A cold build takes a
+/// while; a cache hit returns at once.
+pub async fn ensure_binaries() -> Result<Binaries> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("controlplane")
+        .join("build.sh");
+    if !script.is_file() {
+        return Err(Error::Missing {
+            what: script.display().to_string(),
+            hint: "the lab's build script belongs to the switchyard-e2e crate; check out the whole repository".into(),
+        });
+    }
+    let output = tokio::process::Command::new("bash")
+        .arg(&script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => Error::Missing {
+                what: "bash".into(),
+                hint: "the lab's build script needs bash on PATH (apt-get install bash)".into(),
+            },
+            _ => Error::Spawn {
+                what: format!("bash {}", script.display()),
+                source,
+            },
+        })?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    match output.status.code() {
+        Some(0) => {}
+        Some(127) => {
+            return Err(Error::Missing {
+                what: "go".into(),
+                hint:
+                    "the lab builds etcd and Kubernetes from Go modules and needs the Go toolchain \
+                       (1.26 or newer) on PATH: apt-get install golang-go, or https://go.dev/dl"
+                        .into(),
+            });
+        }
+        _ => {
+            return Err(Error::Command {
+                command: format!("bash {}", script.display()),
+                status: output.status.to_string(),
+                stderr: "see the build output above".into(),
+            });
+        }
+    }
+    let dir = stdout
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .ok_or_else(|| Error::Invalid {
+            what: "build.sh output".into(),
+            message: "no cache directory on the last line of stdout".into(),
+        })?;
+    Binaries::from_dir(dir)
+}
+
+/// How to run a control plane.
+#[derive(Clone, Debug)]
+pub struct ControlPlaneOptions {
+    /// Where certificates, etcd data, logs and kubeconfigs go (created if missing; use a fresh
+    /// directory per run).
+    pub dir: PathBuf,
+    /// The address kube-apiserver binds and advertises. It must be a local, non-loopback
+    /// address (the apiserver refuses a loopback advertise address for the `kubernetes`
+    /// endpoint): typically the fabric bridge's address in the root namespace.
+    pub bind: Ipv4Addr,
+    /// The executables, from [`ensure_binaries`].
+    pub binaries: Binaries,
+}
+
+/// A running control plane. Dropping it kills its processes; [`ControlPlane::stop`] stops
+/// them gracefully.
+#[derive(Debug)]
+pub struct ControlPlane {
+    dir: PathBuf,
+    bind: Ipv4Addr,
+    server_url: String,
+    etcd_url: String,
+    ca: Ca,
+    admin_kubeconfig: PathBuf,
+    binaries: Binaries,
+    ready_after: Duration,
+    // Stopped in this order: clients of the apiserver first, etcd last.
+    controller_manager: Managed,
+    apiserver: Managed,
+    etcd: Managed,
+}
+
+/// The files of a control plane's PKI, under `dir/pki`.
+struct Pki {
+    ca_crt: PathBuf,
+    ca_key: PathBuf,
+    apiserver_crt: PathBuf,
+    apiserver_key: PathBuf,
+    kcm_crt: PathBuf,
+    kcm_key: PathBuf,
+    sa_key: PathBuf,
+    sa_pub: PathBuf,
+    front_proxy_ca_crt: PathBuf,
+    front_proxy_client_crt: PathBuf,
+    front_proxy_client_key: PathBuf,
+}
+
+fn create_dir(path: &Path) -> Result<()> {
+    std::fs::create_dir_all(path).map_err(|source| Error::Io {
+        op: "create directory",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+impl ControlPlane {
+    /// Mints the PKI, starts etcd, kube-apiserver and kube-controller-manager, and returns once
+    /// the apiserver's `/readyz` and the controller manager's `/healthz` answer 200.
+    pub async fn start(opts: ControlPlaneOptions) -> Result<Self> {
+        let ControlPlaneOptions {
+            dir,
+            bind,
+            binaries,
+        } = opts;
+        if bind.is_loopback() || bind.is_unspecified() || bind.is_multicast() {
+            return Err(Error::Invalid {
+                what: format!("bind address {bind}"),
+                message: "kube-apiserver needs a local, non-loopback, unicast address to bind and \
+                          advertise (put one on the fabric bridge)"
+                    .into(),
+            });
+        }
+        let started = Instant::now();
+        let logs = dir.join("logs");
+        let pki_dir = dir.join("pki");
+        for d in [&dir, &logs, &pki_dir] {
+            create_dir(d)?;
+        }
+        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let ports =
+            free_ports(&[loopback, loopback, loopback, IpAddr::V4(bind)]).map_err(|e| match e {
+                Error::Io { ref source, .. }
+                    if source.kind() == std::io::ErrorKind::AddrNotAvailable =>
+                {
+                    Error::Invalid {
+                        what: format!("bind address {bind}"),
+                        message: format!(
+                            "{e}: put the address on a local interface (the fabric bridge) first"
+                        ),
+                    }
+                }
+                e => e,
+            })?;
+        let [etcd_client, etcd_peer, kcm_port, apiserver_port] = ports[..] else {
+            return Err(Error::Invalid {
+                what: "free ports".into(),
+                message: format!("{ports:?}"),
+            });
+        };
+        let server_url = format!("https://{bind}:{apiserver_port}");
+        let etcd_url = format!("http://127.0.0.1:{etcd_client}");
+        let etcd_peer_url = format!("http://127.0.0.1:{etcd_peer}");
+
+        // PKI.
+        let ca = Ca::new("switchyard-lab-ca")?;
+        let pki = write_pki(&pki_dir, &ca, bind)?;
+        let admin_kubeconfig = dir.join("admin.kubeconfig");
+        let admin = ca.client("admin", &["system:masters"])?;
+        kubeconfig::write_private(
+            &admin_kubeconfig,
+            &kubeconfig::render(&server_url, &ca.pem().cert, "admin", &admin)?,
+        )?;
+        let kcm_kubeconfig = dir.join("kube-controller-manager.kubeconfig");
+        let kcm_user = "system:kube-controller-manager";
+        kubeconfig::write_private(
+            &kcm_kubeconfig,
+            &kubeconfig::render(
+                &server_url,
+                &ca.pem().cert,
+                kcm_user,
+                &ca.client(kcm_user, &[])?,
+            )?,
+        )?;
+
+        // etcd.
+        let mut etcd = Managed::spawn(
+            "etcd",
+            &binaries.etcd,
+            [
+                "--name=switchyard-lab".into(),
+                format!("--data-dir={}", dir.join("etcd").display()),
+                format!("--listen-client-urls={etcd_url}"),
+                format!("--advertise-client-urls={etcd_url}"),
+                format!("--listen-peer-urls={etcd_peer_url}"),
+                format!("--initial-advertise-peer-urls={etcd_peer_url}"),
+                format!("--initial-cluster=switchyard-lab={etcd_peer_url}"),
+                "--unsafe-no-fsync".into(),
+            ],
+            &logs.join("etcd.log"),
+        )?;
+        let health = format!("127.0.0.1:{etcd_client}");
+        wait_ready("etcd /health", ETCD_READY_TIMEOUT, &mut etcd, || {
+            etcd_health(health.clone())
+        })
+        .await?;
+        tracing::info!(after = ?started.elapsed(), %etcd_url, "etcd healthy");
+
+        // kube-apiserver.
+        let apiserver_started = Instant::now();
+        let mut apiserver = Managed::spawn(
+            "kube-apiserver",
+            &binaries.kube_apiserver,
+            [
+                format!("--etcd-servers={etcd_url}"),
+                format!("--bind-address={bind}"),
+                format!("--advertise-address={bind}"),
+                format!("--secure-port={apiserver_port}"),
+                format!("--tls-cert-file={}", pki.apiserver_crt.display()),
+                format!("--tls-private-key-file={}", pki.apiserver_key.display()),
+                format!("--client-ca-file={}", pki.ca_crt.display()),
+                "--authorization-mode=Node,RBAC".into(),
+                format!("--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}"),
+                "--allow-privileged=true".into(),
+                "--service-account-issuer=https://kubernetes.default.svc".into(),
+                format!("--service-account-key-file={}", pki.sa_pub.display()),
+                format!(
+                    "--service-account-signing-key-file={}",
+                    pki.sa_key.display()
+                ),
+                "--enable-aggregator-routing=true".into(),
+                format!(
+                    "--requestheader-client-ca-file={}",
+                    pki.front_proxy_ca_crt.display()
+                ),
+                format!("--requestheader-allowed-names={FRONT_PROXY_CLIENT}"),
+                "--requestheader-username-headers=X-Remote-User".into(),
+                "--requestheader-group-headers=X-Remote-Group".into(),
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
+                format!(
+                    "--proxy-client-cert-file={}",
+                    pki.front_proxy_client_crt.display()
+                ),
+                format!(
+                    "--proxy-client-key-file={}",
+                    pki.front_proxy_client_key.display()
+                ),
+            ],
+            &logs.join("kube-apiserver.log"),
+        )?;
+        let admin_client = client_from_kubeconfig(&admin_kubeconfig).await?;
+        wait_ready(
+            "kube-apiserver /readyz",
+            APISERVER_READY_TIMEOUT,
+            &mut apiserver,
+            || get_ok(admin_client.clone(), "readyz"),
+        )
+        .await?;
+        let ready_after = apiserver_started.elapsed();
+        tracing::info!(after = ?ready_after, %server_url, "kube-apiserver ready");
+
+        // kube-controller-manager.
+        let kcm_kubeconfig_arg = kcm_kubeconfig.display().to_string();
+        let mut controller_manager = Managed::spawn(
+            "kube-controller-manager",
+            &binaries.kube_controller_manager,
+            [
+                format!("--kubeconfig={kcm_kubeconfig_arg}"),
+                format!("--authentication-kubeconfig={kcm_kubeconfig_arg}"),
+                format!("--authorization-kubeconfig={kcm_kubeconfig_arg}"),
+                format!(
+                    "--service-account-private-key-file={}",
+                    pki.sa_key.display()
+                ),
+                format!("--root-ca-file={}", pki.ca_crt.display()),
+                format!("--cluster-signing-cert-file={}", pki.ca_crt.display()),
+                format!("--cluster-signing-key-file={}", pki.ca_key.display()),
+                format!("--tls-cert-file={}", pki.kcm_crt.display()),
+                format!("--tls-private-key-file={}", pki.kcm_key.display()),
+                "--use-service-account-credentials=true".into(),
+                "--leader-elect=false".into(),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={kcm_port}"),
+                format!("--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}"),
+                "--controllers=*".into(),
+            ],
+            &logs.join("kube-controller-manager.log"),
+        )?;
+        let kcm_client = anonymous_client(&format!("https://127.0.0.1:{kcm_port}"), ca.der())?;
+        wait_ready(
+            "kube-controller-manager /healthz",
+            CONTROLLER_MANAGER_READY_TIMEOUT,
+            &mut controller_manager,
+            || get_ok(kcm_client.clone(), "healthz"),
+        )
+        .await?;
+        tracing::info!(after = ?started.elapsed(), "control plane up");
+
+        Ok(Self {
+            dir,
+            bind,
+            server_url,
+            etcd_url,
+            ca,
+            admin_kubeconfig,
+            binaries,
+            ready_after,
+            controller_manager,
+            apiserver,
+            etcd,
+        })
+    }
+
+    /// The admin kubeconfig (user `admin`, group `system:masters`, CA and key embedded).
+    pub fn kubeconfig(&self) -> &Path {
+        &self.admin_kubeconfig
+    }
+
+    /// A client with the admin identity.
+    pub async fn client(&self) -> Result<kube::Client> {
+        client_from_kubeconfig(&self.admin_kubeconfig).await
+    }
+
+    /// `https://<bind>:<port>`.
+    pub fn server_url(&self) -> &str {
+        &self.server_url
+    }
+
+    /// The address the apiserver binds and advertises.
+    pub fn bind(&self) -> Ipv4Addr {
+        self.bind
+    }
+
+    /// etcd's client URL (`http://127.0.0.1:<port>`, loopback only).
+    pub fn etcd_url(&self) -> &str {
+        &self.etcd_url
+    }
+
+    /// The cluster CA certificate, PEM.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca.pem().cert
+    }
+
+    /// The cluster CA, to mint more certificates (serving certificates for webhooks, say).
+    pub fn ca(&self) -> &Ca {
+        &self.ca
+    }
+
+    /// The directory given in the options.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The log file of `etcd`, `kube-apiserver` or `kube-controller-manager`.
+    pub fn log_path(&self, component: &str) -> PathBuf {
+        self.dir.join("logs").join(format!("{component}.log"))
+    }
+
+    /// The binaries this control plane runs.
+    pub fn binaries(&self) -> &Binaries {
+        &self.binaries
+    }
+
+    /// How long kube-apiserver took from spawn to `/readyz` = 200.
+    pub fn apiserver_ready_after(&self) -> Duration {
+        self.ready_after
+    }
+
+    /// `kubectl --kubeconfig <admin>`, ready for more arguments (killed if dropped).
+    pub fn kubectl(&self) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(&self.binaries.kubectl);
+        cmd.arg("--kubeconfig")
+            .arg(&self.admin_kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.dir.join("kubectl-cache"))
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// Writes a kubeconfig for `user` in `groups` (client certificate signed by the cluster
+    /// CA; at most [`certs::MAX_GROUPS`] groups) to `path`, mode 0600.
+    pub fn mint_client_kubeconfig(&self, user: &str, groups: &[&str], path: &Path) -> Result<()> {
+        let pem = self.ca.client(user, groups)?;
+        kubeconfig::write_private(
+            path,
+            &kubeconfig::render(&self.server_url, self.ca_pem(), user, &pem)?,
+        )
+    }
+
+    /// Stops everything: SIGTERM, then SIGKILL after 5 s; the controller manager and the
+    /// apiserver together, etcd last. Idempotent.
+    pub async fn stop(&mut self) {
+        tokio::join!(
+            self.controller_manager.stop(STOP_GRACE),
+            self.apiserver.stop(STOP_GRACE)
+        );
+        self.etcd.stop(STOP_GRACE).await;
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        // Each `Managed` also kills its process when dropped (and tokio's kill_on_drop backs
+        // that up); doing it here keeps the order: apiserver clients first, etcd last.
+        for proc in [
+            &mut self.controller_manager,
+            &mut self.apiserver,
+            &mut self.etcd,
+        ] {
+            proc.kill_now();
+        }
+    }
+}
+
+fn write_pki(dir: &Path, ca: &Ca, bind: Ipv4Addr) -> Result<Pki> {
+    let pki = Pki {
+        ca_crt: dir.join("ca.crt"),
+        ca_key: dir.join("ca.key"),
+        apiserver_crt: dir.join("kube-apiserver.crt"),
+        apiserver_key: dir.join("kube-apiserver.key"),
+        kcm_crt: dir.join("kube-controller-manager.crt"),
+        kcm_key: dir.join("kube-controller-manager.key"),
+        sa_key: dir.join("service-account.key"),
+        sa_pub: dir.join("service-account.pub"),
+        front_proxy_ca_crt: dir.join("front-proxy-ca.crt"),
+        front_proxy_client_crt: dir.join("front-proxy-client.crt"),
+        front_proxy_client_key: dir.join("front-proxy-client.key"),
+    };
+    kubeconfig::write_public(&pki.ca_crt, &ca.pem().cert)?;
+    kubeconfig::write_private(&pki.ca_key, &ca.pem().key)?;
+    let apiserver = ca.serving(
+        "kube-apiserver",
+        &[
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+            "localhost",
+        ],
+        &[
+            IpAddr::V4(bind),
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V4(KUBERNETES_SERVICE_IP),
+        ],
+    )?;
+    kubeconfig::write_public(&pki.apiserver_crt, &apiserver.cert)?;
+    kubeconfig::write_private(&pki.apiserver_key, &apiserver.key)?;
+    let kcm = ca.serving(
+        "kube-controller-manager",
+        &["localhost"],
+        &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
+    )?;
+    kubeconfig::write_public(&pki.kcm_crt, &kcm.cert)?;
+    kubeconfig::write_private(&pki.kcm_key, &kcm.key)?;
+    let (sa_key, sa_pub) = certs::key_pair("the service-account signing key")?;
+    kubeconfig::write_private(&pki.sa_key, &sa_key)?;
+    kubeconfig::write_public(&pki.sa_pub, &sa_pub)?;
+    // The aggregation layer: the apiserver proxies to extension apiservers with this client
+    // certificate and user headers; they (and the controller manager, which reads the
+    // request-header settings from kube-system/extension-apiserver-authentication) trust the
+    // headers only from a certificate of this separate CA.
+    let front_proxy_ca = Ca::new("switchyard-lab-front-proxy-ca")?;
+    kubeconfig::write_public(&pki.front_proxy_ca_crt, &front_proxy_ca.pem().cert)?;
+    let front_proxy_client = front_proxy_ca.client(FRONT_PROXY_CLIENT, &[])?;
+    kubeconfig::write_public(&pki.front_proxy_client_crt, &front_proxy_client.cert)?;
+    kubeconfig::write_private(&pki.front_proxy_client_key, &front_proxy_client.key)?;
+    Ok(pki)
+}
+
+/// A kube client from a kubeconfig file (its current context).
+pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client> {
+    let invalid = |e: kube::config::KubeconfigError| Error::Invalid {
+        what: format!("kubeconfig {}", path.display()),
+        message: e.to_string(),
+    };
+    let kubeconfig = Kubeconfig::read_from(path).map_err(invalid)?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .map_err(invalid)?;
+    kube::Client::try_from(config).map_err(|source| Error::Kube {
+        what: format!("client from {}", path.display()),
+        source: Box::new(source),
+    })
+}
+
+/// A client without credentials for `url`, trusting only `ca_der`.
+fn anonymous_client(url: &str, ca_der: &[u8]) -> Result<kube::Client> {
+    let mut config = kube::Config::new(parse(url, "URL")?);
+    config.root_cert = Some(vec![ca_der.to_vec()]);
+    kube::Client::try_from(config).map_err(|source| Error::Kube {
+        what: format!("client for {url}"),
+        source: Box::new(source),
+    })
+}
+
+fn parse<T: std::str::FromStr>(text: &str, what: &str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    text.parse().map_err(|e: T::Err| Error::Invalid {
+        what: format!("{what} {text}"),
+        message: e.to_string(),
+    })
+}
+
+/// `GET /<path>` (a single path segment) with `client`; Ok on 2xx, the error text otherwise.
+async fn get_ok(client: kube::Client, path: &'static str) -> Result<(), String> {
+    let request = kube::core::Request::new("")
+        .get(path, &Default::default())
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(Duration::from_secs(5), client.request_text(request)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("GET /{path} took longer than 5s")),
+    }
+}
+
+/// `GET /health` on etcd's plain-HTTP client port.
+async fn etcd_health(addr: String) -> Result<(), String> {
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(&addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        stream
+            .write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut response = Vec::new();
+        stream
+            .take(64 * 1024)
+            .read_to_end(&mut response)
+            .await
+            .map_err(|e| e.to_string())?;
+        let response = String::from_utf8_lossy(&response);
+        let ok = response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200");
+        if ok && response.contains("\"health\":\"true\"") {
+            return Ok(());
+        }
+        Err(response.lines().last().unwrap_or_default().to_string())
+    };
+    tokio::time::timeout(Duration::from_secs(5), attempt)
+        .await
+        .unwrap_or_else(|_| Err("GET /health took longer than 5s".into()))
+}
+
+/// Polls `probe` every 250 ms until it succeeds, the process exits (an error with its log's
+/// tail) or `timeout` passes (Error::Timeout with the last error and the log's tail).
+async fn wait_ready<F, Fut>(
+    what: &str,
+    timeout: Duration,
+    proc: &mut Managed,
+    mut probe: F,
+) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = proc.exited() {
+            return Err(proc.exit_error(status));
+        }
+        let last = match probe().await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            let tail = log_tail(proc.log(), 30);
+            return Err(Error::Timeout {
+                what: what.to_string(),
+                after: timeout,
+                last: Some(format!("{last}; tail of {}:\n{tail}", proc.log().display())),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

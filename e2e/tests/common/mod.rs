@@ -1,0 +1,350 @@
+//! Helpers for the lab end-to-end tests.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use switchyard_e2e::lab::{Lab, preflight};
+use switchyard_e2e::netns;
+
+/// Whether the lab can run here. Missing prerequisites fail the test under CI and are
+/// reported as a printed skip elsewhere.
+pub fn prerequisites() -> bool {
+    let _ = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .try_init();
+    let rt = tokio::runtime::Handle::current();
+    let res = tokio::task::block_in_place(|| rt.block_on(preflight()));
+    match res {
+        Ok(()) => true,
+        Err(e) if std::env::var_os("CI").is_some() => panic!("lab prerequisite missing: {e}"),
+        Err(e) => {
+            eprintln!("SKIPPED (CI is unset): lab prerequisite missing: {e}");
+            false
+        }
+    }
+}
+
+pub fn step(what: &str) {
+    eprintln!("--- {what}");
+}
+
+pub fn example(name: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+pub async fn kubectl(lab: &Lab, args: &[&str]) -> String {
+    lab.kubectl_ok(args).await.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `kubectl apply --server-side -f -` of `yaml`.
+pub async fn apply(lab: &Lab, yaml: &str) {
+    let mut cmd = lab.controlplane.kubectl();
+    cmd.args(["apply", "--server-side", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    use tokio::io::AsyncWriteExt;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .await
+        .unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl apply failed: {}\n{yaml}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Waits for the namespace's `default` ServiceAccount, which pods need (the controller manager
+/// creates it a moment after the namespace).
+pub async fn wait_service_account(lab: &Lab, ns: &str) {
+    let api: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(lab.client.clone(), ns);
+    wait_until(30, || async {
+        api.get_opt("default").await.ok().flatten().is_some()
+    })
+    .await;
+}
+
+/// Creates a namespace and waits until pods can be created in it.
+pub async fn create_namespace(lab: &Lab, ns: &str) {
+    kubectl(lab, &["create", "namespace", ns]).await;
+    wait_service_account(lab, ns).await;
+}
+
+pub async fn wait_condition(lab: &Lab, obj: &str, cond: &str, secs: u64) {
+    let t = format!("--timeout={secs}s");
+    let f = format!("--for=condition={cond}");
+    let out = lab.kubectl(&["wait", &f, &t, obj]).await.unwrap();
+    if !out.status.success() {
+        let yaml = lab.kubectl(&["get", obj, "-o", "yaml"]).await.unwrap();
+        panic!(
+            "{obj} never got {cond}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&yaml.stdout)
+        );
+    }
+}
+
+/// Waits for condition `cond` of `obj` to have `status`; returns its reason.
+pub async fn wait_condition_reason(
+    lab: &Lab,
+    obj: &str,
+    cond: &str,
+    status: &str,
+    secs: u64,
+) -> String {
+    let jp = format!(
+        "jsonpath={{.status.conditions[?(@.type==\"{cond}\")].status}} {{.status.conditions[?(@.type==\"{cond}\")].reason}}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if let Ok(out) = lab.kubectl(&["get", obj, "-o", &jp]).await {
+            last = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if let Some((s, reason)) = last.split_once(' ')
+                && s == status
+            {
+                return reason.to_string();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    panic!("{obj}: condition {cond} never became {status} (last: {last:?})");
+}
+
+pub async fn wait_until<F, Fut>(secs: u64, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    panic!("condition not met within {secs} s");
+}
+
+/// A test pod on `node`: the lab's test server on TCP 8080, UDP 8081 and HTTP 8082 (readiness
+/// probe on /ready), and with `sidecar` a second container serving TCP 9090.
+pub fn pod_yaml(ns: &str, name: &str, node: &str, sidecar: bool) -> String {
+    let mut y = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels: {{app: {name}}}\nspec:\n  nodeName: {node}\n  containers:\n  - name: main\n    image: switchyard-testpod\n    command: [switchyard-testpod, serve, --tcp, \"8080\", --udp, \"8081\", --http, \"8082\", --name, {name}]\n    ports: [{{name: http, containerPort: 8082}}]\n    readinessProbe:\n      httpGet: {{path: /ready, port: http}}\n"
+    );
+    if sidecar {
+        y.push_str(&format!("  - name: sidecar\n    image: switchyard-testpod\n    command: [switchyard-testpod, serve, --tcp, \"9090\", --name, {name}-sidecar]\n"));
+    }
+    y
+}
+
+pub async fn wait_pods_ready(lab: &Lab, ns: &str, count: usize, secs: u64) {
+    let api: Api<Pod> = Api::namespaced(lab.client.clone(), ns);
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut ready = 0;
+    while Instant::now() < deadline {
+        let pods = api.list(&Default::default()).await.unwrap().items;
+        ready = pods
+            .iter()
+            .filter(|p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .count();
+        if ready >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{ns}: only {ready} of {count} pods became Ready within {secs} s");
+}
+
+pub async fn pod_ips(lab: &Lab, ns: &str, name: &str) -> Vec<String> {
+    let api: Api<Pod> = Api::namespaced(lab.client.clone(), ns);
+    let pod = api.get(name).await.unwrap();
+    pod.status
+        .and_then(|s| s.pod_ips)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| i.ip)
+        .collect()
+}
+
+pub async fn pod_ip(lab: &Lab, ns: &str, name: &str) -> String {
+    pod_ips(lab, ns, name)
+        .await
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("{ns}/{name} has no IP"))
+}
+
+/// Sends `msg` from inside pod `ns/name` to `target` with the test client; the reply or the
+/// client's error message.
+pub async fn send(
+    lab: &Lab,
+    ns: &str,
+    name: &str,
+    proto: &str,
+    target: &str,
+    msg: &str,
+) -> Result<String, String> {
+    let out = lab
+        .exec(
+            ns,
+            name,
+            &[
+                "switchyard-testpod",
+                "send",
+                proto,
+                target,
+                msg,
+                "--timeout-ms",
+                "1500",
+            ],
+        )
+        .await
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+pub async fn lease_holder(lab: &Lab) -> String {
+    let api: Api<Lease> = Api::namespaced(lab.client.clone(), "switchyard-system");
+    match api.get("switchyard-operator").await {
+        Ok(l) => l.spec.and_then(|s| s.holder_identity).unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Prints the tail of every log of the lab, for a failed test.
+pub fn dump_logs(lab: &Lab) {
+    for entry in std::fs::read_dir(lab.dir.join("logs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(25)..];
+        eprintln!(
+            "===== {} (last {} lines)\n{}",
+            entry.path().display(),
+            tail.len(),
+            tail.join("\n")
+        );
+    }
+}
+
+/// cnitool, the reference CNI runtime, drives switchyard-cni on node-1 through ADD, CHECK,
+/// STATUS, GC and DEL. It gets a copy of the node's configuration with an IPAM folder of its
+/// own, because cnitool's GC (with no valid attachments) releases every address it sees.
+pub async fn cnitool_roundtrip(lab: &Lab) {
+    let node = lab.topology.node("node-1").unwrap().clone();
+    let node_dir = lab.dir.join("nodes/node-1");
+    let conf_dir = lab.dir.join("cnitool/net.d");
+    let state_dir = lab.dir.join("cnitool/state");
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    let mut list: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(node_dir.join("cni/net.d/10-switchyard.conflist")).unwrap(),
+    )
+    .unwrap();
+    list["plugins"][0]["stateDir"] = serde_json::json!(state_dir);
+    std::fs::write(conf_dir.join("10-switchyard.conflist"), list.to_string()).unwrap();
+    let sandbox = format!("{}-cnitool", lab.run);
+    netns::add(&sandbox).await.unwrap();
+    let cnitool = lab.controlplane.binaries().cnitool.clone();
+    let run = |verb: &'static str| {
+        let (cnitool, conf_dir, sandbox) = (cnitool.clone(), conf_dir.clone(), sandbox.clone());
+        let cni_path = lab.bins.cni.parent().unwrap().to_path_buf();
+        let node_ns = node.netns.clone();
+        async move {
+            let mut cmd = netns::command(&node_ns, &cnitool).unwrap();
+            cmd.args([verb, "switchyard"])
+                .arg(netns::path(&sandbox))
+                .env("NETCONFPATH", &conf_dir)
+                .env("CNI_PATH", &cni_path)
+                .env(
+                    "CNI_ARGS",
+                    "IgnoreUnknown=1;K8S_POD_NAMESPACE=t1;K8S_POD_NAME=cnitool",
+                );
+            let out = cmd.output().await.unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(out.status.success(), "cnitool {verb} failed: {text}");
+            text
+        }
+    };
+    let added = run("add").await;
+    let result: serde_json::Value = serde_json::from_str(added.trim())
+        .unwrap_or_else(|e| panic!("ADD result is not JSON ({e}): {added}"));
+    let ip = result["ips"][0]["address"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no IP in {result}"))
+        .to_string();
+    assert!(ip.starts_with("198.18."), "{ip}");
+    let files = |dir: &PathBuf| {
+        std::fs::read_dir(dir)
+            .map(|d| d.flatten().count())
+            .unwrap_or(0)
+    };
+    assert!(
+        files(&state_dir.join("default")) >= 1,
+        "ADD recorded the address"
+    );
+    run("check").await;
+    run("status").await;
+    run("gc").await;
+    assert_eq!(
+        files(&state_dir.join("default")).saturating_sub(count_meta(&state_dir.join("default"))),
+        0,
+        "GC with no valid attachments released the address"
+    );
+    run("del").await;
+    run("del").await;
+    netns::delete(&sandbox).await.unwrap();
+}
+
+fn count_meta(dir: &PathBuf) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    !e.file_name()
+                        .to_string_lossy()
+                        .starts_with(|c: char| c.is_ascii_hexdigit())
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}

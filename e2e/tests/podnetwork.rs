@@ -1,0 +1,200 @@
+//! PodNetwork end to end on a real control plane with simulated nodes: the first three paths
+//! of cluster traffic (container to container over localhost, pod to pod on a node, pod to pod
+//! across nodes) over TCP and UDP, a second network with its own pool, isolation, overlap and
+//! exhaustion reporting, node removal, operator restarts and failover, and cnitool driving
+//! the plugin.
+//!
+//! One lab serves all steps (starting one costs seconds); each step says what it checks.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use switchyard_api::NodeBlock;
+use switchyard_e2e::lab::{Lab, LabOptions};
+
+async fn blocks(lab: &Lab) -> BTreeMap<String, (String, String)> {
+    let api: kube::Api<NodeBlock> = kube::Api::all(lab.client.clone());
+    api.list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|b| {
+            (
+                b.metadata.name.clone().unwrap(),
+                (b.spec.network, b.spec.node),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn podnetwork_end_to_end() {
+    if !prerequisites() {
+        return;
+    }
+    let mut lab = Lab::up(LabOptions {
+        nodes: 3,
+        examples: false,
+        operators: 1,
+    })
+    .await
+    .expect("lab up");
+    let result = std::panic::AssertUnwindSafe(steps(&mut lab));
+    let outcome = futures::FutureExt::catch_unwind(result).await;
+    if outcome.is_err() {
+        dump_logs(&lab);
+    }
+    lab.down().await;
+    if let Err(p) = outcome {
+        std::panic::resume_unwind(p);
+    }
+}
+
+async fn steps(lab: &mut Lab) {
+    step("the default network gives every node a block and turns Ready");
+    apply(lab, &example("01-podnetwork-default.yaml")).await;
+    wait_condition(lab, "podnetwork/default", "Ready", 60).await;
+    let b = blocks(lab).await;
+    assert_eq!(
+        b.values().filter(|(n, _)| n == "default").count(),
+        3,
+        "{b:?}"
+    );
+
+    step("pods start on their nodes with addresses from their node's block");
+    create_namespace(lab, "t1").await;
+    apply(lab, &pod_yaml("t1", "a", "node-1", true)).await;
+    apply(lab, &pod_yaml("t1", "b", "node-1", false)).await;
+    apply(lab, &pod_yaml("t1", "c", "node-2", false)).await;
+    wait_pods_ready(lab, "t1", 3, 90).await;
+    let ip_b = pod_ip(lab, "t1", "b").await;
+    let ip_c = pod_ip(lab, "t1", "c").await;
+    assert!(
+        ip_b.starts_with("198.18.1") || ip_b.starts_with("198.18.2"),
+        "{ip_b} is in the default pool"
+    );
+
+    step("container to container in one pod over localhost");
+    assert_eq!(
+        send(lab, "t1", "a", "tcp", "127.0.0.1:9090", "hi").await,
+        Ok("a-sidecar hi".to_string())
+    );
+    assert_eq!(
+        send(lab, "t1", "a", "tcp", "127.0.0.1:8080", "hi").await,
+        Ok("a hi".to_string())
+    );
+
+    step("pod to pod on one node, TCP and UDP");
+    assert_eq!(
+        send(lab, "t1", "a", "tcp", &format!("{ip_b}:8080"), "x").await,
+        Ok("b x".to_string())
+    );
+    assert_eq!(
+        send(lab, "t1", "a", "udp", &format!("{ip_b}:8081"), "y").await,
+        Ok("b y".to_string())
+    );
+
+    step("pod to pod across nodes, TCP and UDP");
+    assert_eq!(
+        send(lab, "t1", "a", "tcp", &format!("{ip_c}:8080"), "x").await,
+        Ok("c x".to_string())
+    );
+    assert_eq!(
+        send(lab, "t1", "c", "udp", &format!("{ip_b}:8081"), "y").await,
+        Ok("b y".to_string())
+    );
+
+    step("a second network with a namespace selector gives its pods addresses from its own pool");
+    apply(lab, &example("02-podnetwork-tenant.yaml")).await;
+    wait_condition(lab, "podnetwork/blue", "Ready", 60).await;
+    wait_service_account(lab, "blue").await;
+    apply(lab, &pod_yaml("blue", "d", "node-2", false)).await;
+    apply(lab, &pod_yaml("blue", "e", "node-3", false)).await;
+    wait_pods_ready(lab, "blue", 2, 90).await;
+    let ip_d = pod_ip(lab, "blue", "d").await;
+    let ip_e = pod_ip(lab, "blue", "e").await;
+    assert!(
+        ip_d.starts_with("198.19."),
+        "{ip_d} is in blue's pool 198.19.64.0/18"
+    );
+    let ips_d = pod_ips(lab, "blue", "d").await;
+    assert!(
+        ips_d.iter().any(|i| i.starts_with("fd00:10:")),
+        "dual-stack: {ips_d:?}"
+    );
+    assert_eq!(
+        send(lab, "blue", "e", "tcp", &format!("{ip_d}:8080"), "z").await,
+        Ok("d z".to_string())
+    );
+    assert_eq!(
+        send(lab, "blue", "d", "udp", &format!("{ip_e}:8081"), "z").await,
+        Ok("e z".to_string())
+    );
+
+    step("Isolated keeps other networks' pods out; Open lets them in");
+    let denied = send(lab, "t1", "c", "tcp", &format!("{ip_d}:8080"), "no").await;
+    assert!(
+        denied.is_err(),
+        "default-network pod reached an Isolated pod: {denied:?}"
+    );
+    assert_eq!(
+        send(lab, "blue", "d", "tcp", &format!("{ip_c}:8080"), "ok").await,
+        Ok("c ok".to_string())
+    );
+
+    step("a PodNetwork that overlaps another reports Overlap and allocates nothing");
+    apply(lab, "apiVersion: switchyard.dev/v1alpha1\nkind: PodNetwork\nmetadata: {name: overlap}\nspec:\n  podCIDRs: [\"198.18.192.0/18\"]\n  namespaceSelector: {matchLabels: {tenant: overlap}}\n").await;
+    let reason = wait_condition_reason(lab, "podnetwork/overlap", "Accepted", "False", 30).await;
+    assert_eq!(reason, "Overlap");
+    assert!(!blocks(lab).await.values().any(|(n, _)| n == "overlap"));
+
+    step("a pool the nodes exhaust reports PoolExhausted and allocates no block twice");
+    apply(lab, "apiVersion: switchyard.dev/v1alpha1\nkind: PodNetwork\nmetadata: {name: tiny}\nspec:\n  podCIDRs: [\"198.19.200.0/24\"]\n  blockPrefixLength: {ipv4: 25}\n  namespaceSelector: {matchLabels: {tenant: tiny}}\n").await;
+    let reason = wait_condition_reason(lab, "podnetwork/tiny", "Ready", "False", 30).await;
+    assert_eq!(reason, "PoolExhausted");
+    let tiny: Vec<String> = blocks(lab)
+        .await
+        .into_iter()
+        .filter(|(_, (n, _))| n == "tiny")
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(tiny.len(), 2, "{tiny:?}");
+
+    step("restarting the operator changes no allocation");
+    let before = blocks(lab).await;
+    lab.stop_operator(0).await;
+    lab.start_operator(0).unwrap();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(blocks(lab).await, before);
+
+    step("a second replica stands by; when the leader stops it takes over without moving a block");
+    lab.start_operator(1).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let holder = lease_holder(lab).await;
+    assert_eq!(holder, "operator-0");
+    lab.stop_operator(0).await;
+    wait_until(20, || async { lease_holder(lab).await == "operator-1" }).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(blocks(lab).await, before);
+
+    step("cnitool drives switchyard-cni through ADD, CHECK, STATUS, GC and DEL");
+    cnitool_roundtrip(lab).await;
+
+    step("deleting a node frees its block");
+    assert!(
+        before
+            .values()
+            .any(|(n, node)| n == "default" && node == "node-3")
+    );
+    lab.delete_node("node-3").await.unwrap();
+    wait_until(30, || async {
+        !blocks(lab).await.values().any(|(_, node)| node == "node-3")
+    })
+    .await;
+}

@@ -1,0 +1,410 @@
+//! The PodNetwork controller: acceptance, namespace membership conflicts, node-block IPAM,
+//! status and Events. The decisions are pure (`acceptance`, `plan`); this module reads the
+//! caches, calls them, and writes the result.
+
+pub mod acceptance;
+pub mod plan;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use switchyard_api::membership::resolve;
+use switchyard_api::node_block::{NETWORK_LABEL, NODE_LABEL};
+use switchyard_api::{NodeBlock, PodNetwork, PodNetworkStatus};
+use tracing::{info, warn};
+
+use crate::conditions::{self, Verdict};
+use crate::context::{Context, FIELD_MANAGER};
+use crate::error::{Error, Result};
+use crate::metrics::NetworkLabels;
+use acceptance::Acceptance;
+use plan::{ExistingBlock, NodeInfo, Plan, Release};
+
+/// How often a network is looked at even when nothing changed.
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// What a Node contributes to the plan.
+pub fn node_info(node: &Node) -> NodeInfo {
+    let addresses = node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .map(|a| {
+            a.iter()
+                .filter(|a| a.type_ == "InternalIP")
+                .filter_map(|a| a.address.parse::<IpAddr>().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    NodeInfo {
+        name: node.name_any(),
+        labels: node.labels().clone(),
+        addresses,
+    }
+}
+
+fn existing_blocks(ctx: &Context, network: &str) -> Vec<ExistingBlock> {
+    ctx.stores
+        .blocks
+        .state()
+        .iter()
+        .filter(|b| b.spec.network == network && b.metadata.deletion_timestamp.is_none())
+        .filter_map(|b| {
+            Some(ExistingBlock {
+                name: b.name_any(),
+                node: b.spec.node.clone(),
+                cidr: b.spec.cidr.parse().ok()?,
+                node_ip: b.spec.node_ip.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Namespaces that several usable networks, this one among them, select.
+fn namespace_conflicts(ctx: &Context, name: &str, accepted: &[&PodNetwork]) -> Vec<String> {
+    let mut out = Vec::new();
+    for ns in ctx.stores.namespaces.state() {
+        let r = resolve(ns.labels(), accepted);
+        if r.conflicting.iter().any(|n| n == name) {
+            let others: Vec<&str> = r
+                .conflicting
+                .iter()
+                .filter(|n| *n != name)
+                .map(String::as_str)
+                .collect();
+            out.push(format!("{} (also {})", ns.name_any(), others.join(", ")));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn list(items: &[String], limit: usize) -> String {
+    let mut s = items
+        .iter()
+        .take(limit)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > limit {
+        s.push_str(&format!(" and {} more", items.len() - limit));
+    }
+    s
+}
+
+/// Reconciles one PodNetwork.
+pub async fn reconcile(network: Arc<PodNetwork>, ctx: Arc<Context>) -> Result<Action> {
+    let name = network.name_any();
+    let all = ctx.stores.networks.state();
+    let refs: Vec<&PodNetwork> = all.iter().map(|n| n.as_ref()).collect();
+    let verdicts = acceptance::decide(&refs);
+    let verdict = verdicts
+        .get(&name)
+        .cloned()
+        .unwrap_or_else(|| Acceptance::Invalid("not in the cache yet".into()));
+    let accepted_nets: Vec<&PodNetwork> = refs
+        .iter()
+        .copied()
+        .filter(|n| {
+            verdicts
+                .get(&n.name_any())
+                .is_some_and(Acceptance::is_accepted)
+        })
+        .collect();
+
+    let nodes: Vec<NodeInfo> = ctx
+        .stores
+        .nodes
+        .state()
+        .iter()
+        .map(|n| node_info(n))
+        .collect();
+    let existing = existing_blocks(&ctx, &name);
+    let plan = plan::plan(&network, verdict.is_accepted(), &nodes, &existing);
+    let blocks_api: Api<NodeBlock> = Api::all(ctx.client.clone());
+    let oref = network.object_ref(&());
+
+    let mut lost_race = false;
+    for (block_name, spec) in &plan.create {
+        let mut nb = NodeBlock::new(block_name, spec.clone());
+        nb.metadata.labels = Some(
+            [
+                (NETWORK_LABEL.to_string(), name.clone()),
+                (NODE_LABEL.to_string(), spec.node.clone()),
+            ]
+            .into(),
+        );
+        nb.metadata.owner_references = network.controller_owner_ref(&()).map(|o| vec![o]);
+        match blocks_api
+            .create(
+                &PostParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..Default::default()
+                },
+                &nb,
+            )
+            .await
+        {
+            Ok(_) => {
+                info!(network = %name, node = %spec.node, block = %spec.cidr, "claimed node block");
+                publish(
+                    &ctx,
+                    &oref,
+                    EventType::Normal,
+                    "BlockAllocated",
+                    "Allocate",
+                    format!("node {} holds {}", spec.node, spec.cidr),
+                )
+                .await;
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                // Someone else holds the block: our cache is behind. Look again shortly.
+                warn!(network = %name, block = %spec.cidr, "node block already claimed; retrying");
+                lost_race = true;
+            }
+            Err(e) => {
+                return Err(Error::kube(
+                    format!(
+                        "create NodeBlock {block_name} ({}) for node {}",
+                        spec.cidr, spec.node
+                    ),
+                    e,
+                ));
+            }
+        }
+    }
+    for (block_name, node, cidr, why) in &plan.release {
+        match blocks_api
+            .delete(block_name, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(Error::kube(format!("delete NodeBlock {block_name}"), e)),
+        }
+        let why = match why {
+            Some(Release::NodeGone) => "the node is gone",
+            Some(Release::NodeNotSelected) => "the node no longer matches nodeSelector",
+            Some(Release::Duplicate) => "the node holds another block of this family",
+            None => "released",
+        };
+        info!(network = %name, node = %node, block = %cidr, why, "released node block");
+        publish(
+            &ctx,
+            &oref,
+            EventType::Normal,
+            "BlockReleased",
+            "Release",
+            format!("{cidr} of node {node} released: {why}"),
+        )
+        .await;
+    }
+    for (block_name, ip) in &plan.repoint {
+        let patch = json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "NodeBlock", "spec": {"nodeIP": ip}});
+        blocks_api
+            .patch(
+                block_name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .map_err(|e| Error::kube(format!("patch NodeBlock {block_name} nodeIP to {ip}"), e))?;
+    }
+
+    let conflicts = namespace_conflicts(&ctx, &name, &accepted_nets);
+    let status = status(
+        &network,
+        &verdict,
+        &plan,
+        &conflicts,
+        ctx.status_nodes_limit,
+    );
+    let labels = NetworkLabels {
+        network: name.clone(),
+    };
+    ctx.metrics
+        .allocated_blocks
+        .get_or_create(&labels)
+        .set(plan.allocated);
+    ctx.metrics
+        .free_blocks
+        .get_or_create(&labels)
+        .set(plan.free);
+
+    let old = network.status.clone().unwrap_or_default();
+    let exhausted_before = old.conditions.iter().any(|c| c.reason == "PoolExhausted");
+    if !plan.exhausted.is_empty() && !exhausted_before {
+        publish(
+            &ctx,
+            &oref,
+            EventType::Warning,
+            "PoolExhausted",
+            "Allocate",
+            format!("no free block for nodes {}", list(&plan.exhausted, 10)),
+        )
+        .await;
+    }
+    if !verdict.is_accepted() && conditions::is_true(&old.conditions, "Accepted")
+        || (!verdict.is_accepted() && old.conditions.is_empty())
+    {
+        publish(
+            &ctx,
+            &oref,
+            EventType::Warning,
+            verdict.reason(),
+            "Accept",
+            verdict.message(),
+        )
+        .await;
+    }
+    if !same_status(&old, &status) {
+        let api: Api<PodNetwork> = Api::all(ctx.client.clone());
+        let patch = json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "PodNetwork", "status": status});
+        api.patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(|e| Error::kube(format!("patch PodNetwork {name} status"), e))?;
+    }
+    Ok(if lost_race {
+        Action::requeue(Duration::from_secs(1))
+    } else {
+        Action::requeue(RESYNC)
+    })
+}
+
+/// Status equality that ignores transition times (they only move when a status flips).
+fn same_status(a: &PodNetworkStatus, b: &PodNetworkStatus) -> bool {
+    let strip = |s: &PodNetworkStatus| {
+        let mut s = s.clone();
+        for c in &mut s.conditions {
+            c.last_transition_time =
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::UNIX_EPOCH);
+        }
+        s
+    };
+    strip(a) == strip(b)
+}
+
+/// The status a plan leads to.
+pub fn status(
+    network: &PodNetwork,
+    verdict: &Acceptance,
+    plan: &Plan,
+    conflicts: &[String],
+    nodes_limit: usize,
+) -> PodNetworkStatus {
+    let generation = network.metadata.generation;
+    let accepted = Verdict::new(
+        "Accepted",
+        verdict.is_accepted(),
+        verdict.reason(),
+        verdict.message(),
+    );
+    let resolved = if conflicts.is_empty() {
+        Verdict::new(
+            "NamespacesResolved",
+            true,
+            "NoConflicts",
+            "no namespace is selected by another network as well",
+        )
+    } else {
+        Verdict::new(
+            "NamespacesResolved",
+            false,
+            "NamespaceConflict",
+            format!(
+                "namespaces selected by several networks: {}; new pods there join the oldest network, running pods keep their addresses",
+                list(conflicts, 10)
+            ),
+        )
+    };
+    let ready = if !verdict.is_accepted() {
+        Verdict::new(
+            "Ready",
+            false,
+            "NotAccepted",
+            format!("not accepted: {}", verdict.message()),
+        )
+    } else if !plan.exhausted.is_empty() {
+        Verdict::new(
+            "Ready",
+            false,
+            "PoolExhausted",
+            format!(
+                "the pool has no free block for {} node(s): {}",
+                plan.exhausted.len(),
+                list(&plan.exhausted, 10)
+            ),
+        )
+    } else if !plan.unaddressed.is_empty() {
+        Verdict::new(
+            "Ready",
+            false,
+            "NodeAddressMissing",
+            format!(
+                "nodes without an InternalIP: {}",
+                list(&plan.unaddressed, 10)
+            ),
+        )
+    } else {
+        Verdict::new(
+            "Ready",
+            true,
+            "BlocksAllocated",
+            format!("{} node(s) hold a block", plan.allocated),
+        )
+    };
+    let old = network
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    PodNetworkStatus {
+        observed_generation: generation,
+        nodes: if plan.nodes.len() <= nodes_limit {
+            plan.nodes.clone()
+        } else {
+            vec![]
+        },
+        allocated_blocks: Some(plan.allocated),
+        free_blocks: Some(plan.free),
+        conditions: conditions::apply(
+            &old,
+            &[accepted, resolved, ready],
+            generation,
+            Timestamp::now(),
+        ),
+    }
+}
+
+async fn publish(
+    ctx: &Context,
+    oref: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, oref).await {
+        // An Event is a courtesy; failing to record one must not fail the reconcile.
+        warn!(reason, error = %e, "cannot publish event");
+    }
+}
