@@ -6,6 +6,8 @@
 //! fd00::/8; the root namespace gets only the fabric link that lets node agents reach the API
 //! server. Nothing here ships in product images.
 
+pub mod bench;
+pub mod check;
 pub mod controlplane;
 pub mod error;
 pub mod lab;

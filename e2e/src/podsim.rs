@@ -159,6 +159,7 @@ async fn start_with_retries(
             Err(e) => {
                 if attempt % 10 == 0 {
                     warn!(pod = %key, node = %cfg.node.name, error = %e, "cannot start pod; retrying");
+                    sandbox_event(&client, &pod, &cfg.node.name, &e.to_string()).await;
                 }
                 let _ = netns::delete(&pod_netns(&cfg.run, &uid)).await;
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -167,6 +168,30 @@ async fn start_with_retries(
                 }
             }
         }
+    }
+}
+
+/// Records a failed sandbox on the Pod, as a kubelet's `FailedCreatePodSandBox` Event, so
+/// `kubectl describe pod` says why the pod does not start.
+async fn sandbox_event(client: &Client, pod: &Pod, node: &str, message: &str) {
+    use kube::runtime::events::{Event as KEvent, EventType, Recorder, Reporter};
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "switchyard-lab-kubelet".into(),
+            instance: Some(node.to_string()),
+        },
+    );
+    let ev = KEvent {
+        type_: EventType::Warning,
+        reason: "FailedCreatePodSandBox".into(),
+        note: Some(message.chars().take(1000).collect()),
+        action: "CreateSandbox".into(),
+        secondary: None,
+    };
+    let oref = kube::Resource::object_ref(pod, &());
+    if let Err(e) = recorder.publish(&ev, &oref).await {
+        warn!(error = %e, "cannot record the sandbox failure");
     }
 }
 

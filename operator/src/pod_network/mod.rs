@@ -133,6 +133,7 @@ pub async fn reconcile(network: Arc<PodNetwork>, ctx: Arc<Context>) -> Result<Ac
     let oref = network.object_ref(&());
 
     let mut lost_race = false;
+    let mut claimed: Vec<String> = Vec::new();
     for (block_name, spec) in &plan.create {
         let mut nb = NodeBlock::new(block_name, spec.clone());
         nb.metadata.labels = Some(
@@ -155,15 +156,7 @@ pub async fn reconcile(network: Arc<PodNetwork>, ctx: Arc<Context>) -> Result<Ac
         {
             Ok(_) => {
                 info!(network = %name, node = %spec.node, block = %spec.cidr, "claimed node block");
-                publish(
-                    &ctx,
-                    &oref,
-                    EventType::Normal,
-                    "BlockAllocated",
-                    "Allocate",
-                    format!("node {} holds {}", spec.node, spec.cidr),
-                )
-                .await;
+                claimed.push(format!("{} to node {}", spec.cidr, spec.node));
             }
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 // Someone else holds the block: our cache is behind. Look again shortly.
@@ -181,6 +174,20 @@ pub async fn reconcile(network: Arc<PodNetwork>, ctx: Arc<Context>) -> Result<Ac
             }
         }
     }
+    // One Event per reconcile: the recorder folds Events of one reason into a series that keeps
+    // the first note, so per-block Events would hide all but the first block.
+    if !claimed.is_empty() {
+        publish(
+            &ctx,
+            &oref,
+            EventType::Normal,
+            "BlockAllocated",
+            "Allocate",
+            format!("allocated {}", list(&claimed, 10)),
+        )
+        .await;
+    }
+    let mut released: Vec<String> = Vec::new();
     for (block_name, node, cidr, why) in &plan.release {
         match blocks_api
             .delete(block_name, &DeleteParams::default())
@@ -197,13 +204,16 @@ pub async fn reconcile(network: Arc<PodNetwork>, ctx: Arc<Context>) -> Result<Ac
             None => "released",
         };
         info!(network = %name, node = %node, block = %cidr, why, "released node block");
+        released.push(format!("{cidr} of node {node} ({why})"));
+    }
+    if !released.is_empty() {
         publish(
             &ctx,
             &oref,
             EventType::Normal,
             "BlockReleased",
             "Release",
-            format!("{cidr} of node {node} released: {why}"),
+            format!("released {}", list(&released, 10)),
         )
         .await;
     }
