@@ -691,7 +691,10 @@ fn http_get(addr: SocketAddr, path: &str) -> std::result::Result<u16, String> {
         .ok_or_else(|| format!("not HTTP: {head}"))
 }
 
-/// Checks what the lab needs from the machine; the error says what is missing and how to get it.
+/// Checks what the lab needs from the machine. Missing Debian packages (iproute2, nftables,
+/// util-linux) are installed with apt-get when it is there, since the lab runs as root anyway
+/// (set SWITCHYARD_LAB_NO_INSTALL to forbid that); anything else missing is an error that says
+/// what to install.
 pub async fn preflight() -> Result<()> {
     if !nix::unistd::Uid::effective().is_root() {
         return Err(Error::Missing {
@@ -700,21 +703,56 @@ pub async fn preflight() -> Result<()> {
                 .into(),
         });
     }
-    for (program, package) in [
+    let on_path = |program: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+    };
+    let packages = [
         ("ip", "iproute2"),
         ("nft", "nftables"),
         ("nsenter", "util-linux"),
-        ("go", "golang (Go 1.26 or newer)"),
-    ] {
-        let found = std::env::var_os("PATH")
-            .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()));
-        if !found {
+    ];
+    let missing: Vec<&str> = packages
+        .iter()
+        .filter(|(p, _)| !on_path(p))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if !missing.is_empty()
+        && on_path("apt-get")
+        && std::env::var_os("SWITCHYARD_LAB_NO_INSTALL").is_none()
+    {
+        eprintln!(
+            "switchyard-lab: installing {} with apt-get",
+            missing.join(" ")
+        );
+        let update = tokio::process::Command::new("apt-get")
+            .args(["update", "-qq"])
+            .status()
+            .await;
+        let install = tokio::process::Command::new("apt-get")
+            .args(["install", "-y", "-qq"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .await;
+        if !matches!((update, install), (Ok(u), Ok(i)) if u.success() && i.success()) {
+            return Err(Error::Missing {
+                what: missing.join(", "),
+                hint: format!(
+                    "`apt-get install {}` failed; install them and run again",
+                    missing.join(" ")
+                ),
+            });
+        }
+    }
+    for (program, package) in packages
+        .iter()
+        .chain([("go", "golang (Go 1.26 or newer)")].iter())
+    {
+        if !on_path(program) {
             return Err(Error::Missing {
                 what: format!("`{program}`"),
-                hint: format!(
-                    "install {package} (e.g. `apt-get install {}`)",
-                    package.split(' ').next().unwrap_or(package)
-                ),
+                hint: format!("install {package}"),
             });
         }
     }

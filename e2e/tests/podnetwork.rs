@@ -136,6 +136,16 @@ async fn steps(lab: &mut Lab) {
         send(lab, "blue", "d", "udp", &format!("{ip_e}:8081"), "z").await,
         Ok("e z".to_string())
     );
+    let ip6_e = pod_ips(lab, "blue", "e")
+        .await
+        .into_iter()
+        .find(|i| i.contains(':'))
+        .expect("e has an IPv6 address");
+    assert_eq!(
+        send(lab, "blue", "d", "tcp", &format!("[{ip6_e}]:8080"), "v6").await,
+        Ok("e v6".to_string()),
+        "IPv6 across nodes"
+    );
 
     step("Isolated keeps other networks' pods out; Open lets them in");
     let denied = send(lab, "t1", "c", "tcp", &format!("{ip_d}:8080"), "no").await;

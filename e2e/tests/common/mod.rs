@@ -18,7 +18,8 @@ pub fn prerequisites() -> bool {
     let _ = tracing_subscriber::fmt()
         .with_ansi(false)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,kube_client=off".into()),
         )
         .try_init();
     let rt = tokio::runtime::Handle::current();
