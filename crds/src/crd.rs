@@ -6,14 +6,19 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::{Error, NodeBlock, PodNetwork, Result, ServiceRoute};
+use crate::{Error, NodeBlock, PodNetwork, Result, ServiceRoute, VirtualIP};
 
 /// Where the chart keeps the CRDs, relative to the repository root.
 pub const CHART_CRD_DIR: &str = "charts/switchyard/crds";
 
 /// Every CRD of the API, in install order.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![PodNetwork::crd(), ServiceRoute::crd(), NodeBlock::crd()]
+    vec![
+        PodNetwork::crd(),
+        ServiceRoute::crd(),
+        NodeBlock::crd(),
+        VirtualIP::crd(),
+    ]
 }
 
 /// File name of a CRD: `<plural>.<group>.yaml`.

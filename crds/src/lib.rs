@@ -12,12 +12,14 @@ pub mod node_block;
 pub mod pod_network;
 pub mod service_route;
 pub mod validate;
+pub mod virtual_ip;
 
 pub use error::{Error, Result};
 pub use node_block::{NodeBlock, NodeBlockSpec};
 pub use pod_network::{PodNetwork, PodNetworkSpec, PodNetworkStatus};
 pub use service_route::{ServiceRoute, ServiceRouteSpec, ServiceRouteStatus};
 pub use validate::{Violation, Violations};
+pub use virtual_ip::{VirtualIP, VirtualIPSpec};
 
 /// API group of every Switchyard resource.
 pub const GROUP: &str = "switchyard.dev";

@@ -284,9 +284,8 @@ impl Lab {
             "wait",
             "--for=condition=Established",
             "--timeout=60s",
-            "crd/podnetworks.switchyard.dev",
-            "crd/serviceroutes.switchyard.dev",
-            "crd/nodeblocks.switchyard.dev",
+            "crd",
+            "--all",
         ])
         .await?;
         lab.kubectl_ok(&["create", "namespace", "switchyard-system"])

@@ -2,11 +2,13 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::api::core::v1::{Namespace, Node, ObjectReference, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Client;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
-use switchyard_api::{NodeBlock, PodNetwork};
+use switchyard_api::{NodeBlock, PodNetwork, ServiceRoute, VirtualIP};
+use tracing::warn;
 
 use crate::metrics::Metrics;
 
@@ -24,6 +26,16 @@ pub struct Stores {
     pub namespaces: Store<Namespace>,
     /// Every NodeBlock.
     pub blocks: Store<NodeBlock>,
+    /// Every ServiceRoute.
+    pub routes: Store<ServiceRoute>,
+    /// Every Pod.
+    pub pods: Store<Pod>,
+    /// Every native Service (for name conflicts).
+    pub services: Store<Service>,
+    /// Every VirtualIP claim.
+    pub vips: Store<VirtualIP>,
+    /// Switchyard's EndpointSlices.
+    pub slices: Store<EndpointSlice>,
 }
 
 /// Shared by all reconciles.
@@ -39,6 +51,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// How many nodes `PodNetwork.status.nodes` lists before it only summarises.
     pub status_nodes_limit: usize,
+    /// The cluster's DNS domain, e.g. `cluster.local`.
+    pub cluster_domain: String,
 }
 
 impl Context {
@@ -57,6 +71,42 @@ impl Context {
             recorder,
             metrics,
             status_nodes_limit: 1000,
+            cluster_domain: "cluster.local".into(),
         }
     }
+
+    /// Publishes an Event; failing to record one never fails a reconcile.
+    pub async fn publish(
+        &self,
+        oref: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, oref).await {
+            warn!(reason, error = %e, "cannot publish event");
+        }
+    }
+}
+
+/// `a, b, c and N more`: a list for a message, cut at `limit` items.
+pub fn list(items: &[String], limit: usize) -> String {
+    let mut s = items
+        .iter()
+        .take(limit)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > limit {
+        s.push_str(&format!(" and {} more", items.len() - limit));
+    }
+    s
 }

@@ -8,22 +8,24 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use switchyard_api::{NodeBlock, PodNetwork};
+use switchyard_api::service_route::NamespaceFrom;
+use switchyard_api::{NodeBlock, PodNetwork, ServiceRoute, VirtualIP};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::context::{Context, Stores};
 use crate::error::Error;
 use crate::metrics::{ControllerLabels, ErrorLabels, Metrics};
-use crate::pod_network;
+use crate::{pod_network, service_route};
 use switchyard_observe::Health;
 
 /// Keeps a cache of `K` current and sends a trigger whenever `fingerprint` of an object
@@ -31,6 +33,7 @@ use switchyard_observe::Health;
 /// read, so that node heartbeats do not wake every network.
 fn cached<K>(
     api: Api<K>,
+    wc: watcher::Config,
     fingerprint: fn(&K) -> u64,
     trigger: mpsc::Sender<()>,
 ) -> (Store<K>, impl std::future::Future<Output = ()>)
@@ -44,10 +47,7 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store();
-    let stream = reflector::reflector(
-        writer,
-        watcher(api, watcher::Config::default()).default_backoff(),
-    );
+    let stream = reflector::reflector(writer, watcher(api, wc).default_backoff());
     let driver = async move {
         let mut seen: BTreeMap<String, u64> = BTreeMap::new();
         let mut stream = std::pin::pin!(stream);
@@ -106,12 +106,17 @@ fn triggers(rx: mpsc::Receiver<()>) -> impl Stream<Item = ()> + Send + 'static {
     )
 }
 
-fn error_policy(network: Arc<PodNetwork>, err: &Error, ctx: Arc<Context>) -> Action {
-    warn!(network = %network.name_any(), error = %err, "reconcile failed");
+fn error_policy<K: Resource<DynamicType = ()>>(
+    obj: Arc<K>,
+    err: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    let controller = K::kind(&()).to_lowercase();
+    warn!(controller, object = %obj.name_any(), error = %err, "reconcile failed");
     ctx.metrics
         .failures
         .get_or_create(&ErrorLabels {
-            controller: "podnetwork".into(),
+            controller,
             error: err.metric_label().into(),
         })
         .inc();
@@ -121,6 +126,68 @@ fn error_policy(network: Arc<PodNetwork>, err: &Error, ctx: Arc<Context>) -> Act
     }
 }
 
+fn network_fingerprint(n: &PodNetwork) -> u64 {
+    let accepted = n
+        .status
+        .as_ref()
+        .map(|s| {
+            s.conditions
+                .iter()
+                .map(|c| (c.type_.clone(), c.status.clone()))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    hash_of((serde_json::to_string(&n.spec).unwrap_or_default(), accepted))
+}
+
+fn service_fingerprint(s: &Service) -> u64 {
+    hash_of((s.namespace(), s.name_any()))
+}
+
+fn vip_fingerprint(v: &VirtualIP) -> u64 {
+    hash_of((&v.spec.address, &v.spec.route.uid))
+}
+
+fn no_trigger<K>(_: &K) -> u64 {
+    0
+}
+
+/// The routes a change of `pod` may concern: those of its namespace, and those that take
+/// backends from other namespaces. (Not only the ones that select it now: a pod whose labels
+/// stopped matching must leave its old routes.)
+fn routes_for_pod(routes: &Store<ServiceRoute>, pod: &Pod) -> Vec<ObjectRef<ServiceRoute>> {
+    let ns = pod.namespace().unwrap_or_default();
+    routes
+        .state()
+        .iter()
+        .filter(|r| {
+            r.namespace().as_deref() == Some(ns.as_str())
+                || r.spec
+                    .namespaces
+                    .as_ref()
+                    .is_some_and(|n| n.from != NamespaceFrom::Same)
+        })
+        .map(|r| ObjectRef::from_obj(r.as_ref()))
+        .collect()
+}
+
+async fn measured<F>(controller: &'static str, ctx: Arc<Context>, f: F) -> Result<Action, Error>
+where
+    F: std::future::Future<Output = Result<Action, Error>>,
+{
+    let labels = ControllerLabels {
+        controller: controller.into(),
+    };
+    ctx.metrics.reconciles.get_or_create(&labels).inc();
+    let started = std::time::Instant::now();
+    let res = f.await;
+    ctx.metrics
+        .duration
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    res
+}
+
 /// Runs the controllers until the future is dropped (when leadership is lost).
 pub async fn run_controllers(
     client: Client,
@@ -128,66 +195,151 @@ pub async fn run_controllers(
     health: Arc<Health>,
     instance: String,
 ) {
-    let (tx, rx) = mpsc::channel(1);
-    let (nodes, nodes_driver) = cached(
+    let all = watcher::Config::default;
+    let (pn_tx, pn_rx) = mpsc::channel(1);
+    let (sr_tx, sr_rx) = mpsc::channel(1);
+    let (nodes, d1) = cached(
         Api::<Node>::all(client.clone()),
+        all(),
         node_fingerprint,
-        tx.clone(),
+        pn_tx.clone(),
     );
-    let (namespaces, ns_driver) = cached(
+    let (namespaces, d2) = cached(
         Api::<Namespace>::all(client.clone()),
+        all(),
         namespace_fingerprint,
-        tx.clone(),
+        pn_tx.clone(),
     );
-    let (blocks, blocks_driver) = cached(
+    let (blocks, d3) = cached(
         Api::<NodeBlock>::all(client.clone()),
+        all(),
         block_fingerprint,
-        tx.clone(),
+        pn_tx.clone(),
     );
+    let (networks, d4) = cached(
+        Api::<PodNetwork>::all(client.clone()),
+        all(),
+        network_fingerprint,
+        sr_tx.clone(),
+    );
+    let (services, d5) = cached(
+        Api::<Service>::all(client.clone()),
+        all(),
+        service_fingerprint,
+        sr_tx.clone(),
+    );
+    let (vips, d6) = cached(
+        Api::<VirtualIP>::all(client.clone()),
+        all(),
+        vip_fingerprint,
+        sr_tx.clone(),
+    );
+    let (pods, d7) = cached(
+        Api::<Pod>::all(client.clone()),
+        all(),
+        no_trigger,
+        mpsc::channel(1).0,
+    );
+    let slice_wc = all().labels(&format!(
+        "endpointslice.kubernetes.io/managed-by={}",
+        service_route::slices::MANAGED_BY
+    ));
+    let (slices, d8) = cached(
+        Api::<EndpointSlice>::all(client.clone()),
+        slice_wc,
+        no_trigger,
+        mpsc::channel(1).0,
+    );
+    // Namespace changes concern routes too (consent, membership).
+    let (ns_tx, mut ns_rx) = mpsc::channel::<()>(1);
+    let (_ns2, d9) = cached(
+        Api::<Namespace>::all(client.clone()),
+        all(),
+        namespace_fingerprint_and_annotations,
+        ns_tx,
+    );
+    let fan = sr_tx.clone();
     let drivers = tokio::spawn(async move {
-        tokio::join!(nodes_driver, ns_driver, blocks_driver);
+        let forward = async move {
+            while ns_rx.recv().await.is_some() {
+                let _ = fan.try_send(());
+            }
+        };
+        tokio::join!(d1, d2, d3, d4, d5, d6, d7, d8, d9, forward);
     });
 
     // Never plan with half a picture: a node missing from an unsynced cache looks deleted.
-    let synced = async {
-        let _ = nodes.wait_until_ready().await;
-        let _ = namespaces.wait_until_ready().await;
-        let _ = blocks.wait_until_ready().await;
-    };
-    synced.await;
+    let _ = nodes.wait_until_ready().await;
+    let _ = namespaces.wait_until_ready().await;
+    let _ = blocks.wait_until_ready().await;
+    let _ = networks.wait_until_ready().await;
+    let _ = services.wait_until_ready().await;
+    let _ = vips.wait_until_ready().await;
+    let _ = pods.wait_until_ready().await;
+    let _ = slices.wait_until_ready().await;
     info!("caches synced; reconciling");
 
-    let networks_api: Api<PodNetwork> = Api::all(client.clone());
-    let controller = Controller::new(networks_api, watcher::Config::default())
-        .with_config(ControllerConfig::default().debounce(Duration::from_millis(100)));
+    let cfg = || ControllerConfig::default().debounce(Duration::from_millis(100));
+    let pn_controller =
+        Controller::new(Api::<PodNetwork>::all(client.clone()), all()).with_config(cfg());
+    let sr_controller =
+        Controller::new(Api::<ServiceRoute>::all(client.clone()), all()).with_config(cfg());
+    let routes = sr_controller.store();
     let stores = Stores {
-        networks: controller.store(),
+        networks,
         nodes,
         namespaces,
         blocks,
+        routes: routes.clone(),
+        pods,
+        services,
+        vips,
+        slices,
     };
-    let ctx = Arc::new(Context::new(client, stores, metrics.clone(), instance));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        stores,
+        metrics.clone(),
+        instance,
+    ));
     health.ready.store(true, Ordering::Relaxed);
-    controller
-        .reconcile_all_on(triggers(rx))
+
+    let pn = pn_controller
+        .reconcile_all_on(triggers(pn_rx))
         .run(
             |obj, ctx: Arc<Context>| async move {
-                let labels = ControllerLabels {
-                    controller: "podnetwork".into(),
-                };
-                ctx.metrics.reconciles.get_or_create(&labels).inc();
-                let started = std::time::Instant::now();
-                let res = pod_network::reconcile(obj, ctx.clone()).await;
-                ctx.metrics
-                    .duration
-                    .get_or_create(&labels)
-                    .observe(started.elapsed().as_secs_f64());
-                res
+                measured("podnetwork", ctx.clone(), pod_network::reconcile(obj, ctx)).await
             },
-            error_policy,
+            error_policy::<PodNetwork>,
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
+    let sr = sr_controller
+        .watches(Api::<Pod>::all(client), all(), move |pod| {
+            routes_for_pod(&routes, &pod)
+        })
+        .reconcile_all_on(triggers(sr_rx))
+        .run(
+            |obj, ctx: Arc<Context>| async move {
+                measured(
+                    "serviceroute",
+                    ctx.clone(),
+                    service_route::reconcile(obj, ctx),
+                )
+                .await
+            },
+            error_policy::<ServiceRoute>,
             ctx,
         )
-        .for_each(|_| async {})
-        .await;
+        .for_each(|_| async {});
+    tokio::join!(pn, sr);
     drivers.abort();
+}
+
+fn namespace_fingerprint_and_annotations(n: &Namespace) -> u64 {
+    hash_of((
+        n.labels(),
+        n.annotations()
+            .get(switchyard_api::service_route::ALLOW_ROUTES_FROM_ANNOTATION),
+    ))
 }

@@ -53,6 +53,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The finalizer machinery refused an object.
+    #[error("finalizer of a ServiceRoute in namespace {namespace}: {message}")]
+    Finalizer {
+        /// Namespace.
+        namespace: String,
+        /// Why.
+        message: String,
+    },
     /// The caches are not synced yet; acting now could release live blocks.
     #[error("caches are not synced yet")]
     NotSynced,
@@ -76,6 +84,7 @@ impl Error {
             Error::NotSynced => "not_synced",
             Error::Lease { .. } => "lease",
             Error::Http { .. } => "http",
+            Error::Finalizer { .. } => "finalizer",
         }
     }
 }

@@ -71,17 +71,23 @@ async fn a_new_node_gets_one_block_one_event_and_one_status_write() {
     fill(&mut w4, vec![]);
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
-    let ctx = Arc::new(Context::new(
-        client,
-        Stores {
-            networks,
-            nodes,
-            namespaces,
-            blocks,
-        },
-        metrics,
-        "test".into(),
-    ));
+    let (routes, _) = reflector::store();
+    let (pods, _) = reflector::store();
+    let (services, _) = reflector::store();
+    let (vips, _) = reflector::store();
+    let (slices, _) = reflector::store();
+    let stores = Stores {
+        networks,
+        nodes,
+        namespaces,
+        blocks,
+        routes,
+        pods,
+        services,
+        vips,
+        slices,
+    };
+    let ctx = Arc::new(Context::new(client, stores, metrics, "test".into()));
 
     let server = tokio::spawn(async move {
         // 1. Claim the block, named after it, with the network as owner.

@@ -118,7 +118,11 @@ pub async fn wait_condition_reason(
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut last = String::new();
     while Instant::now() < deadline {
-        if let Ok(out) = lab.kubectl(&["get", obj, "-o", &jp]).await {
+        // `obj` may carry flags, e.g. "serviceroute/web -n shop".
+        let mut args: Vec<&str> = vec!["get"];
+        args.extend(obj.split_whitespace());
+        args.extend(["-o", jp.as_str()]);
+        if let Ok(out) = lab.kubectl(&args).await {
             last = String::from_utf8_lossy(&out.stdout).trim().to_string();
             if let Some((s, reason)) = last.split_once(' ')
                 && s == status

@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use switchyard_api::membership::resolve;
@@ -22,7 +22,7 @@ use switchyard_api::{NodeBlock, PodNetwork, PodNetworkStatus};
 use tracing::{info, warn};
 
 use crate::conditions::{self, Verdict};
-use crate::context::{Context, FIELD_MANAGER};
+use crate::context::{Context, FIELD_MANAGER, list};
 use crate::error::{Error, Result};
 use crate::metrics::NetworkLabels;
 use acceptance::Acceptance;
@@ -85,19 +85,6 @@ fn namespace_conflicts(ctx: &Context, name: &str, accepted: &[&PodNetwork]) -> V
     }
     out.sort();
     out
-}
-
-fn list(items: &[String], limit: usize) -> String {
-    let mut s = items
-        .iter()
-        .take(limit)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(", ");
-    if items.len() > limit {
-        s.push_str(&format!(" and {} more", items.len() - limit));
-    }
-    s
 }
 
 /// Reconciles one PodNetwork.
@@ -177,8 +164,7 @@ pub async fn reconcile(network: Arc<PodNetwork>, ctx: Arc<Context>) -> Result<Ac
     // One Event per reconcile: the recorder folds Events of one reason into a series that keeps
     // the first note, so per-block Events would hide all but the first block.
     if !claimed.is_empty() {
-        publish(
-            &ctx,
+        ctx.publish(
             &oref,
             EventType::Normal,
             "BlockAllocated",
@@ -207,8 +193,7 @@ pub async fn reconcile(network: Arc<PodNetwork>, ctx: Arc<Context>) -> Result<Ac
         released.push(format!("{cidr} of node {node} ({why})"));
     }
     if !released.is_empty() {
-        publish(
-            &ctx,
+        ctx.publish(
             &oref,
             EventType::Normal,
             "BlockReleased",
@@ -252,8 +237,7 @@ pub async fn reconcile(network: Arc<PodNetwork>, ctx: Arc<Context>) -> Result<Ac
     let old = network.status.clone().unwrap_or_default();
     let exhausted_before = old.conditions.iter().any(|c| c.reason == "PoolExhausted");
     if !plan.exhausted.is_empty() && !exhausted_before {
-        publish(
-            &ctx,
+        ctx.publish(
             &oref,
             EventType::Warning,
             "PoolExhausted",
@@ -262,11 +246,10 @@ pub async fn reconcile(network: Arc<PodNetwork>, ctx: Arc<Context>) -> Result<Ac
         )
         .await;
     }
-    if !verdict.is_accepted() && conditions::is_true(&old.conditions, "Accepted")
-        || (!verdict.is_accepted() && old.conditions.is_empty())
+    if !verdict.is_accepted()
+        && (conditions::is_true(&old.conditions, "Accepted") || old.conditions.is_empty())
     {
-        publish(
-            &ctx,
+        ctx.publish(
             &oref,
             EventType::Warning,
             verdict.reason(),
@@ -395,26 +378,5 @@ pub fn status(
             generation,
             Timestamp::now(),
         ),
-    }
-}
-
-async fn publish(
-    ctx: &Context,
-    oref: &k8s_openapi::api::core::v1::ObjectReference,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: String,
-) {
-    let ev = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: action.into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, oref).await {
-        // An Event is a courtesy; failing to record one must not fail the reconcile.
-        warn!(reason, error = %e, "cannot publish event");
     }
 }

@@ -1,0 +1,247 @@
+//! ServiceRoute, operator side, on a real control plane: virtual IPs claimed through the API
+//! server (requested or automatic, unique, stable across restarts, released on delete), the
+//! backends chosen by labels across consenting namespaces published as EndpointSlices, DNS
+//! names and conditions in the status.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, DeleteParams, ListParams};
+use switchyard_api::{ServiceRoute, VirtualIP};
+use switchyard_e2e::lab::{Lab, LabOptions};
+
+async fn route(lab: &Lab, ns: &str, name: &str) -> ServiceRoute {
+    Api::<ServiceRoute>::namespaced(lab.client.clone(), ns)
+        .get(name)
+        .await
+        .unwrap()
+}
+
+async fn vips(lab: &Lab) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = Api::<VirtualIP>::all(lab.client.clone())
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|v| {
+            (
+                v.spec.address,
+                format!("{}/{}", v.spec.route.namespace, v.spec.route.name),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Ready endpoint addresses in the route's EndpointSlices.
+async fn ready_endpoints(lab: &Lab, ns: &str, name: &str) -> Vec<String> {
+    let lp = ListParams::default().labels(&format!("switchyard.dev/route={name}"));
+    let mut out: Vec<String> = Api::<EndpointSlice>::namespaced(lab.client.clone(), ns)
+        .list(&lp)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .flat_map(|s| s.endpoints)
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false))
+        .flat_map(|e| e.addresses)
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serviceroute_operator_end_to_end() {
+    if !prerequisites() {
+        return;
+    }
+    let mut lab = Lab::up(LabOptions {
+        nodes: 2,
+        examples: false,
+        operators: 1,
+    })
+    .await
+    .expect("lab up");
+    let outcome =
+        futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(steps(&mut lab))).await;
+    if outcome.is_err() {
+        dump_logs(&lab);
+    }
+    lab.down().await;
+    if let Err(p) = outcome {
+        std::panic::resume_unwind(p);
+    }
+}
+
+async fn steps(lab: &mut Lab) {
+    apply(lab, &example("01-podnetwork-default.yaml")).await;
+    wait_condition(lab, "podnetwork/default", "Ready", 60).await;
+
+    step("a route gets a virtual IP from its network's pool, DNS names and its ready backends");
+    apply(
+        lab,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {team: shop}}\n",
+    )
+    .await;
+    wait_service_account(lab, "shop").await;
+    apply(
+        lab,
+        &labelled(pod_yaml("shop", "web-1", "node-1", false), "web"),
+    )
+    .await;
+    apply(
+        lab,
+        &labelled(pod_yaml("shop", "web-2", "node-2", false), "web"),
+    )
+    .await;
+    wait_pods_ready(lab, "shop", 2, 90).await;
+    apply(lab, "apiVersion: switchyard.dev/v1alpha1\nkind: ServiceRoute\nmetadata: {name: web, namespace: shop}\nspec:\n  selector: {matchLabels: {role: web}}\n  ports: [{name: http, port: 80, targetPort: 8082}]\n  hostnames: [web.shop.example.internal]\n").await;
+    wait_until(30, || async {
+        route(lab, "shop", "web")
+            .await
+            .status
+            .is_some_and(|s| s.endpoints.is_some_and(|e| e.ready == 2))
+    })
+    .await;
+    let r = route(lab, "shop", "web").await.status.unwrap();
+    assert_eq!(r.virtual_ips.len(), 1);
+    assert!(
+        r.virtual_ips[0].starts_with("198.19."),
+        "{:?}",
+        r.virtual_ips
+    );
+    assert_eq!(
+        r.dns_names,
+        vec!["web.shop.svc.cluster.local", "web.shop.example.internal"]
+    );
+    let mut ips = vec![
+        pod_ip(lab, "shop", "web-1").await,
+        pod_ip(lab, "shop", "web-2").await,
+    ];
+    ips.sort();
+    assert_eq!(ready_endpoints(lab, "shop", "web").await, ips);
+    let reason =
+        wait_condition_reason(lab, "serviceroute/web -n shop", "Accepted", "True", 10).await;
+    assert_eq!(reason, "Accepted");
+
+    step("a backend that is deleted leaves the endpoint set");
+    kubectl(
+        lab,
+        &["delete", "pod", "-n", "shop", "web-2", "--wait=false"],
+    )
+    .await;
+    let ip1 = pod_ip(lab, "shop", "web-1").await;
+    wait_until(30, || async {
+        ready_endpoints(lab, "shop", "web").await == vec![ip1.clone()]
+    })
+    .await;
+
+    step("a requested virtual IP is honoured; a second route asking for it is refused");
+    apply(lab, "apiVersion: switchyard.dev/v1alpha1\nkind: ServiceRoute\nmetadata: {name: pay, namespace: shop}\nspec:\n  selector: {matchLabels: {role: pay}}\n  virtualIPs: [\"198.19.0.50\"]\n  ports: [{port: 9090}]\n").await;
+    wait_until(30, || async {
+        route(lab, "shop", "pay")
+            .await
+            .status
+            .is_some_and(|s| s.virtual_ips == vec!["198.19.0.50"])
+    })
+    .await;
+    apply(lab, "apiVersion: switchyard.dev/v1alpha1\nkind: ServiceRoute\nmetadata: {name: pay2, namespace: shop}\nspec:\n  selector: {matchLabels: {role: pay}}\n  virtualIPs: [\"198.19.0.50\"]\n  ports: [{port: 9090}]\n").await;
+    let reason =
+        wait_condition_reason(lab, "serviceroute/pay2 -n shop", "Accepted", "False", 30).await;
+    assert_eq!(reason, "VirtualIPUnavailable");
+    assert!(
+        vips(lab)
+            .await
+            .contains(&("198.19.0.50".to_string(), "shop/pay".to_string()))
+    );
+
+    step("restarting the operator moves no virtual IP");
+    let before = vips(lab).await;
+    lab.stop_operator(0).await;
+    lab.start_operator(0).unwrap();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(vips(lab).await, before);
+
+    step("deleting a route releases its address, and the route that asked for it gets it");
+    Api::<ServiceRoute>::namespaced(lab.client.clone(), "shop")
+        .delete("pay", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_until(30, || async {
+        vips(lab)
+            .await
+            .contains(&("198.19.0.50".to_string(), "shop/pay2".to_string()))
+    })
+    .await;
+    wait_condition_reason(lab, "serviceroute/pay2 -n shop", "Accepted", "True", 30).await;
+
+    step("pods of namespaces without consent are left out and named in ResolvedRefs");
+    apply(lab, "apiVersion: v1\nkind: Namespace\nmetadata: {name: canary, labels: {team: shop}, annotations: {switchyard.dev/allow-routes-from: shop}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: rogue, labels: {team: shop}}\n").await;
+    wait_service_account(lab, "canary").await;
+    wait_service_account(lab, "rogue").await;
+    apply(
+        lab,
+        &labelled(pod_yaml("canary", "api-c", "node-1", false), "api"),
+    )
+    .await;
+    apply(
+        lab,
+        &labelled(pod_yaml("rogue", "api-r", "node-2", false), "api"),
+    )
+    .await;
+    wait_pods_ready(lab, "canary", 1, 60).await;
+    wait_pods_ready(lab, "rogue", 1, 60).await;
+    apply(lab, "apiVersion: switchyard.dev/v1alpha1\nkind: ServiceRoute\nmetadata: {name: api, namespace: shop}\nspec:\n  selector: {matchLabels: {role: api}}\n  namespaces: {from: Selector, selector: {matchLabels: {team: shop}}}\n  ports: [{port: 8080}]\n").await;
+    let reason =
+        wait_condition_reason(lab, "serviceroute/api -n shop", "ResolvedRefs", "False", 30).await;
+    assert_eq!(reason, "RefNotPermitted");
+    let msg = kubectl(
+        lab,
+        &[
+            "get",
+            "sr",
+            "api",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"ResolvedRefs\")].message}",
+        ],
+    )
+    .await;
+    assert!(msg.contains("rogue") && !msg.contains("canary"), "{msg}");
+    let canary_ip = pod_ip(lab, "canary", "api-c").await;
+    wait_until(30, || async {
+        ready_endpoints(lab, "shop", "api").await == vec![canary_ip.clone()]
+    })
+    .await;
+
+    step("a route named like a native Service in its namespace reports Conflict");
+    apply(lab, "apiVersion: v1\nkind: Service\nmetadata: {name: clash, namespace: shop}\nspec: {ports: [{port: 80}]}\n").await;
+    apply(lab, "apiVersion: switchyard.dev/v1alpha1\nkind: ServiceRoute\nmetadata: {name: clash, namespace: shop}\nspec:\n  selector: {matchLabels: {role: web}}\n  ports: [{port: 80}]\n").await;
+    let reason =
+        wait_condition_reason(lab, "serviceroute/clash -n shop", "Accepted", "False", 30).await;
+    assert_eq!(reason, "Conflict");
+
+    step("kubectl get sr answers the first questions");
+    let table = kubectl(lab, &["get", "sr", "-n", "shop"]).await;
+    assert!(
+        table.contains("VIRTUAL IPS") && table.contains("198.19.0.50"),
+        "{table}"
+    );
+}
+
+/// Adds the label `role: <role>` to a pod manifest from `pod_yaml`.
+fn labelled(yaml: String, role: &str) -> String {
+    yaml.replacen(
+        "  labels: {app: ",
+        &format!("  labels: {{role: {role}, app: "),
+        1,
+    )
+}

@@ -1,0 +1,152 @@
+//! The endpoint data the agents read (sans I/O): a route's backends as
+//! `discovery.k8s.io/v1` EndpointSlices in the route's namespace, labelled for Switchyard so
+//! that kube-proxy and other consumers ignore them. Backends sharing a family and a port map
+//! share slices of at most 100 endpoints, so one backend change rewrites one small object.
+
+use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::{Resource, ResourceExt};
+use switchyard_api::ServiceRoute;
+
+use super::backends::{Backend, port_key};
+
+/// Label naming the route a slice belongs to.
+pub const ROUTE_LABEL: &str = "switchyard.dev/route";
+/// The `managed-by` label value on Switchyard's slices.
+pub const MANAGED_BY: &str = "switchyard.dev";
+/// Most endpoints per slice (as the EndpointSlice controller does).
+pub const MAX_ENDPOINTS: usize = 100;
+
+fn short_hash(v: impl Hash) -> String {
+    let mut h = DefaultHasher::new();
+    v.hash(&mut h);
+    format!("{:08x}", h.finish() as u32)
+}
+
+/// Backends of one address family with one port map share slices.
+type SliceKey = (&'static str, Vec<(String, i32)>);
+
+/// The slices for `backends`, named `<route>-<family>-<ports hash>-<chunk>`.
+pub fn desired(route: &ServiceRoute, backends: &[Backend]) -> Vec<EndpointSlice> {
+    let name = route.name_any();
+    let protocol_of: BTreeMap<String, &'static str> = route
+        .spec
+        .ports
+        .iter()
+        .map(|p| (port_key(p), p.protocol.as_str()))
+        .collect();
+    // (family, ports) → endpoints
+    let mut groups: BTreeMap<SliceKey, Vec<Endpoint>> = BTreeMap::new();
+    for b in backends {
+        let ports: Vec<(String, i32)> = b.ports.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        for addr in &b.addresses {
+            let family = if addr.contains(':') { "IPv6" } else { "IPv4" };
+            groups
+                .entry((family, ports.clone()))
+                .or_default()
+                .push(Endpoint {
+                    addresses: vec![addr.clone()],
+                    conditions: Some(EndpointConditions {
+                        ready: Some(b.ready),
+                        serving: Some(b.ready),
+                        terminating: Some(false),
+                    }),
+                    node_name: b.node.clone(),
+                    target_ref: Some(ObjectReference {
+                        kind: Some("Pod".into()),
+                        namespace: Some(b.namespace.clone()),
+                        name: Some(b.pod.clone()),
+                        uid: Some(b.uid.clone()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+        }
+    }
+    let owner = route.controller_owner_ref(&());
+    let mut out = Vec::new();
+    for ((family, ports), endpoints) in groups {
+        let hash = short_hash(&ports);
+        for (i, chunk) in endpoints.chunks(MAX_ENDPOINTS).enumerate() {
+            out.push(EndpointSlice {
+                metadata: ObjectMeta {
+                    name: Some(format!("{name}-{}-{hash}-{i}", family.to_lowercase())),
+                    namespace: route.namespace(),
+                    labels: Some(
+                        [
+                            (ROUTE_LABEL.to_string(), name.clone()),
+                            (
+                                "endpointslice.kubernetes.io/managed-by".to_string(),
+                                MANAGED_BY.to_string(),
+                            ),
+                        ]
+                        .into(),
+                    ),
+                    owner_references: owner.clone().map(|o| vec![o]),
+                    ..Default::default()
+                },
+                address_type: family.to_string(),
+                endpoints: chunk.to_vec(),
+                ports: Some(
+                    ports
+                        .iter()
+                        .map(|(k, v)| EndpointPort {
+                            name: Some(k.clone()),
+                            port: Some(*v),
+                            protocol: protocol_of.get(k).map(|p| p.to_string()),
+                            app_protocol: None,
+                        })
+                        .collect(),
+                ),
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn backends_group_by_family_and_port_map_in_chunks_of_100() {
+        let route: ServiceRoute = serde_json::from_value(json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "ServiceRoute",
+            "metadata": {"name": "web", "namespace": "shop", "uid": "u"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}))
+        .unwrap();
+        let backend = |i: usize, port: i32| Backend {
+            namespace: "shop".into(),
+            pod: format!("p{i}"),
+            uid: format!("u{i}"),
+            addresses: vec![
+                format!("198.18.128.{}", i % 250 + 2),
+                format!("fd00:10::{i:x}"),
+            ],
+            node: Some("n1".into()),
+            ready: i.is_multiple_of(2),
+            ports: [("http".to_string(), port)].into(),
+        };
+        let mut backends: Vec<Backend> = (0..150).map(|i| backend(i, 8080)).collect();
+        backends.push(backend(999, 9090));
+        let slices = desired(&route, &backends);
+        // IPv4 and IPv6 × (150 on 8080 → 2 slices, 1 on 9090 → 1 slice).
+        assert_eq!(slices.len(), 6);
+        assert!(slices.iter().all(|s| s.endpoints.len() <= MAX_ENDPOINTS));
+        let total: usize = slices.iter().map(|s| s.endpoints.len()).sum();
+        assert_eq!(total, 302);
+        assert!(
+            slices
+                .iter()
+                .all(|s| s.metadata.labels.as_ref().unwrap()[ROUTE_LABEL] == "web")
+        );
+        assert_eq!(
+            slices[0].ports.as_ref().unwrap()[0].protocol.as_deref(),
+            Some("TCP")
+        );
+    }
+}
