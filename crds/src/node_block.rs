@@ -60,8 +60,13 @@ pub struct NodeBlockSpec {
 /// turned into `-` (`198.18.129.0/24` → `198-18-129-0-24`, `fd00:10:0:1::/64` →
 /// `fd00-10-0-1---64`).
 pub fn node_block_name(block: &IpNet) -> String {
-    block
-        .to_string()
+    address_object_name(&block.to_string())
+}
+
+/// An address or CIDR as an object name: every `.`, `:` and `/` becomes `-`. Claims are
+/// named this way so that the API server's name uniqueness is the address's uniqueness.
+pub fn address_object_name(address: &str) -> String {
+    address
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect()

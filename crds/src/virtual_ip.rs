@@ -60,11 +60,7 @@ pub struct VirtualIPSpec {
 /// The object name of the claim on `address` (`198.19.0.50` → `198-19-0-50`,
 /// `fd00:20::a` → `fd00-20--a`).
 pub fn virtual_ip_name(address: &std::net::IpAddr) -> String {
-    address
-        .to_string()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect()
+    crate::node_block::address_object_name(&address.to_string())
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::watcher::{self, Event, watcher};
@@ -72,30 +72,8 @@ pub async fn pod_start(
                     .into(),
         });
     }
+    crate::check::fresh_namespace(client, NS).await?;
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let _ = namespaces.delete(NS, &DeleteParams::default()).await;
-    let t = Instant::now();
-    while namespaces.get_opt(NS).await.ok().flatten().is_some()
-        && t.elapsed() < Duration::from_secs(60)
-    {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let ns: Namespace =
-        serde_json::from_value(json!({"metadata": {"name": NS}})).map_err(|e| Error::Invalid {
-            what: "namespace".into(),
-            message: e.to_string(),
-        })?;
-    namespaces
-        .create(&PostParams::default(), &ns)
-        .await
-        .map_err(kube("create bench namespace"))?;
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), NS);
-    let t = Instant::now();
-    while sas.get_opt("default").await.ok().flatten().is_none()
-        && t.elapsed() < Duration::from_secs(30)
-    {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let mut events = std::pin::pin!(watcher(pods.clone(), watcher::Config::default()));
     let mut created: BTreeMap<String, Instant> = BTreeMap::new();

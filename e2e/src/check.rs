@@ -107,25 +107,8 @@ pub async fn run(t: &Target) -> Result<Vec<(String, bool, String)>> {
             source: Box::new(e),
         }
     };
+    fresh_namespace(&t.client, NS).await?;
     let namespaces: Api<Namespace> = Api::all(t.client.clone());
-    let _ = namespaces.delete(NS, &DeleteParams::default()).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while namespaces.get_opt(NS).await.ok().flatten().is_some() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    let ns: Namespace =
-        serde_json::from_value(json!({"metadata": {"name": NS}})).map_err(|e| Error::Invalid {
-            what: "namespace".into(),
-            message: e.to_string(),
-        })?;
-    namespaces
-        .create(&PostParams::default(), &ns)
-        .await
-        .map_err(kube("create namespace"))?;
-    let sas: Api<ServiceAccount> = Api::namespaced(t.client.clone(), NS);
-    while sas.get_opt("default").await.ok().flatten().is_none() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
     let (n1, n2) = match t.nodes.as_slice() {
         [a, b, ..] => (a.clone(), b.clone()),
         [a] => (a.clone(), a.clone()),
@@ -190,6 +173,36 @@ pub async fn run(t: &Target) -> Result<Vec<(String, bool, String)>> {
     );
     let _ = namespaces.delete(NS, &DeleteParams::default()).await;
     Ok(out)
+}
+
+/// Replaces namespace `name` with an empty one (waiting for the old one to go) and waits until
+/// pods can be created in it (its `default` ServiceAccount exists).
+pub async fn fresh_namespace(client: &Client, name: &str) -> Result<()> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let _ = namespaces.delete(name, &DeleteParams::default()).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while namespaces.get_opt(name).await.ok().flatten().is_some() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let ns: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": name}})).map_err(|e| {
+            Error::Invalid {
+                what: format!("namespace {name}"),
+                message: e.to_string(),
+            }
+        })?;
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .map_err(|e| Error::Kube {
+            what: format!("create namespace {name}"),
+            source: Box::new(e),
+        })?;
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), name);
+    while sas.get_opt("default").await.ok().flatten().is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
 }
 
 /// The test server binary next to `exe` (the lab CLI's own folder), if built.

@@ -38,22 +38,15 @@ async fn podnetwork_end_to_end() {
     if !prerequisites() {
         return;
     }
-    let mut lab = Lab::up(LabOptions {
-        nodes: 3,
-        examples: false,
-        operators: 1,
-    })
-    .await
-    .expect("lab up");
-    let result = std::panic::AssertUnwindSafe(steps(&mut lab));
-    let outcome = futures::FutureExt::catch_unwind(result).await;
-    if outcome.is_err() {
-        dump_logs(&lab);
-    }
-    lab.down().await;
-    if let Err(p) = outcome {
-        std::panic::resume_unwind(p);
-    }
+    run_lab(
+        LabOptions {
+            nodes: 3,
+            examples: false,
+            operators: 1,
+        },
+        |lab| Box::pin(steps(lab)),
+    )
+    .await;
 }
 
 async fn steps(lab: &mut Lab) {

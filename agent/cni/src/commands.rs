@@ -775,12 +775,12 @@ mod tests {
 
         // An unusable attachment, and a bridge the agent forgot to create.
         let mut a = attachment();
-        a.blocks[0].gateway = "10.0.0.1".into();
+        a.blocks[0].gateway = "198.19.250.1".into();
         w.sys.agent = Some(AgentResponse::Attach(a));
         let (code, msg) = err_code(&w.run("ADD", json!({})));
         assert_eq!(code, 101);
         assert!(
-            msg.contains("attach.blocks[0].gateway") && msg.contains("10.0.0.1"),
+            msg.contains("attach.blocks[0].gateway") && msg.contains("198.19.250.1"),
             "{msg}"
         );
         let mut a = attachment();
@@ -815,7 +815,7 @@ mod tests {
     fn add_after_an_earlier_plugin_appends_to_its_result() {
         let mut w = World::new();
         let prev = json!({"cniVersion": "1.1.0", "interfaces": [{"name": "x0"}],
-            "ips": [{"address": "192.0.2.9/24", "interface": 0}], "dns": {"domain": "d"}});
+            "ips": [{"address": "198.18.250.9/24", "interface": 0}], "dns": {"domain": "d"}});
         let out = ok_json(&w.run("ADD", json!({"prevResult": prev})));
         assert_eq!(out["interfaces"].as_array().unwrap().len(), 3);
         assert_eq!(out["ips"][1]["interface"], 2);

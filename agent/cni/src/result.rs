@@ -366,8 +366,8 @@ mod tests {
         let prev = json!({
             "cniVersion": "1.0.0",
             "interfaces": [{"name": "other0", "x-custom": 1}],
-            "ips": [{"address": "192.0.2.2/24", "interface": 0}],
-            "dns": {"nameservers": ["192.0.2.53"]},
+            "ips": [{"address": "198.18.250.2/24", "interface": 0}],
+            "dns": {"nameservers": ["198.18.250.53"]},
             "custom": true
         });
         let out = sample().appended_to(&prev);
@@ -377,7 +377,7 @@ mod tests {
         assert_eq!(out["ips"][0]["interface"], 0);
         assert_eq!(out["ips"][1]["interface"], 2);
         assert_eq!(out["routes"][0]["dst"], "198.18.0.0/15");
-        assert_eq!(out["dns"]["nameservers"][0], "192.0.2.53");
+        assert_eq!(out["dns"]["nameservers"][0], "198.18.250.53");
         assert_eq!(out["custom"], true);
     }
 

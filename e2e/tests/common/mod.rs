@@ -34,6 +34,24 @@ pub fn prerequisites() -> bool {
     }
 }
 
+/// Brings a lab up, runs `steps` on it, and always takes it down; on failure prints the tail of
+/// every log first.
+pub async fn run_lab<F>(opts: switchyard_e2e::lab::LabOptions, steps: F)
+where
+    F: for<'a> FnOnce(&'a mut Lab) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
+{
+    let mut lab = Lab::up(opts).await.expect("lab up");
+    let outcome =
+        futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(steps(&mut lab))).await;
+    if outcome.is_err() {
+        dump_logs(&lab);
+    }
+    lab.down().await;
+    if let Err(p) = outcome {
+        std::panic::resume_unwind(p);
+    }
+}
+
 pub fn step(what: &str) {
     eprintln!("--- {what}");
 }
