@@ -20,6 +20,17 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A program the agent needs is not installed.
+    #[error("cannot run {program}: {source}; install the Debian package `{package}`")]
+    Missing {
+        /// The program.
+        program: String,
+        /// The package that has it.
+        package: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// Output of a command could not be read.
     #[error("cannot parse the output of `{command}`: {source}")]
     Parse {
@@ -49,6 +60,7 @@ impl Error {
             Error::Command { .. } => "command",
             Error::Spawn { .. } => "spawn",
             Error::Parse { .. } => "parse",
+            Error::Missing { .. } => "missing",
             Error::Io { .. } => "io",
         }
     }

@@ -10,21 +10,24 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, watcher};
 use kube::{Client, Resource};
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge, histogram::Histogram};
 use prometheus_client::registry::Registry;
 use serde::de::DeserializeOwned;
-use switchyard_api::{NodeBlock, PodNetwork};
+use switchyard_api::{NodeBlock, PodNetwork, ServiceRoute};
 use switchyard_observe::Health;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::desired::{DesiredNode, desired};
-use crate::kernel::{links, nft};
+use crate::kernel::{links, nft, services as svc_kernel};
+use crate::services::{Elements, SLICE_SELECTOR, desired_services, elements};
 use crate::state::{View, is_accepted};
 
 /// How the agent is set up.
@@ -56,6 +59,10 @@ pub struct Metrics {
     pub bridges: Gauge,
     /// Routes to remote blocks held.
     pub routes: Gauge,
+    /// Elements of the service maps and sets, by map (`dispatch`, `backends`, ...).
+    pub service_elements: Family<Vec<(String, String)>, Gauge>,
+    /// Service nftables transactions that failed.
+    pub nft_failures: Counter,
 }
 
 impl Metrics {
@@ -69,6 +76,8 @@ impl Metrics {
             ]),
             bridges: Gauge::default(),
             routes: Gauge::default(),
+            service_elements: Family::default(),
+            nft_failures: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("switchyard_agent");
         r.register("programming_passes", "Programming passes", m.passes.clone());
@@ -88,12 +97,37 @@ impl Metrics {
             "Routes to remote node blocks held",
             m.routes.clone(),
         );
+        r.register(
+            "service_elements",
+            "Elements in the shared service maps and sets",
+            m.service_elements.clone(),
+        );
+        r.register(
+            "nft_transaction_failures",
+            "Service nftables transactions that failed",
+            m.nft_failures.clone(),
+        );
         m
+    }
+
+    fn set_elements(&self, e: &Elements) {
+        for (name, n) in [
+            ("dispatch", e.dispatch.len()),
+            ("backends", e.backends.len()),
+            ("no_endpoints", e.no_endpoints.len()),
+            ("hairpin", e.hairpin.len()),
+            ("affinity_routes", e.affinity.len()),
+        ] {
+            self.service_elements
+                .get_or_create(&vec![("map".to_string(), name.to_string())])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
 }
 
 fn cache<K>(
     api: Api<K>,
+    config: watcher::Config,
     trigger: mpsc::Sender<Instant>,
 ) -> (Store<K>, impl std::future::Future<Output = ()>)
 where
@@ -106,10 +140,7 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store();
-    let stream = reflector::reflector(
-        writer,
-        watcher(api, watcher::Config::default()).default_backoff(),
-    );
+    let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
     let driver = async move {
         let mut stream = std::pin::pin!(stream.touched_objects());
         while let Some(ev) = stream.next().await {
@@ -132,11 +163,18 @@ pub async fn run(
     health: Arc<Health>,
 ) -> crate::Result<()> {
     let (tx, mut rx) = mpsc::channel::<Instant>(1);
-    let (networks, d1) = cache(Api::<PodNetwork>::all(client.clone()), tx.clone());
-    let (blocks, d2) = cache(Api::<NodeBlock>::all(client.clone()), tx.clone());
-    let (namespaces, d3) = cache(Api::<Namespace>::all(client.clone()), tx.clone());
+    let all = watcher::Config::default;
+    let (networks, d1) = cache(Api::<PodNetwork>::all(client.clone()), all(), tx.clone());
+    let (blocks, d2) = cache(Api::<NodeBlock>::all(client.clone()), all(), tx.clone());
+    let (namespaces, d3) = cache(Api::<Namespace>::all(client.clone()), all(), tx.clone());
+    let (service_routes, d4) = cache(Api::<ServiceRoute>::all(client.clone()), all(), tx.clone());
+    let (slices, d5) = cache(
+        Api::<EndpointSlice>::all(client.clone()),
+        all().labels(SLICE_SELECTOR),
+        tx.clone(),
+    );
     let drivers = tokio::spawn(async move {
-        tokio::join!(d1, d2, d3);
+        tokio::join!(d1, d2, d3, d4, d5);
     });
     let view = Arc::new(View {
         node: config.node.clone(),
@@ -153,10 +191,15 @@ pub async fn run(
     let _ = networks.wait_until_ready().await;
     let _ = blocks.wait_until_ready().await;
     let _ = namespaces.wait_until_ready().await;
+    let _ = service_routes.wait_until_ready().await;
+    let _ = slices.wait_until_ready().await;
     links::enable_forwarding().await?;
+    svc_kernel::enable_bridge_netfilter().await?;
     info!(node = %config.node, "caches synced; programming the node");
 
     let mut applied_isolation: Option<Vec<Vec<IpNet>>> = None;
+    // What the service maps hold; `None` = unknown (at start, after a failure): read it back.
+    let mut applied_services: Option<Elements> = None;
     let mut since = Instant::now();
     loop {
         let nets = networks.state();
@@ -169,12 +212,28 @@ pub async fn run(
         let all_blocks = blocks.state();
         let block_refs: Vec<&NodeBlock> = all_blocks.iter().map(|b| b.as_ref()).collect();
         let want: DesiredNode = desired(&config.node, &net_refs, &accepted, &block_refs);
+        let all_routes = service_routes.state();
+        let route_refs: Vec<&ServiceRoute> = all_routes.iter().map(|r| r.as_ref()).collect();
+        let all_slices = slices.state();
+        let slice_refs: Vec<&EndpointSlice> = all_slices.iter().map(|s| s.as_ref()).collect();
+        let want_services = elements(
+            &config.node,
+            &desired_services(&config.node, &route_refs, &slice_refs),
+        );
         let outcome: crate::Result<()> = async {
             links::apply(&want).await?;
             if applied_isolation.as_ref() != Some(&want.isolated) {
                 nft::apply(&want).await?;
                 applied_isolation = Some(want.isolated.clone());
             }
+            let done = svc_kernel::apply(applied_services.as_ref(), &want_services).await;
+            applied_services = None;
+            if let Err(e) = done {
+                metrics.nft_failures.inc();
+                return Err(e);
+            }
+            applied_services = Some(want_services.clone());
+            svc_kernel::ensure_hairpin().await?;
             Ok(())
         }
         .await;
@@ -188,6 +247,7 @@ pub async fn run(
                 metrics
                     .routes
                     .set(i64::try_from(want.routes.len()).unwrap_or(i64::MAX));
+                metrics.set_elements(&want_services);
                 if !view.is_ready() {
                     let path = crate::cni_config::install(
                         &config.cni_conf_dir,
@@ -205,6 +265,7 @@ pub async fn run(
                 // Keep what is programmed and retry soon; a failed pass never tears down.
                 warn!(error = %e, "programming failed; retrying");
                 applied_isolation = None;
+                applied_services = None;
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }

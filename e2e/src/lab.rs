@@ -691,7 +691,7 @@ fn http_get(addr: SocketAddr, path: &str) -> std::result::Result<u16, String> {
 }
 
 /// Checks what the lab needs from the machine. Missing Debian packages (iproute2, nftables,
-/// util-linux) are installed with apt-get when it is there, since the lab runs as root anyway
+/// util-linux, conntrack) are installed with apt-get when it is there, since the lab runs as root anyway
 /// (set SWITCHYARD_LAB_NO_INSTALL to forbid that); anything else missing is an error that says
 /// what to install.
 pub async fn preflight() -> Result<()> {
@@ -710,6 +710,7 @@ pub async fn preflight() -> Result<()> {
         ("ip", "iproute2"),
         ("nft", "nftables"),
         ("nsenter", "util-linux"),
+        ("conntrack", "conntrack"),
     ];
     let missing: Vec<&str> = packages
         .iter()

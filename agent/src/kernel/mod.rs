@@ -5,3 +5,4 @@
 pub mod cmd;
 pub mod links;
 pub mod nft;
+pub mod services;

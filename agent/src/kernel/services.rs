@@ -1,0 +1,685 @@
+//! The service data plane in `inet switchyard`: a fixed set of chains and shared maps, plus one
+//! chain per backend count N (`svc_n<N>`) and one per affinity timeout T (`svc_aff_<T>`), made
+//! on demand and shared by every route. No named set, map or chain exists per route.
+//!
+//! - `svc_prerouting` (nat, prerouting, dstnat) and `svc_output` (nat, output, -100) jump to
+//!   `svc_dispatch`: `ip daddr . meta l4proto . th dport vmap @service_dispatch_v4` (and v6),
+//!   whose verdict is `goto svc_n<N>`.
+//! - `svc_n<N>`: `ct mark set numgen random mod N`; affinity keys jump through
+//!   `@affinity_routes_v4` to `svc_aff_<T>`, which overrides the mark from the client's entry in
+//!   the dynamic map `@affinity_v4` (`saddr . vip . proto . port : index`) and refreshes it
+//!   with timeout T; then `dnat to daddr . l4proto . dport . ct mark map @backends_v4`.
+//!   The ct mark carries the chosen backend index (nft cannot keep a numgen result otherwise).
+//! - `svc_reject` from filter prerouting, input, forward and output: keys in
+//!   `@no_endpoints_v4/6` get a TCP reset or ICMP port unreachable. Prerouting (kernel 5.9 or
+//!   later) is needed because a node without a route to the service range would otherwise
+//!   answer "network unreachable" (rate limited, so clients mostly time out) before the
+//!   forward hook ever sees the packet; input, forward and output cover the rest.
+//! - `svc_postrouting` (nat, srcnat): masquerade DNATed flows whose `saddr . daddr` is in
+//!   `@hairpin_v4/6` (a pod that reached itself through its route) or whose source is local.
+//!
+//! Every change is one `nft -f` transaction with only the difference; the maps are never
+//! flushed, so an agent restart keeps established connections.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use serde_json::Value;
+use tracing::{info, warn};
+
+use super::cmd::run;
+use super::nft::TABLE;
+use crate::error::{Error, Result};
+use crate::services::{Diff, Elements, Key, Proto, affinity_resets, diff, stale_udp};
+
+const FIXED_CHAINS: [&str; 9] = [
+    "svc_prerouting",
+    "svc_reject_prerouting",
+    "svc_output",
+    "svc_postrouting",
+    "svc_reject_input",
+    "svc_reject_forward",
+    "svc_reject_output",
+    "svc_dispatch",
+    "svc_reject",
+];
+
+/// The objects and fixed rules. Idempotent: `add` of an existing map keeps its elements;
+/// only the fixed chains' rules are replaced.
+pub fn skeleton() -> String {
+    let t = format!("inet {TABLE}");
+    let mut s = format!("add table {t}\n");
+    for decl in [
+        "map service_dispatch_v4 { type ipv4_addr . inet_proto . inet_service : verdict; }",
+        "map service_dispatch_v6 { type ipv6_addr . inet_proto . inet_service : verdict; }",
+        "map backends_v4 { type ipv4_addr . inet_proto . inet_service . mark : ipv4_addr . inet_service; }",
+        "map backends_v6 { type ipv6_addr . inet_proto . inet_service . mark : ipv6_addr . inet_service; }",
+        "set no_endpoints_v4 { type ipv4_addr . inet_proto . inet_service; }",
+        "set no_endpoints_v6 { type ipv6_addr . inet_proto . inet_service; }",
+        "set hairpin_v4 { type ipv4_addr . ipv4_addr; }",
+        "set hairpin_v6 { type ipv6_addr . ipv6_addr; }",
+        "map affinity_v4 { type ipv4_addr . ipv4_addr . inet_proto . inet_service : mark; flags dynamic,timeout; timeout 3h; }",
+        "map affinity_routes_v4 { type ipv4_addr . inet_proto . inet_service : verdict; }",
+        "chain svc_prerouting { type nat hook prerouting priority dstnat; policy accept; }",
+        "chain svc_output { type nat hook output priority -100; policy accept; }",
+        "chain svc_postrouting { type nat hook postrouting priority srcnat; policy accept; }",
+        "chain svc_reject_prerouting { type filter hook prerouting priority filter; policy accept; }",
+        "chain svc_reject_input { type filter hook input priority filter; policy accept; }",
+        "chain svc_reject_forward { type filter hook forward priority filter; policy accept; }",
+        "chain svc_reject_output { type filter hook output priority filter; policy accept; }",
+        "chain svc_dispatch",
+        "chain svc_reject",
+    ] {
+        let (kind, rest) = decl.split_once(' ').unwrap_or((decl, ""));
+        let _ = writeln!(s, "add {kind} {t} {rest}");
+    }
+    for c in FIXED_CHAINS {
+        let _ = writeln!(s, "flush chain {t} {c}");
+    }
+    for (chain, rule) in [
+        ("svc_prerouting", "jump svc_dispatch"),
+        ("svc_output", "jump svc_dispatch"),
+        (
+            "svc_dispatch",
+            "ip daddr . meta l4proto . th dport vmap @service_dispatch_v4",
+        ),
+        (
+            "svc_dispatch",
+            "ip6 daddr . meta l4proto . th dport vmap @service_dispatch_v6",
+        ),
+        (
+            "svc_postrouting",
+            "ct status dnat ip saddr . ip daddr @hairpin_v4 masquerade",
+        ),
+        (
+            "svc_postrouting",
+            "ct status dnat ip6 saddr . ip6 daddr @hairpin_v6 masquerade",
+        ),
+        (
+            "svc_postrouting",
+            "ct status dnat fib saddr type local masquerade",
+        ),
+        ("svc_reject_prerouting", "jump svc_reject"),
+        ("svc_reject_input", "jump svc_reject"),
+        ("svc_reject_forward", "jump svc_reject"),
+        ("svc_reject_output", "jump svc_reject"),
+        (
+            "svc_reject",
+            "ip daddr . meta l4proto . th dport @no_endpoints_v4 meta l4proto tcp reject with tcp reset",
+        ),
+        (
+            "svc_reject",
+            "ip daddr . meta l4proto . th dport @no_endpoints_v4 reject",
+        ),
+        (
+            "svc_reject",
+            "ip6 daddr . meta l4proto . th dport @no_endpoints_v6 meta l4proto tcp reject with tcp reset",
+        ),
+        (
+            "svc_reject",
+            "ip6 daddr . meta l4proto . th dport @no_endpoints_v6 reject",
+        ),
+    ] {
+        let _ = writeln!(s, "add rule {t} {chain} {rule}");
+    }
+    s
+}
+
+fn chain_n_rules(n: u32) -> Vec<String> {
+    vec![
+        format!("ct mark set numgen random mod {n}"),
+        "ip daddr . meta l4proto . th dport vmap @affinity_routes_v4".into(),
+        "meta nfproto ipv4 dnat ip to ip daddr . meta l4proto . th dport . ct mark map @backends_v4".into(),
+        "meta nfproto ipv6 dnat ip6 to ip6 daddr . meta l4proto . th dport . ct mark map @backends_v6".into(),
+    ]
+}
+
+fn chain_aff_rules(t: u32) -> Vec<String> {
+    vec![
+        "ct mark set ip saddr . ip daddr . meta l4proto . th dport map @affinity_v4".into(),
+        format!(
+            "update @affinity_v4 {{ ip saddr . ip daddr . meta l4proto . th dport timeout {t}s : ct mark }}"
+        ),
+    ]
+}
+
+fn fam(ip: &IpAddr) -> &'static str {
+    if ip.is_ipv4() { "v4" } else { "v6" }
+}
+
+fn key_str(k: &Key) -> String {
+    format!("{} . {} . {}", k.vip, k.proto.as_str(), k.port)
+}
+
+/// Groups `items` by address family and writes one `add|delete element` line per set.
+fn elements_cmd(
+    s: &mut String,
+    verb: &str,
+    set: &str,
+    items: impl IntoIterator<Item = (IpAddr, String)>,
+) {
+    let mut by: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (ip, e) in items {
+        by.entry(fam(&ip)).or_default().push(e);
+    }
+    for (f, es) in by {
+        for chunk in es.chunks(1000) {
+            let _ = writeln!(
+                s,
+                "{verb} element inet {TABLE} {set}_{f} {{ {} }}",
+                chunk.join(", ")
+            );
+        }
+    }
+}
+
+/// The transaction for `d`: element deletions, new chains, element additions, old chains.
+/// With `rewrite_chains`, the rules of the on-demand chains of `target` are rewritten too.
+pub fn script(d: &Diff, target: &Elements, rewrite_chains: bool) -> String {
+    let t = format!("inet {TABLE}");
+    let mut s = String::new();
+    elements_cmd(
+        &mut s,
+        "delete",
+        "service_dispatch",
+        d.dispatch.delete.iter().map(|k| (k.vip, key_str(k))),
+    );
+    elements_cmd(
+        &mut s,
+        "delete",
+        "affinity_routes",
+        d.affinity.delete.iter().map(|k| (k.vip, key_str(k))),
+    );
+    elements_cmd(
+        &mut s,
+        "delete",
+        "backends",
+        d.backends
+            .delete
+            .iter()
+            .map(|(k, i)| (k.vip, format!("{} . {i}", key_str(k)))),
+    );
+    elements_cmd(
+        &mut s,
+        "delete",
+        "no_endpoints",
+        d.no_endpoints.delete.iter().map(|k| (k.vip, key_str(k))),
+    );
+    elements_cmd(
+        &mut s,
+        "delete",
+        "hairpin",
+        d.hairpin
+            .delete
+            .iter()
+            .map(|ip| (*ip, format!("{ip} . {ip}"))),
+    );
+    let new_n: Vec<u32> = if rewrite_chains {
+        target.chains_n.keys().copied().collect()
+    } else {
+        d.chains_n.add.iter().map(|(n, _)| *n).collect()
+    };
+    for n in new_n {
+        let _ = writeln!(s, "add chain {t} svc_n{n}");
+        let _ = writeln!(s, "flush chain {t} svc_n{n}");
+        for r in chain_n_rules(n) {
+            let _ = writeln!(s, "add rule {t} svc_n{n} {r}");
+        }
+    }
+    let new_t: Vec<u32> = if rewrite_chains {
+        target.chains_aff.keys().copied().collect()
+    } else {
+        d.chains_aff.add.iter().map(|(n, _)| *n).collect()
+    };
+    for n in new_t {
+        let _ = writeln!(s, "add chain {t} svc_aff_{n}");
+        let _ = writeln!(s, "flush chain {t} svc_aff_{n}");
+        for r in chain_aff_rules(n) {
+            let _ = writeln!(s, "add rule {t} svc_aff_{n} {r}");
+        }
+    }
+    elements_cmd(
+        &mut s,
+        "add",
+        "backends",
+        d.backends
+            .add
+            .iter()
+            .map(|((k, i), (ip, p))| (k.vip, format!("{} . {i} : {ip} . {p}", key_str(k)))),
+    );
+    elements_cmd(
+        &mut s,
+        "add",
+        "affinity_routes",
+        d.affinity
+            .add
+            .iter()
+            .map(|(k, t)| (k.vip, format!("{} : jump svc_aff_{t}", key_str(k)))),
+    );
+    elements_cmd(
+        &mut s,
+        "add",
+        "service_dispatch",
+        d.dispatch
+            .add
+            .iter()
+            .map(|(k, n)| (k.vip, format!("{} : goto svc_n{n}", key_str(k)))),
+    );
+    elements_cmd(
+        &mut s,
+        "add",
+        "no_endpoints",
+        d.no_endpoints.add.iter().map(|(k, _)| (k.vip, key_str(k))),
+    );
+    elements_cmd(
+        &mut s,
+        "add",
+        "hairpin",
+        d.hairpin
+            .add
+            .iter()
+            .map(|(ip, _)| (*ip, format!("{ip} . {ip}"))),
+    );
+    for n in &d.chains_n.delete {
+        let _ = writeln!(s, "delete chain {t} svc_n{n}");
+    }
+    for n in &d.chains_aff.delete {
+        let _ = writeln!(s, "delete chain {t} svc_aff_{n}");
+    }
+    s
+}
+
+fn scalar(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The concatenation parts of an element key or value.
+fn parts(v: &Value) -> Vec<String> {
+    let v = v.get("elem").and_then(|e| e.get("val")).unwrap_or(v);
+    match v.get("concat").and_then(Value::as_array) {
+        Some(a) => a.iter().filter_map(scalar).collect(),
+        None => scalar(v).into_iter().collect(),
+    }
+}
+
+fn parse_key(p: &[String]) -> Option<Key> {
+    Some(Key {
+        vip: p.first()?.parse().ok()?,
+        proto: Proto::parse(p.get(1)?)?,
+        port: p.get(2)?.parse().ok()?,
+    })
+}
+
+fn verdict_target(v: &Value) -> Option<String> {
+    ["goto", "jump"]
+        .iter()
+        .find_map(|k| v.get(k)?.get("target")?.as_str().map(str::to_string))
+}
+
+/// Reads our service elements and chains out of `nft -j list table inet switchyard`.
+pub fn parse_table(json: &str) -> Result<Elements> {
+    let v: Value = serde_json::from_str(json).map_err(|source| Error::Parse {
+        command: format!("nft -j list table inet {TABLE}"),
+        source,
+    })?;
+    let mut e = Elements::default();
+    for o in v
+        .get("nftables")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(name) = o
+            .get("chain")
+            .and_then(|c| c.get("name"))
+            .and_then(Value::as_str)
+        {
+            if let Some(n) = name.strip_prefix("svc_n").and_then(|n| n.parse().ok()) {
+                e.chains_n.insert(n, ());
+            }
+            if let Some(n) = name.strip_prefix("svc_aff_").and_then(|n| n.parse().ok()) {
+                e.chains_aff.insert(n, ());
+            }
+            continue;
+        }
+        let Some(set) = o.get("map").or_else(|| o.get("set")) else {
+            continue;
+        };
+        let name = set.get("name").and_then(Value::as_str).unwrap_or_default();
+        let base = name.trim_end_matches("_v4").trim_end_matches("_v6");
+        for el in set
+            .get("elem")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            // Map elements are [key, value]; set elements are the key alone.
+            let (k, val) = match el.as_array() {
+                Some(pair) if pair.len() == 2 => (&pair[0], Some(&pair[1])),
+                _ => (el, None),
+            };
+            let kp = parts(k);
+            match base {
+                "service_dispatch" => {
+                    if let (Some(key), Some(n)) = (
+                        parse_key(&kp),
+                        val.and_then(verdict_target)
+                            .and_then(|t| t.strip_prefix("svc_n")?.parse().ok()),
+                    ) {
+                        e.dispatch.insert(key, n);
+                    }
+                }
+                "affinity_routes" => {
+                    if let (Some(key), Some(n)) = (
+                        parse_key(&kp),
+                        val.and_then(verdict_target)
+                            .and_then(|t| t.strip_prefix("svc_aff_")?.parse().ok()),
+                    ) {
+                        e.affinity.insert(key, n);
+                    }
+                }
+                "backends" => {
+                    let vp = val.map(parts).unwrap_or_default();
+                    if let (Some(key), Some(Ok(i)), Some(Ok(ip)), Some(Ok(port))) = (
+                        parse_key(&kp),
+                        kp.get(3).map(|s| s.parse::<u32>()),
+                        vp.first().map(|s| s.parse::<IpAddr>()),
+                        vp.get(1).map(|s| s.parse::<u16>()),
+                    ) {
+                        e.backends.insert((key, i), (ip, port));
+                    }
+                }
+                "no_endpoints" => {
+                    if let Some(key) = parse_key(&kp) {
+                        e.no_endpoints.insert(key, ());
+                    }
+                }
+                "hairpin" => {
+                    if let Some(Ok(ip)) = kp.first().map(|s| s.parse::<IpAddr>()) {
+                        e.hairpin.insert(ip, ());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(e)
+}
+
+/// Reads what the kernel holds.
+pub async fn read() -> Result<Elements> {
+    match run("nft", &["-j", "list", "table", "inet", TABLE], None).await {
+        Ok(out) => parse_table(&out),
+        // No table yet: nothing programmed.
+        Err(Error::Command { stderr, .. }) if stderr.contains("No such file or directory") => {
+            Ok(Elements::default())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// What a pass changed.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Whether a transaction ran.
+    pub transaction: bool,
+    /// UDP conntrack deletions run.
+    pub conntrack: usize,
+}
+
+/// Brings the kernel from `current` (what it holds, or `None` when unknown: read it back and
+/// rewrite the fixed rules) to `target`.
+pub async fn apply(current: Option<&Elements>, target: &Elements) -> Result<Applied> {
+    let (have, fresh) = match current {
+        Some(c) => (c.clone(), false),
+        None => (read().await?, true),
+    };
+    let d = diff(&have, target);
+    let mut out = Applied::default();
+    if fresh || !d.is_empty() {
+        let mut s = if fresh { skeleton() } else { String::new() };
+        s.push_str(&script(&d, target, fresh));
+        run("nft", &["-f", "-"], Some(&s)).await?;
+        out.transaction = true;
+        if fresh {
+            info!(
+                elements = target.len(),
+                "service tables read back and reconciled"
+            );
+        }
+    }
+    for key in affinity_resets(&have, target) {
+        forget_affinity(&key).await;
+    }
+    for (key, backend) in stale_udp(&have, target) {
+        flush_udp(&key, &backend).await?;
+        out.conntrack += 1;
+    }
+    Ok(out)
+}
+
+/// Drops remembered affinity of `key` (its backend indices changed). Best effort: entries
+/// expire on their own and a vanished entry only costs a fresh random pick.
+async fn forget_affinity(key: &Key) {
+    if !key.vip.is_ipv4() {
+        return;
+    }
+    let Ok(out) = run(
+        "nft",
+        &["-j", "list", "map", "inet", TABLE, "affinity_v4"],
+        None,
+    )
+    .await
+    else {
+        return;
+    };
+    let Ok(v) = serde_json::from_str::<Value>(&out) else {
+        return;
+    };
+    let mut victims = Vec::new();
+    for o in v
+        .get("nftables")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        for el in o
+            .get("map")
+            .and_then(|m| m.get("elem"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let k = el.as_array().and_then(|p| p.first()).unwrap_or(el);
+            let p = parts(k);
+            if p.len() == 4 && parse_key(&p[1..]) == Some(*key) {
+                victims.push(format!("{} . {}", p[0], key_str(key)));
+            }
+        }
+    }
+    for v in victims {
+        let cmd = format!("delete element inet {TABLE} affinity_v4 {{ {v} }}\n");
+        if let Err(e) = run("nft", &["-f", "-"], Some(&cmd)).await {
+            warn!(error = %e, "could not forget an affinity entry");
+        }
+    }
+}
+
+/// Deletes the UDP conntrack entries of `key` that lead to `backend`, so the client's next
+/// datagram is balanced anew to a live backend.
+async fn flush_udp(key: &Key, backend: &IpAddr) -> Result<()> {
+    let (vip, port, be) = (
+        key.vip.to_string(),
+        key.port.to_string(),
+        backend.to_string(),
+    );
+    let family = if key.vip.is_ipv4() { "ipv4" } else { "ipv6" };
+    let args = [
+        "-D",
+        "-f",
+        family,
+        "-p",
+        "udp",
+        "--orig-dst",
+        vip.as_str(),
+        "--orig-port-dst",
+        port.as_str(),
+        "--reply-src",
+        be.as_str(),
+    ];
+    match run("conntrack", &args, None).await {
+        Ok(_) => {
+            info!(vip = %key.vip, port = key.port, backend = %backend, "flushed UDP conntrack entries of a removed backend");
+            Ok(())
+        }
+        // Exit status 1 with "0 flow entries": there was nothing to delete.
+        Err(Error::Command { stderr, .. }) if stderr.contains("0 flow entries") => Ok(()),
+        Err(Error::Spawn { source, .. }) => Err(Error::Missing {
+            program: "conntrack".into(),
+            package: "conntrack".into(),
+            source,
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+/// Makes bridged traffic pass through nftables in this network namespace: without it, a reply
+/// from a backend on the client's own bridge skips the un-DNAT.
+pub async fn enable_bridge_netfilter() -> Result<()> {
+    for path in [
+        "/proc/sys/net/bridge/bridge-nf-call-iptables",
+        "/proc/sys/net/bridge/bridge-nf-call-ip6tables",
+    ] {
+        if tokio::fs::metadata(path).await.is_err() {
+            // br_netfilter may be a module that is not loaded yet.
+            let _ = run("modprobe", &["br_netfilter"], None).await;
+        }
+        tokio::fs::write(path, "1\n")
+            .await
+            .map_err(|source| Error::Io {
+                op: "write (bridge netfilter, needs br_netfilter)",
+                path: path.into(),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+/// Turns `hairpin on` for every pod port (`syv*`) of our bridges, so a pod that reaches its own
+/// route and is picked as the backend gets its packets back out of the port they came in.
+pub async fn ensure_hairpin() -> Result<usize> {
+    let links: Vec<Value> = super::cmd::ip_json(&["-d", "link", "show"]).await?;
+    let mut n = 0;
+    for l in &links {
+        let Some(name) = l.get("ifname").and_then(Value::as_str) else {
+            continue;
+        };
+        let master_ours = l
+            .get("master")
+            .and_then(Value::as_str)
+            .is_some_and(super::links::is_ours);
+        if !name.starts_with("syv") || !master_ours {
+            continue;
+        }
+        let on = l
+            .get("linkinfo")
+            .and_then(|i| i.get("info_slave_data"))
+            .and_then(|d| d.get("hairpin"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        if !on {
+            run(
+                "ip",
+                &[
+                    "link",
+                    "set",
+                    "dev",
+                    name,
+                    "type",
+                    "bridge_slave",
+                    "hairpin",
+                    "on",
+                ],
+                None,
+            )
+            .await?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(v: &str, port: u16) -> Key {
+        Key {
+            vip: v.parse().unwrap_or_else(|e| panic!("{e}")),
+            proto: Proto::Tcp,
+            port,
+        }
+    }
+
+    fn sample() -> Elements {
+        let mut e = Elements::default();
+        let key = k("198.19.0.10", 80);
+        e.dispatch.insert(key, 2);
+        e.chains_n.insert(2, ());
+        for i in 0..2u8 {
+            e.backends.insert(
+                (key, u32::from(i)),
+                (IpAddr::from([198, 18, 128, 5 + i]), 8080),
+            );
+        }
+        e.no_endpoints.insert(k("fd00:20::a", 80), ());
+        e.hairpin.insert(IpAddr::from([198, 18, 128, 5]), ());
+        e.affinity.insert(key, 60);
+        e.chains_aff.insert(60, ());
+        e
+    }
+
+    #[test]
+    fn the_script_holds_only_the_difference_and_orders_chains_around_elements() {
+        let e = sample();
+        let s = script(&diff(&Elements::default(), &e), &e, false);
+        assert!(s.contains("add element inet switchyard service_dispatch_v4 { 198.19.0.10 . tcp . 80 : goto svc_n2 }"), "{s}");
+        assert!(s.contains("198.19.0.10 . tcp . 80 . 1 : 198.18.128.6 . 8080"));
+        assert!(
+            s.contains("add element inet switchyard no_endpoints_v6 { fd00:20::a . tcp . 80 }")
+        );
+        assert!(s.find("add chain inet switchyard svc_n2") < s.find("goto svc_n2"));
+        // Nothing to do: nothing written.
+        assert!(script(&diff(&e, &e), &e, false).is_empty());
+        // Going back deletes the chains after the elements that use them.
+        let back = script(&diff(&e, &Elements::default()), &Elements::default(), false);
+        assert!(
+            back.find("delete element inet switchyard service_dispatch_v4")
+                < back.find("delete chain inet switchyard svc_n2")
+        );
+        assert!(!back.contains("flush"), "maps are never flushed: {back}");
+        assert!(!skeleton().contains("flush set") && !skeleton().contains("flush map"));
+    }
+
+    #[test]
+    fn reads_back_what_nft_lists() {
+        let json = r#"{"nftables": [{"metainfo": {}},
+          {"chain": {"family": "inet", "table": "switchyard", "name": "svc_n2"}},
+          {"chain": {"family": "inet", "table": "switchyard", "name": "svc_aff_60"}},
+          {"map": {"name": "service_dispatch_v4", "elem": [[{"concat": ["198.19.0.10", "tcp", 80]}, {"goto": {"target": "svc_n2"}}]]}},
+          {"map": {"name": "affinity_routes_v4", "elem": [[{"concat": ["198.19.0.10", "tcp", 80]}, {"jump": {"target": "svc_aff_60"}}]]}},
+          {"map": {"name": "backends_v4", "elem": [[{"concat": ["198.19.0.10", "tcp", 80, 0]}, {"concat": ["198.18.128.5", 8080]}],
+                                                   [{"concat": ["198.19.0.10", "tcp", 80, 1]}, {"concat": ["198.18.128.6", 8080]}]]}},
+          {"set": {"name": "no_endpoints_v6", "elem": [{"concat": ["fd00:20::a", "tcp", 80]}]}},
+          {"set": {"name": "hairpin_v4", "elem": [{"concat": ["198.18.128.5", "198.18.128.5"]}]}}]}"#;
+        assert_eq!(
+            parse_table(json).unwrap_or_else(|e| panic!("{e}")),
+            sample()
+        );
+    }
+}

@@ -1,0 +1,599 @@
+//! The service data plane's desired state (sans I/O): from accepted ServiceRoutes and the
+//! EndpointSlices the operator publishes for them, which backends each virtual IP, protocol
+//! and port leads to on this node; then the nftables elements that encode it, and the
+//! difference between two such element sets (what one transaction must change).
+//!
+//! Everything here is a value in a few shared maps and sets; the number of named sets, maps and
+//! chains does not grow with the number of routes (see `kernel::services`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
+use switchyard_api::ServiceRoute;
+use switchyard_api::service_route::{Protocol, TrafficPolicy};
+
+/// Label naming the route a slice belongs to (set by the operator).
+pub const ROUTE_LABEL: &str = "switchyard.dev/route";
+/// Label selector of the slices Switchyard publishes.
+pub const SLICE_SELECTOR: &str = "endpointslice.kubernetes.io/managed-by=switchyard.dev";
+
+/// A transport protocol, as nftables names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Proto {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP.
+    Sctp,
+}
+
+impl Proto {
+    /// The nftables keyword.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Sctp => "sctp",
+        }
+    }
+
+    /// From an nftables keyword or protocol number.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "tcp" | "6" => Some(Proto::Tcp),
+            "udp" | "17" => Some(Proto::Udp),
+            "sctp" | "132" => Some(Proto::Sctp),
+            _ => None,
+        }
+    }
+}
+
+impl From<Protocol> for Proto {
+    fn from(p: Protocol) -> Self {
+        match p {
+            Protocol::Tcp => Proto::Tcp,
+            Protocol::Udp => Proto::Udp,
+            Protocol::Sctp => Proto::Sctp,
+        }
+    }
+}
+
+/// A virtual IP, protocol and port: the unit of dispatch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key {
+    /// The virtual IP.
+    pub vip: IpAddr,
+    /// The protocol.
+    pub proto: Proto,
+    /// The route port.
+    pub port: u16,
+}
+
+/// One ready backend of a key.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Backend {
+    /// Pod address (same family as the virtual IP).
+    pub ip: IpAddr,
+    /// Target port.
+    pub port: u16,
+    /// The pod's node, when known.
+    pub node: Option<String>,
+}
+
+/// What one key leads to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Service {
+    /// `namespace/name` of the route.
+    pub route: String,
+    /// Ready backends, sorted, without duplicates.
+    pub backends: Vec<Backend>,
+    /// Client-IP affinity timeout in seconds.
+    pub affinity: Option<u32>,
+    /// `trafficPolicy: Local`.
+    pub local: bool,
+}
+
+/// The desired service state of this node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DesiredServices {
+    /// Every key, with its backends.
+    pub services: BTreeMap<Key, Service>,
+    /// Index: route (`namespace/name`) → its keys.
+    pub by_route: BTreeMap<String, Vec<Key>>,
+}
+
+/// Whether a route is accepted (condition `Accepted=True`).
+pub fn route_accepted(r: &ServiceRoute) -> bool {
+    r.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Accepted" && c.status == "True")
+    })
+}
+
+/// Computes the desired services of `node` from all routes and all Switchyard slices.
+pub fn desired_services(
+    node: &str,
+    routes: &[&ServiceRoute],
+    slices: &[&EndpointSlice],
+) -> DesiredServices {
+    // (namespace, route name) → slices
+    let mut slices_of: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
+    for s in slices {
+        let Some(route) = s.labels().get(ROUTE_LABEL) else {
+            continue;
+        };
+        slices_of
+            .entry((s.namespace().unwrap_or_default(), route.clone()))
+            .or_default()
+            .push(s);
+    }
+    let mut out = DesiredServices::default();
+    for r in routes {
+        if !route_accepted(r) || r.spec.headless {
+            continue;
+        }
+        let (ns, name) = (r.namespace().unwrap_or_default(), r.name_any());
+        let vips: Vec<IpAddr> = r
+            .status
+            .iter()
+            .flat_map(|s| s.virtual_ips.iter())
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let route_slices = slices_of
+            .get(&(ns.clone(), name.clone()))
+            .cloned()
+            .unwrap_or_default();
+        let affinity = r
+            .spec
+            .session_affinity
+            .as_ref()
+            .and_then(|a| u32::try_from(a.client_ip.timeout_seconds).ok())
+            .filter(|t| *t > 0);
+        let local = r.spec.traffic_policy == TrafficPolicy::Local;
+        let id = format!("{ns}/{name}");
+        for rp in &r.spec.ports {
+            let Ok(port) = u16::try_from(rp.port) else {
+                continue;
+            };
+            let port_name = rp.name.clone().unwrap_or_else(|| rp.port.to_string());
+            let proto = Proto::from(rp.protocol);
+            let mut backends: BTreeSet<Backend> = BTreeSet::new();
+            for s in &route_slices {
+                let Some(target) = s
+                    .ports
+                    .iter()
+                    .flatten()
+                    .find(|p| p.name.as_deref() == Some(port_name.as_str()))
+                    .and_then(|p| p.port)
+                    .and_then(|p| u16::try_from(p).ok())
+                else {
+                    continue;
+                };
+                for e in &s.endpoints {
+                    let conditions = e.conditions.as_ref();
+                    let serving = conditions
+                        .and_then(|c| c.serving.or(c.ready))
+                        .unwrap_or(true);
+                    if !serving && !r.spec.publish_not_ready_addresses {
+                        continue;
+                    }
+                    if local && e.node_name.as_deref() != Some(node) {
+                        continue;
+                    }
+                    for a in &e.addresses {
+                        if let Ok(ip) = a.parse::<IpAddr>() {
+                            backends.insert(Backend {
+                                ip,
+                                port: target,
+                                node: e.node_name.clone(),
+                            });
+                        }
+                    }
+                }
+            }
+            for vip in &vips {
+                let key = Key {
+                    vip: *vip,
+                    proto,
+                    port,
+                };
+                let service = Service {
+                    route: id.clone(),
+                    backends: backends
+                        .iter()
+                        .filter(|b| b.ip.is_ipv4() == vip.is_ipv4())
+                        .cloned()
+                        .collect(),
+                    affinity,
+                    local,
+                };
+                // Two routes never share a virtual IP (the operator claims them), so the first wins.
+                if out.services.contains_key(&key) {
+                    continue;
+                }
+                out.services.insert(key, service);
+                out.by_route.entry(id.clone()).or_default().push(key);
+            }
+        }
+    }
+    out
+}
+
+/// The contents of the shared nftables maps and sets, plus which on-demand chains exist.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Elements {
+    /// `service_dispatch_v4/6`: key → backend count N (`goto svc_n<N>`).
+    pub dispatch: BTreeMap<Key, u32>,
+    /// `backends_v4/6`: (key, index) → backend address and port.
+    pub backends: BTreeMap<(Key, u32), (IpAddr, u16)>,
+    /// `no_endpoints_v4/6`: keys with no ready backend (rejected).
+    pub no_endpoints: BTreeMap<Key, ()>,
+    /// `hairpin_v4/6`: local backend addresses (element `ip . ip`).
+    pub hairpin: BTreeMap<IpAddr, ()>,
+    /// `affinity_routes_v4`: key → affinity timeout T (`jump svc_aff_<T>`); IPv4 only.
+    pub affinity: BTreeMap<Key, u32>,
+    /// Chains `svc_n<N>`.
+    pub chains_n: BTreeMap<u32, ()>,
+    /// Chains `svc_aff_<T>`.
+    pub chains_aff: BTreeMap<u32, ()>,
+}
+
+impl Elements {
+    /// The total number of map and set elements.
+    pub fn len(&self) -> usize {
+        self.dispatch.len()
+            + self.backends.len()
+            + self.no_endpoints.len()
+            + self.hairpin.len()
+            + self.affinity.len()
+    }
+
+    /// Whether there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The backends of `key`, by index.
+    pub fn backends_of(&self, key: &Key) -> Vec<(IpAddr, u16)> {
+        self.backends
+            .range((*key, 0)..=(*key, u32::MAX))
+            .map(|(_, v)| *v)
+            .collect()
+    }
+}
+
+/// The elements encoding `d` on `node`.
+pub fn elements(node: &str, d: &DesiredServices) -> Elements {
+    let mut e = Elements::default();
+    for (key, s) in &d.services {
+        if s.backends.is_empty() {
+            e.no_endpoints.insert(*key, ());
+            continue;
+        }
+        let n = u32::try_from(s.backends.len()).unwrap_or(u32::MAX);
+        e.dispatch.insert(*key, n);
+        e.chains_n.insert(n, ());
+        for (i, b) in s.backends.iter().enumerate() {
+            let i = u32::try_from(i).unwrap_or(u32::MAX);
+            e.backends.insert((*key, i), (b.ip, b.port));
+            if b.node.as_deref().is_none_or(|n| n == node) {
+                e.hairpin.insert(b.ip, ());
+            }
+        }
+        if let Some(t) = s.affinity
+            && key.vip.is_ipv4()
+        {
+            e.affinity.insert(*key, t);
+            e.chains_aff.insert(t, ());
+        }
+    }
+    e
+}
+
+/// The changes of one map: keys to delete (gone or changed), then entries to add.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapDiff<K, V> {
+    /// Deleted first (also keys whose value changes).
+    pub delete: Vec<K>,
+    /// Added after the deletions.
+    pub add: Vec<(K, V)>,
+}
+
+impl<K, V> Default for MapDiff<K, V> {
+    fn default() -> Self {
+        Self {
+            delete: vec![],
+            add: vec![],
+        }
+    }
+}
+
+impl<K, V> MapDiff<K, V> {
+    /// Whether nothing changes.
+    pub fn is_empty(&self) -> bool {
+        self.delete.is_empty() && self.add.is_empty()
+    }
+}
+
+fn map_diff<K: Ord + Clone, V: PartialEq + Clone>(
+    a: &BTreeMap<K, V>,
+    b: &BTreeMap<K, V>,
+) -> MapDiff<K, V> {
+    let mut d = MapDiff::default();
+    for (k, v) in a {
+        if b.get(k) != Some(v) {
+            d.delete.push(k.clone());
+        }
+    }
+    for (k, v) in b {
+        if a.get(k) != Some(v) {
+            d.add.push((k.clone(), v.clone()));
+        }
+    }
+    d
+}
+
+fn apply_map<K: Ord + Clone, V: Clone>(m: &mut BTreeMap<K, V>, d: &MapDiff<K, V>) {
+    for k in &d.delete {
+        m.remove(k);
+    }
+    for (k, v) in &d.add {
+        m.insert(k.clone(), v.clone());
+    }
+}
+
+/// What one transaction changes. Chains are created before and deleted after the elements
+/// that refer to them change.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Diff {
+    /// Dispatch verdicts.
+    pub dispatch: MapDiff<Key, u32>,
+    /// Backends.
+    pub backends: MapDiff<(Key, u32), (IpAddr, u16)>,
+    /// No-endpoint keys.
+    pub no_endpoints: MapDiff<Key, ()>,
+    /// Hairpin addresses.
+    pub hairpin: MapDiff<IpAddr, ()>,
+    /// Affinity routes.
+    pub affinity: MapDiff<Key, u32>,
+    /// Dispatch chains per backend count.
+    pub chains_n: MapDiff<u32, ()>,
+    /// Affinity chains per timeout.
+    pub chains_aff: MapDiff<u32, ()>,
+}
+
+impl Diff {
+    /// Whether nothing changes.
+    pub fn is_empty(&self) -> bool {
+        self.dispatch.is_empty()
+            && self.backends.is_empty()
+            && self.no_endpoints.is_empty()
+            && self.hairpin.is_empty()
+            && self.affinity.is_empty()
+            && self.chains_n.is_empty()
+            && self.chains_aff.is_empty()
+    }
+}
+
+/// The changes that turn `a` into `b`.
+pub fn diff(a: &Elements, b: &Elements) -> Diff {
+    Diff {
+        dispatch: map_diff(&a.dispatch, &b.dispatch),
+        backends: map_diff(&a.backends, &b.backends),
+        no_endpoints: map_diff(&a.no_endpoints, &b.no_endpoints),
+        hairpin: map_diff(&a.hairpin, &b.hairpin),
+        affinity: map_diff(&a.affinity, &b.affinity),
+        chains_n: map_diff(&a.chains_n, &b.chains_n),
+        chains_aff: map_diff(&a.chains_aff, &b.chains_aff),
+    }
+}
+
+/// Applies `d` to `a` (the model of what the kernel does with the transaction).
+pub fn apply(a: &Elements, d: &Diff) -> Elements {
+    let mut e = a.clone();
+    apply_map(&mut e.dispatch, &d.dispatch);
+    apply_map(&mut e.backends, &d.backends);
+    apply_map(&mut e.no_endpoints, &d.no_endpoints);
+    apply_map(&mut e.hairpin, &d.hairpin);
+    apply_map(&mut e.affinity, &d.affinity);
+    apply_map(&mut e.chains_n, &d.chains_n);
+    apply_map(&mut e.chains_aff, &d.chains_aff);
+    e
+}
+
+/// UDP backends that went away from a key (their conntrack entries must go): `(key, backend)`.
+pub fn stale_udp(a: &Elements, b: &Elements) -> Vec<(Key, IpAddr)> {
+    let mut out = BTreeSet::new();
+    for ((key, _), (ip, _)) in &a.backends {
+        if key.proto != Proto::Udp {
+            continue;
+        }
+        if !b.backends_of(key).iter().any(|(bip, _)| bip == ip) {
+            out.insert((*key, *ip));
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// Affinity keys whose backend list changed: their remembered indices are void.
+pub fn affinity_resets(a: &Elements, b: &Elements) -> Vec<Key> {
+    a.affinity
+        .keys()
+        .filter(|k| a.backends_of(k) != b.backends_of(k) || !b.affinity.contains_key(k))
+        .copied()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    fn route(name: &str, extra: serde_json::Value, accepted: bool) -> ServiceRoute {
+        let mut spec = json!({"selector": {"matchLabels": {"app": name}},
+            "ports": [{"name": "tcp", "port": 80, "targetPort": 8080}, {"name": "udp", "port": 53, "targetPort": 8081, "protocol": "UDP"}]});
+        if let (Some(s), Some(x)) = (spec.as_object_mut(), extra.as_object()) {
+            for (k, v) in x {
+                s.insert(k.clone(), v.clone());
+            }
+        }
+        serde_json::from_value(json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "ServiceRoute",
+            "metadata": {"name": name, "namespace": "shop"}, "spec": spec,
+            "status": {"virtualIPs": ["198.19.0.10", "fd00:20::a"],
+                "conditions": [{"type": "Accepted", "status": if accepted {"True"} else {"False"}, "reason": "R", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}))
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn slice(route: &str, eps: &[(&str, &str, bool)]) -> EndpointSlice {
+        serde_json::from_value(json!({"metadata": {"name": format!("{route}-x"), "namespace": "shop",
+            "labels": {ROUTE_LABEL: route, "endpointslice.kubernetes.io/managed-by": "switchyard.dev"}},
+            "addressType": "IPv4",
+            "endpoints": eps.iter().map(|(ip, node, ready)| json!({"addresses": [ip], "nodeName": node,
+                "conditions": {"ready": ready, "serving": ready}})).collect::<Vec<_>>(),
+            "ports": [{"name": "tcp", "port": 8080, "protocol": "TCP"}, {"name": "udp", "port": 8081, "protocol": "UDP"}]}))
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn key(port: u16, proto: Proto) -> Key {
+        Key {
+            vip: "198.19.0.10".parse().unwrap_or_else(|e| panic!("{e}")),
+            proto,
+            port,
+        }
+    }
+
+    #[test]
+    fn ready_backends_per_vip_protocol_and_port() {
+        let r = route("web", json!({}), true);
+        let s = slice(
+            "web",
+            &[
+                ("198.18.128.5", "n1", true),
+                ("198.18.129.5", "n2", true),
+                ("198.18.128.6", "n1", false),
+            ],
+        );
+        let d = desired_services("n1", &[&r], &[&s]);
+        // Two ports × two virtual IPs.
+        assert_eq!(d.services.len(), 4);
+        assert_eq!(d.by_route["shop/web"].len(), 4);
+        let tcp = &d.services[&key(80, Proto::Tcp)];
+        assert_eq!(tcp.backends.len(), 2);
+        assert!(tcp.backends.iter().all(|b| b.port == 8080));
+        assert_eq!(d.services[&key(53, Proto::Udp)].backends[0].port, 8081);
+        // No IPv6 backends for the IPv6 virtual IP: it rejects.
+        let e = elements("n1", &d);
+        assert_eq!(e.no_endpoints.len(), 2);
+        assert_eq!(e.dispatch[&key(80, Proto::Tcp)], 2);
+        assert_eq!(e.hairpin.len(), 1, "only local backends hairpin");
+
+        let local = route("web", json!({"trafficPolicy": "Local"}), true);
+        let d = desired_services("n2", &[&local], &[&s]);
+        assert_eq!(d.services[&key(80, Proto::Tcp)].backends.len(), 1);
+        let unaccepted = route("web", json!({}), false);
+        assert!(
+            desired_services("n1", &[&unaccepted], &[&s])
+                .services
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn affinity_is_recorded_per_timeout_and_not_ready_published_on_request() {
+        let r = route(
+            "web",
+            json!({"sessionAffinity": {"clientIP": {"timeoutSeconds": 60}}, "publishNotReadyAddresses": true}),
+            true,
+        );
+        let s = slice("web", &[("198.18.128.6", "n1", false)]);
+        let e = elements("n1", &desired_services("n1", &[&r], &[&s]));
+        assert_eq!(e.affinity.len(), 2, "IPv4 keys only");
+        assert_eq!(e.chains_aff.keys().copied().collect::<Vec<_>>(), vec![60]);
+        assert_eq!(e.backends.len(), 2);
+    }
+
+    #[test]
+    fn a_removed_udp_backend_is_stale_and_resets_affinity() {
+        let r = route(
+            "web",
+            json!({"sessionAffinity": {"clientIP": {"timeoutSeconds": 60}}}),
+            true,
+        );
+        let two = slice(
+            "web",
+            &[("198.18.128.5", "n1", true), ("198.18.129.5", "n2", true)],
+        );
+        let one = slice("web", &[("198.18.128.5", "n1", true)]);
+        let a = elements("n1", &desired_services("n1", &[&r], &[&two]));
+        let b = elements("n1", &desired_services("n1", &[&r], &[&one]));
+        let stale = stale_udp(&a, &b);
+        assert_eq!(stale.len(), 1);
+        assert_eq!(stale[0].1.to_string(), "198.18.129.5");
+        assert_eq!(affinity_resets(&a, &b).len(), 2);
+        assert!(affinity_resets(&a, &a).is_empty());
+    }
+
+    fn arb_key() -> impl Strategy<Value = Key> {
+        (
+            0u8..3,
+            prop_oneof![Just(Proto::Tcp), Just(Proto::Udp)],
+            1u16..4,
+        )
+            .prop_map(|(v, proto, port)| Key {
+                vip: IpAddr::from([198, 19, 0, v]),
+                proto,
+                port,
+            })
+    }
+
+    fn arb_elements() -> impl Strategy<Value = Elements> {
+        (
+            prop::collection::btree_map(arb_key(), 1u32..4, 0..6),
+            prop::collection::btree_map(
+                (arb_key(), 0u32..3),
+                (0u8..4, 8080u16..8082).prop_map(|(i, p)| (IpAddr::from([198, 18, 128, i]), p)),
+                0..8,
+            ),
+            prop::collection::btree_map(arb_key(), Just(()), 0..4),
+            prop::collection::btree_map(
+                (0u8..4).prop_map(|i| IpAddr::from([198, 18, 128, i])),
+                Just(()),
+                0..4,
+            ),
+            prop::collection::btree_map(arb_key(), 1u32..3, 0..3),
+            prop::collection::btree_map(1u32..4, Just(()), 0..3),
+            prop::collection::btree_map(1u32..3, Just(()), 0..2),
+        )
+            .prop_map(
+                |(dispatch, backends, no_endpoints, hairpin, affinity, chains_n, chains_aff)| {
+                    Elements {
+                        dispatch,
+                        backends,
+                        no_endpoints,
+                        hairpin,
+                        affinity,
+                        chains_n,
+                        chains_aff,
+                    }
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn applying_the_diff_gives_the_target(a in arb_elements(), b in arb_elements()) {
+            let d = diff(&a, &b);
+            prop_assert_eq!(apply(&a, &d), b.clone());
+            // Only real changes: nothing deleted that is not there, nothing added that is.
+            prop_assert!(d.dispatch.delete.iter().all(|k| a.dispatch.contains_key(k)));
+            prop_assert!(d.backends.add.iter().all(|(k, v)| a.backends.get(k) != Some(v)));
+            prop_assert!(diff(&b, &b).is_empty());
+        }
+    }
+}
