@@ -1,9 +1,10 @@
 //! Switchyard's node agent: turns PodNetworks and NodeBlocks into this node's kernel state
 //! (one bridge per network the node carries, one route per remote node block, one nftables
 //! table) and answers the CNI plugin's questions over a unix socket.
-//! It also programs ServiceRoute traffic: `services` computes, from accepted routes and their
-//! EndpointSlices, the elements of a few shared nftables maps, and `kernel::services` applies
-//! the difference to them in one transaction.
+//! It also programs ServiceRoute traffic: `services` computes, from the EndpointSlices of
+//! accepted routes (which carry each route's parameters) and the VirtualIP claims, the elements
+//! of a few shared nftables maps, and `kernel::services` applies the difference to them in one
+//! transaction; `report` then tells the operator, on the agent's Lease, how far it got.
 //!
 //! It decides no policy of its own: everything it programs comes from API objects, through the
 //! pure `desired` computation; `kernel` only applies differences.
@@ -14,6 +15,7 @@ pub mod cni_server;
 pub mod desired;
 pub mod error;
 pub mod kernel;
+pub mod report;
 pub mod run;
 pub mod services;
 pub mod state;

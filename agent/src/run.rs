@@ -20,13 +20,14 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge, histogram::Histogram};
 use prometheus_client::registry::Registry;
 use serde::de::DeserializeOwned;
-use switchyard_api::{NodeBlock, PodNetwork, ServiceRoute};
+use switchyard_api::{NodeBlock, PodNetwork, VirtualIP};
 use switchyard_observe::Health;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::desired::{DesiredNode, desired};
 use crate::kernel::{links, nft, services as svc_kernel};
+use crate::report::{Report, Seen};
 use crate::services::{Elements, SLICE_SELECTOR, desired_services, elements};
 use crate::state::{View, is_accepted};
 
@@ -125,10 +126,13 @@ impl Metrics {
     }
 }
 
+/// A cache of `K` that triggers a pass on every event and, with `seen`, records the highest
+/// resourceVersion among the events (applies and deletes) it has stored.
 fn cache<K>(
     api: Api<K>,
     config: watcher::Config,
     trigger: mpsc::Sender<Instant>,
+    seen: Option<Arc<Seen>>,
 ) -> (Store<K>, impl std::future::Future<Output = ()>)
 where
     K: Resource<DynamicType = ()>
@@ -145,7 +149,10 @@ where
         let mut stream = std::pin::pin!(stream.touched_objects());
         while let Some(ev) = stream.next().await {
             match ev {
-                Ok(_) => {
+                Ok(obj) => {
+                    if let Some(seen) = &seen {
+                        seen.observe(obj.meta().resource_version.as_deref());
+                    }
                     let _ = trigger.try_send(Instant::now());
                 }
                 Err(e) => warn!(error = %e, "watch error; retrying with backoff"),
@@ -164,14 +171,37 @@ pub async fn run(
 ) -> crate::Result<()> {
     let (tx, mut rx) = mpsc::channel::<Instant>(1);
     let all = watcher::Config::default;
-    let (networks, d1) = cache(Api::<PodNetwork>::all(client.clone()), all(), tx.clone());
-    let (blocks, d2) = cache(Api::<NodeBlock>::all(client.clone()), all(), tx.clone());
-    let (namespaces, d3) = cache(Api::<Namespace>::all(client.clone()), all(), tx.clone());
-    let (service_routes, d4) = cache(Api::<ServiceRoute>::all(client.clone()), all(), tx.clone());
+    let (networks, d1) = cache(
+        Api::<PodNetwork>::all(client.clone()),
+        all(),
+        tx.clone(),
+        None,
+    );
+    let (blocks, d2) = cache(
+        Api::<NodeBlock>::all(client.clone()),
+        all(),
+        tx.clone(),
+        None,
+    );
+    let (namespaces, d3) = cache(
+        Api::<Namespace>::all(client.clone()),
+        all(),
+        tx.clone(),
+        None,
+    );
+    let seen_vips = Arc::new(Seen::default());
+    let seen_slices = Arc::new(Seen::default());
+    let (vips, d4) = cache(
+        Api::<VirtualIP>::all(client.clone()),
+        all(),
+        tx.clone(),
+        Some(seen_vips.clone()),
+    );
     let (slices, d5) = cache(
         Api::<EndpointSlice>::all(client.clone()),
         all().labels(SLICE_SELECTOR),
         tx.clone(),
+        Some(seen_slices.clone()),
     );
     let drivers = tokio::spawn(async move {
         tokio::join!(d1, d2, d3, d4, d5);
@@ -191,17 +221,29 @@ pub async fn run(
     let _ = networks.wait_until_ready().await;
     let _ = blocks.wait_until_ready().await;
     let _ = namespaces.wait_until_ready().await;
-    let _ = service_routes.wait_until_ready().await;
+    let _ = vips.wait_until_ready().await;
     let _ = slices.wait_until_ready().await;
     links::enable_forwarding().await?;
     svc_kernel::enable_bridge_netfilter().await?;
     info!(node = %config.node, "caches synced; programming the node");
+    let (report_tx, report_rx) = watch::channel::<Option<Report>>(None);
+    let reporter = tokio::spawn(crate::report::keep(
+        client.clone(),
+        config.node.clone(),
+        report_rx,
+    ));
 
     let mut applied_isolation: Option<Vec<Vec<IpNet>>> = None;
     // What the service maps hold; `None` = unknown (at start, after a failure): read it back.
     let mut applied_services: Option<Elements> = None;
     let mut since = Instant::now();
     loop {
+        // What this pass covers: every event up to these versions is in the caches (the
+        // reflector stores an event before it reaches `seen`).
+        let covers = Report {
+            slices: seen_slices.get(),
+            vips: seen_vips.get(),
+        };
         let nets = networks.state();
         let net_refs: Vec<&PodNetwork> = nets.iter().map(|n| n.as_ref()).collect();
         let accepted: BTreeSet<String> = net_refs
@@ -212,13 +254,13 @@ pub async fn run(
         let all_blocks = blocks.state();
         let block_refs: Vec<&NodeBlock> = all_blocks.iter().map(|b| b.as_ref()).collect();
         let want: DesiredNode = desired(&config.node, &net_refs, &accepted, &block_refs);
-        let all_routes = service_routes.state();
-        let route_refs: Vec<&ServiceRoute> = all_routes.iter().map(|r| r.as_ref()).collect();
+        let all_vips = vips.state();
+        let vip_refs: Vec<&VirtualIP> = all_vips.iter().map(|v| v.as_ref()).collect();
         let all_slices = slices.state();
         let slice_refs: Vec<&EndpointSlice> = all_slices.iter().map(|s| s.as_ref()).collect();
         let want_services = elements(
             &config.node,
-            &desired_services(&config.node, &route_refs, &slice_refs),
+            &desired_services(&config.node, &slice_refs, &vip_refs),
         );
         let outcome: crate::Result<()> = async {
             links::apply(&want).await?;
@@ -248,6 +290,11 @@ pub async fn run(
                     .routes
                     .set(i64::try_from(want.routes.len()).unwrap_or(i64::MAX));
                 metrics.set_elements(&want_services);
+                report_tx.send_if_modified(|cur| {
+                    let changed = cur.as_ref() != Some(&covers);
+                    *cur = Some(covers.clone());
+                    changed
+                });
                 if !view.is_ready() {
                     let path = crate::cni_config::install(
                         &config.cni_conf_dir,
@@ -282,6 +329,7 @@ pub async fn run(
         }
     }
     drivers.abort();
+    reporter.abort();
     match server.await {
         Ok(Err(e)) => Err(e),
         _ => Ok(()),

@@ -1,5 +1,6 @@
-//! The service data plane's desired state (sans I/O): from accepted ServiceRoutes and the
-//! EndpointSlices the operator publishes for them, which backends each virtual IP, protocol
+//! The service data plane's desired state (sans I/O): from the EndpointSlices the operator
+//! publishes for accepted ServiceRoutes (with each route's parameters in their annotations) and
+//! the VirtualIP claims, which backends each virtual IP, protocol
 //! and port leads to on this node; then the nftables elements that encode it, and the
 //! difference between two such element sets (what one transaction must change).
 //!
@@ -11,7 +12,10 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
-use switchyard_api::ServiceRoute;
+use switchyard_api::VirtualIP;
+use switchyard_api::dataplane::{
+    ROUTE_GENERATION_ANNOTATION, ROUTE_PARAMS_ANNOTATION, RouteParams,
+};
 use switchyard_api::service_route::{Protocol, TrafficPolicy};
 
 /// Label naming the route a slice belongs to (set by the operator).
@@ -105,20 +109,34 @@ pub struct DesiredServices {
     pub by_route: BTreeMap<String, Vec<Key>>,
 }
 
-/// Whether a route is accepted (condition `Accepted=True`).
-pub fn route_accepted(r: &ServiceRoute) -> bool {
-    r.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == "Accepted" && c.status == "True")
-    })
+/// A route's parameters as its slices carry them: from the slice with the highest route
+/// generation (slices are rewritten one by one, so they may briefly disagree).
+fn route_params(slices: &[&EndpointSlice]) -> Option<RouteParams> {
+    slices
+        .iter()
+        .filter_map(|s| {
+            let a = s.annotations();
+            let generation: i64 = a
+                .get(ROUTE_GENERATION_ANNOTATION)
+                .and_then(|g| g.parse().ok())
+                .unwrap_or_default();
+            Some((
+                generation,
+                RouteParams::from_annotation(a.get(ROUTE_PARAMS_ANNOTATION)?)?,
+            ))
+        })
+        .max_by_key(|(g, _)| *g)
+        .map(|(_, p)| p)
 }
 
-/// Computes the desired services of `node` from all routes and all Switchyard slices.
+/// Computes the desired services of `node` from Switchyard's EndpointSlices (backends and,
+/// in their annotations, each route's ports, policy and affinity) and the VirtualIP claims
+/// (each route's addresses). The operator writes slices only for accepted routes, and at least
+/// one for each that is not headless, so a route without slices serves nothing.
 pub fn desired_services(
     node: &str,
-    routes: &[&ServiceRoute],
     slices: &[&EndpointSlice],
+    vips: &[&VirtualIP],
 ) -> DesiredServices {
     // (namespace, route name) → slices
     let mut slices_of: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
@@ -131,43 +149,54 @@ pub fn desired_services(
             .or_default()
             .push(s);
     }
-    let mut out = DesiredServices::default();
-    for r in routes {
-        if !route_accepted(r) || r.spec.headless {
-            continue;
+    // (namespace, route name) → (route uid, address)
+    let mut vips_of: BTreeMap<(String, String), Vec<(String, IpAddr)>> = BTreeMap::new();
+    for v in vips {
+        if let Ok(addr) = v.spec.address.parse() {
+            vips_of
+                .entry((v.spec.route.namespace.clone(), v.spec.route.name.clone()))
+                .or_default()
+                .push((v.spec.route.uid.clone(), addr));
         }
-        let (ns, name) = (r.namespace().unwrap_or_default(), r.name_any());
-        let vips: Vec<IpAddr> = r
-            .status
+    }
+    let mut out = DesiredServices::default();
+    for ((ns, name), route_slices) in &slices_of {
+        let Some(params) = route_params(route_slices) else {
+            continue;
+        };
+        // The route the slices belong to (a recreated route's old claims do not count).
+        let owners: BTreeSet<&str> = route_slices
             .iter()
-            .flat_map(|s| s.virtual_ips.iter())
-            .filter_map(|v| v.parse().ok())
+            .flat_map(|s| s.owner_references())
+            .filter(|o| o.kind == "ServiceRoute")
+            .map(|o| o.uid.as_str())
             .collect();
-        let route_slices = slices_of
+        let mut route_vips: Vec<IpAddr> = vips_of
             .get(&(ns.clone(), name.clone()))
-            .cloned()
-            .unwrap_or_default();
-        let affinity = r
-            .spec
-            .session_affinity
-            .as_ref()
-            .and_then(|a| u32::try_from(a.client_ip.timeout_seconds).ok())
+            .into_iter()
+            .flatten()
+            .filter(|(uid, _)| owners.is_empty() || owners.contains(uid.as_str()))
+            .map(|(_, a)| *a)
+            .collect();
+        route_vips.sort();
+        let affinity = params
+            .affinity
+            .and_then(|t| u32::try_from(t).ok())
             .filter(|t| *t > 0);
-        let local = r.spec.traffic_policy == TrafficPolicy::Local;
+        let local = params.traffic_policy == TrafficPolicy::Local;
         let id = format!("{ns}/{name}");
-        for rp in &r.spec.ports {
+        for rp in &params.ports {
             let Ok(port) = u16::try_from(rp.port) else {
                 continue;
             };
-            let port_name = rp.name.clone().unwrap_or_else(|| rp.port.to_string());
             let proto = Proto::from(rp.protocol);
             let mut backends: BTreeSet<Backend> = BTreeSet::new();
-            for s in &route_slices {
+            for s in route_slices {
                 let Some(target) = s
                     .ports
                     .iter()
                     .flatten()
-                    .find(|p| p.name.as_deref() == Some(port_name.as_str()))
+                    .find(|p| p.name.as_deref() == Some(rp.key.as_str()))
                     .and_then(|p| p.port)
                     .and_then(|p| u16::try_from(p).ok())
                 else {
@@ -178,7 +207,7 @@ pub fn desired_services(
                     let serving = conditions
                         .and_then(|c| c.serving.or(c.ready))
                         .unwrap_or(true);
-                    if !serving && !r.spec.publish_not_ready_addresses {
+                    if !serving && !params.publish_not_ready {
                         continue;
                     }
                     if local && e.node_name.as_deref() != Some(node) {
@@ -195,7 +224,7 @@ pub fn desired_services(
                     }
                 }
             }
-            for vip in &vips {
+            for vip in &route_vips {
                 let key = Key {
                     vip: *vip,
                     proto,
@@ -435,29 +464,53 @@ mod tests {
 
     use super::*;
 
-    fn route(name: &str, extra: serde_json::Value, accepted: bool) -> ServiceRoute {
-        let mut spec = json!({"selector": {"matchLabels": {"app": name}},
-            "ports": [{"name": "tcp", "port": 80, "targetPort": 8080}, {"name": "udp", "port": 53, "targetPort": 8081, "protocol": "UDP"}]});
-        if let (Some(s), Some(x)) = (spec.as_object_mut(), extra.as_object()) {
+    /// The parameters the operator writes for a route with ports tcp 80 → 8080 and udp 53 → 8081.
+    fn params(extra: serde_json::Value) -> serde_json::Value {
+        let mut p = json!({"ports": [{"key": "tcp", "port": 80, "protocol": "TCP"}, {"key": "udp", "port": 53, "protocol": "UDP"}],
+            "trafficPolicy": "Cluster", "affinity": null, "publishNotReady": false});
+        if let (Some(s), Some(x)) = (p.as_object_mut(), extra.as_object()) {
             for (k, v) in x {
                 s.insert(k.clone(), v.clone());
             }
         }
-        serde_json::from_value(json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "ServiceRoute",
-            "metadata": {"name": name, "namespace": "shop"}, "spec": spec,
-            "status": {"virtualIPs": ["198.19.0.10", "fd00:20::a"],
-                "conditions": [{"type": "Accepted", "status": if accepted {"True"} else {"False"}, "reason": "R", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}))
-        .unwrap_or_else(|e| panic!("{e}"))
+        p
     }
 
-    fn slice(route: &str, eps: &[(&str, &str, bool)]) -> EndpointSlice {
+    fn slice_with(
+        route: &str,
+        eps: &[(&str, &str, bool)],
+        params: serde_json::Value,
+    ) -> EndpointSlice {
         serde_json::from_value(json!({"metadata": {"name": format!("{route}-x"), "namespace": "shop",
-            "labels": {ROUTE_LABEL: route, "endpointslice.kubernetes.io/managed-by": "switchyard.dev"}},
+            "labels": {ROUTE_LABEL: route, "endpointslice.kubernetes.io/managed-by": "switchyard.dev"},
+            "annotations": {ROUTE_GENERATION_ANNOTATION: "1", ROUTE_PARAMS_ANNOTATION: params.to_string()},
+            "ownerReferences": [{"apiVersion": "switchyard.dev/v1alpha1", "kind": "ServiceRoute", "name": route, "uid": format!("uid-{route}")}]},
             "addressType": "IPv4",
             "endpoints": eps.iter().map(|(ip, node, ready)| json!({"addresses": [ip], "nodeName": node,
                 "conditions": {"ready": ready, "serving": ready}})).collect::<Vec<_>>(),
             "ports": [{"name": "tcp", "port": 8080, "protocol": "TCP"}, {"name": "udp", "port": 8081, "protocol": "UDP"}]}))
         .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn slice(route: &str, eps: &[(&str, &str, bool)]) -> EndpointSlice {
+        slice_with(route, eps, params(json!({})))
+    }
+
+    /// The route's claims: one IPv4 and one IPv6 virtual IP.
+    fn vips(route: &str, uid: &str) -> Vec<VirtualIP> {
+        ["198.19.0.10", "fd00:20::a"]
+            .iter()
+            .map(|a| {
+                serde_json::from_value(json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "VirtualIP",
+                    "metadata": {"name": a.replace([':', '.'], "-")},
+                    "spec": {"address": a, "network": "default", "route": {"namespace": "shop", "name": route, "uid": uid}}}))
+                .unwrap_or_else(|e| panic!("{e}"))
+            })
+            .collect()
+    }
+
+    fn refs(v: &[VirtualIP]) -> Vec<&VirtualIP> {
+        v.iter().collect()
     }
 
     fn key(port: u16, proto: Proto) -> Key {
@@ -470,7 +523,7 @@ mod tests {
 
     #[test]
     fn ready_backends_per_vip_protocol_and_port() {
-        let r = route("web", json!({}), true);
+        let v = vips("web", "uid-web");
         let s = slice(
             "web",
             &[
@@ -479,7 +532,7 @@ mod tests {
                 ("198.18.128.6", "n1", false),
             ],
         );
-        let d = desired_services("n1", &[&r], &[&s]);
+        let d = desired_services("n1", &[&s], &refs(&v));
         // Two ports × two virtual IPs.
         assert_eq!(d.services.len(), 4);
         assert_eq!(d.by_route["shop/web"].len(), 4);
@@ -493,26 +546,42 @@ mod tests {
         assert_eq!(e.dispatch[&key(80, Proto::Tcp)], 2);
         assert_eq!(e.hairpin.len(), 1, "only local backends hairpin");
 
-        let local = route("web", json!({"trafficPolicy": "Local"}), true);
-        let d = desired_services("n2", &[&local], &[&s]);
+        let local = slice_with(
+            "web",
+            &[("198.18.128.5", "n1", true), ("198.18.129.5", "n2", true)],
+            params(json!({"trafficPolicy": "Local"})),
+        );
+        let d = desired_services("n2", &[&local], &refs(&v));
         assert_eq!(d.services[&key(80, Proto::Tcp)].backends.len(), 1);
-        let unaccepted = route("web", json!({}), false);
+        // No slices (the route is not accepted): nothing, even with claims.
+        assert!(desired_services("n1", &[], &refs(&v)).services.is_empty());
+        // Claims of an earlier route of the same name do not count.
+        let old = vips("web", "uid-old");
         assert!(
-            desired_services("n1", &[&unaccepted], &[&s])
+            desired_services("n1", &[&s], &refs(&old))
                 .services
                 .is_empty()
         );
     }
 
     #[test]
+    fn an_empty_slice_rejects_every_port_of_every_virtual_ip() {
+        let v = vips("web", "uid-web");
+        let empty = slice("web", &[]);
+        let e = elements("n1", &desired_services("n1", &[&empty], &refs(&v)));
+        assert_eq!(e.no_endpoints.len(), 4);
+        assert!(e.dispatch.is_empty());
+    }
+
+    #[test]
     fn affinity_is_recorded_per_timeout_and_not_ready_published_on_request() {
-        let r = route(
+        let v = vips("web", "uid-web");
+        let s = slice_with(
             "web",
-            json!({"sessionAffinity": {"clientIP": {"timeoutSeconds": 60}}, "publishNotReadyAddresses": true}),
-            true,
+            &[("198.18.128.6", "n1", false)],
+            params(json!({"affinity": 60, "publishNotReady": true})),
         );
-        let s = slice("web", &[("198.18.128.6", "n1", false)]);
-        let e = elements("n1", &desired_services("n1", &[&r], &[&s]));
+        let e = elements("n1", &desired_services("n1", &[&s], &refs(&v)));
         assert_eq!(e.affinity.len(), 2, "IPv4 keys only");
         assert_eq!(e.chains_aff.keys().copied().collect::<Vec<_>>(), vec![60]);
         assert_eq!(e.backends.len(), 2);
@@ -520,18 +589,16 @@ mod tests {
 
     #[test]
     fn a_removed_udp_backend_is_stale_and_resets_affinity() {
-        let r = route(
-            "web",
-            json!({"sessionAffinity": {"clientIP": {"timeoutSeconds": 60}}}),
-            true,
-        );
-        let two = slice(
+        let v = vips("web", "uid-web");
+        let p = params(json!({"affinity": 60}));
+        let two = slice_with(
             "web",
             &[("198.18.128.5", "n1", true), ("198.18.129.5", "n2", true)],
+            p.clone(),
         );
-        let one = slice("web", &[("198.18.128.5", "n1", true)]);
-        let a = elements("n1", &desired_services("n1", &[&r], &[&two]));
-        let b = elements("n1", &desired_services("n1", &[&r], &[&one]));
+        let one = slice_with("web", &[("198.18.128.5", "n1", true)], p);
+        let a = elements("n1", &desired_services("n1", &[&two], &refs(&v)));
+        let b = elements("n1", &desired_services("n1", &[&one], &refs(&v)));
         let stale = stale_udp(&a, &b);
         assert_eq!(stale.len(), 1);
         assert_eq!(stale[0].1.to_string(), "198.18.129.5");

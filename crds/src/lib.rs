@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod crd;
+pub mod dataplane;
 pub mod error;
 pub mod membership;
 pub mod node_block;

@@ -41,7 +41,7 @@ fn pod(name: &str, node: &str, sidecar: bool) -> Result<Pod> {
         containers.push(json!({"name": "sidecar", "image": podsim::TESTPOD_IMAGE, "command": serve(&format!("{name}-sidecar"), &["--tcp", "9090"])}));
     }
     serde_json::from_value(
-        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NS},
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NS, "labels": {"check": name}},
         "spec": {"nodeName": node, "containers": containers}}),
     )
     .map_err(|e| Error::Invalid {
@@ -171,8 +171,55 @@ pub async fn run(t: &Target) -> Result<Vec<(String, bool, String)>> {
         send(t, &uid(c), "udp", &format!("{}:8081", ip(b)), "hi").await,
         "b hi",
     );
+    let via = through_route(t, &uid(a)).await;
+    out.push((
+        "pod to service through its virtual IP (TCP)".to_string(),
+        via.is_ok(),
+        match via {
+            Ok(s) => s,
+            Err(e) => e,
+        },
+    ));
     let _ = namespaces.delete(NS, &DeleteParams::default()).await;
     Ok(out)
+}
+
+/// Creates a ServiceRoute in front of pods b and c, waits until every node programmed it, and
+/// connects to its virtual IP from the pod `from_uid`; the reply names the backend.
+async fn through_route(t: &Target, from_uid: &str) -> std::result::Result<String, String> {
+    let routes: Api<switchyard_api::ServiceRoute> = Api::namespaced(t.client.clone(), NS);
+    let route: switchyard_api::ServiceRoute = serde_json::from_value(json!({
+        "apiVersion": "switchyard.dev/v1alpha1", "kind": "ServiceRoute", "metadata": {"name": "check", "namespace": NS},
+        "spec": {"selector": {"matchExpressions": [{"key": "check", "operator": "In", "values": ["b", "c"]}]},
+            "ports": [{"name": "echo", "port": 80, "targetPort": 8080}]}
+    }))
+    .map_err(|e| e.to_string())?;
+    routes
+        .create(&PostParams::default(), &route)
+        .await
+        .map_err(|e| format!("create ServiceRoute: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let vip = loop {
+        let r = routes.get("check").await.map_err(|e| e.to_string())?;
+        let status = r.status.unwrap_or_default();
+        let programmed = status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Programmed" && c.status == "True");
+        if programmed && let Some(v) = status.virtual_ips.first() {
+            break v.clone();
+        }
+        if Instant::now() > deadline {
+            return Err("the route was not Programmed within 30 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let reply = send(t, from_uid, "tcp", &format!("{vip}:80"), "hi").await?;
+    if reply == "b hi" || reply == "c hi" {
+        Ok(format!("{vip}:80 answered {reply:?}"))
+    } else {
+        Err(format!("unexpected reply {reply:?}"))
+    }
 }
 
 /// Replaces namespace `name` with an empty one (waiting for the old one to go) and waits until

@@ -34,6 +34,8 @@ pub struct SwitchyardBinaries {
     pub cni: PathBuf,
     /// switchyard-testpod.
     pub testpod: PathBuf,
+    /// switchyard-webhook.
+    pub webhook: PathBuf,
 }
 
 fn workspace_root() -> PathBuf {
@@ -65,6 +67,8 @@ pub async fn build_switchyard() -> Result<SwitchyardBinaries> {
             "switchyard-cni",
             "-p",
             "switchyard-e2e",
+            "-p",
+            "switchyard-webhook",
             "--target-dir",
         ])
         .arg(&target)
@@ -101,6 +105,7 @@ fn binaries_in(dir: &Path) -> Result<SwitchyardBinaries> {
         agent: find("switchyard-agent")?,
         cni: find("switchyard-cni")?,
         testpod: find("switchyard-testpod")?,
+        webhook: find("switchyard-webhook")?,
     })
 }
 
@@ -162,6 +167,8 @@ pub struct LabOptions {
     pub examples: bool,
     /// Operator replicas.
     pub operators: usize,
+    /// Run the admission webhook and register it (before `examples/` are applied).
+    pub webhook: bool,
 }
 
 impl Default for LabOptions {
@@ -170,6 +177,7 @@ impl Default for LabOptions {
             nodes: 2,
             examples: false,
             operators: 1,
+            webhook: false,
         }
     }
 }
@@ -193,6 +201,8 @@ pub struct Lab {
     node_tasks: BTreeMap<String, Vec<JoinHandle<()>>>,
     /// When `up` started and how long each phase took.
     pub timings: Vec<(String, Duration)>,
+    /// The admission webhook, when the lab runs one.
+    pub webhook: Option<crate::webhook::Webhook>,
 }
 
 fn random_run() -> String {
@@ -267,6 +277,7 @@ impl Lab {
             agents: BTreeMap::new(),
             node_tasks: BTreeMap::new(),
             timings,
+            webhook: None,
         };
         lab.write_state(false)?;
 
@@ -300,6 +311,11 @@ impl Lab {
         }
         lab.wait_agents_ready(Duration::from_secs(60)).await?;
         timings_push(&mut lab.timings, "switchyard", t.elapsed());
+        if opts.webhook {
+            let t = Instant::now();
+            lab.webhook = Some(crate::webhook::Webhook::start(&lab).await?);
+            timings_push(&mut lab.timings, "webhook", t.elapsed());
+        }
         if opts.examples {
             lab.kubectl_ok(&[
                 "apply",
@@ -578,6 +594,9 @@ impl Lab {
 
     /// Removes everything.
     pub async fn down(mut self) {
+        if let Some(w) = self.webhook.take() {
+            w.stop().await;
+        }
         for (_, mut c) in std::mem::take(&mut self.agents) {
             let _ = c.kill().await;
         }

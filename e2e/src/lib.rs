@@ -15,5 +15,6 @@ pub mod netns;
 pub mod nodes;
 pub mod podsim;
 pub mod topology;
+pub mod webhook;
 
 pub use error::{Error, Result};

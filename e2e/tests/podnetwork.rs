@@ -43,6 +43,7 @@ async fn podnetwork_end_to_end() {
             nodes: 3,
             examples: false,
             operators: 1,
+            webhook: false,
         },
         |lab| Box::pin(steps(lab)),
     )

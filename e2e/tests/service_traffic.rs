@@ -3,7 +3,8 @@
 //! is no backend, keeps a client on one backend with session affinity, keeps a Local route's
 //! clients on their node's backends, lets a pod reach itself (hairpin), stops sending to a
 //! deleted backend (UDP too, through the conntrack flush), and survives an agent restart
-//! without flushing its table.
+//! without flushing its table. Throughout, `Programmed` (every ready node agent reported
+//! applying the route's objects) is the way to wait for the data plane.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -15,7 +16,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams};
-use switchyard_api::ServiceRoute;
+use switchyard_api::service_route::NodeCounts;
+use switchyard_api::{ServiceRoute, ServiceRouteStatus};
 use switchyard_e2e::lab::{Lab, LabOptions};
 use switchyard_e2e::netns;
 
@@ -54,6 +56,59 @@ async fn ready_endpoints(lab: &Lab, name: &str) -> Vec<String> {
         .collect();
     out.sort();
     out
+}
+
+async fn status(lab: &Lab, name: &str) -> ServiceRouteStatus {
+    Api::<ServiceRoute>::namespaced(lab.client.clone(), NS)
+        .get(name)
+        .await
+        .unwrap()
+        .status
+        .unwrap_or_default()
+}
+
+fn condition(s: &ServiceRouteStatus, type_: &str) -> (String, String) {
+    s.conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+        .unwrap_or_default()
+}
+
+/// `kubectl wait --for=condition=Programmed --timeout=30s`, then both agents count.
+async fn wait_programmed(lab: &Lab, name: &str) {
+    let obj = format!("serviceroute/{name}");
+    let started = Instant::now();
+    let out = lab
+        .kubectl(&[
+            "wait",
+            "--for=condition=Programmed",
+            "--timeout=30s",
+            &obj,
+            "-n",
+            NS,
+        ])
+        .await
+        .unwrap();
+    if !out.status.success() {
+        let yaml = lab.kubectl(&["get", &obj, "-n", NS, "-o", "yaml"]).await;
+        panic!(
+            "{obj} never got Programmed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            yaml.map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                .unwrap_or_default()
+        );
+    }
+    eprintln!("{obj} Programmed after {:?}", started.elapsed());
+    let s = status(lab, name).await;
+    assert_eq!(
+        s.nodes,
+        Some(NodeCounts {
+            programmed: 2,
+            total: 2
+        }),
+        "{name}: {s:?}"
+    );
 }
 
 /// The backend that answered (`<pod> MSG`).
@@ -118,6 +173,7 @@ async fn service_traffic_end_to_end() {
         nodes: 2,
         examples: false,
         operators: 1,
+        webhook: false,
     })
     .await
     .expect("lab up");
@@ -167,6 +223,30 @@ async fn steps(lab: &mut Lab) {
     .await;
     let web_tcp = format!("{web}:80");
     let web_udp = format!("{web}:81");
+
+    step("every route is Programmed on both nodes; Ready only with a ready backend");
+    wait_until(30, || async {
+        status(lab, "web")
+            .await
+            .endpoints
+            .is_some_and(|e| e.ready == 3)
+    })
+    .await;
+    for name in ["web", "sticky", "local", "empty"] {
+        wait_programmed(lab, name).await;
+    }
+    let s = status(lab, "web").await;
+    assert_eq!(
+        condition(&s, "Ready"),
+        ("True".into(), "Ready".into()),
+        "{s:?}"
+    );
+    let s = status(lab, "empty").await;
+    assert_eq!(
+        condition(&s, "Ready"),
+        ("False".into(), "NoReadyBackends".into()),
+        "{s:?}"
+    );
 
     step("the virtual IP reaches a backend over TCP and UDP");
     assert!(who(&first_ok(lab, "client", "tcp", &web_tcp).await).starts_with("web-"));
@@ -257,8 +337,21 @@ async fn steps(lab: &mut Lab) {
         !ready_endpoints(lab, "web").await.contains(&gone_ip)
     })
     .await;
-    // Programming follows the slice change within a moment.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The status written with the new slices, then Programmed again: both agents applied them.
+    wait_until(30, || async {
+        status(lab, "web")
+            .await
+            .endpoints
+            .is_some_and(|e| e.ready == 2)
+    })
+    .await;
+    wait_programmed(lab, "web").await;
+    let s = status(lab, "web").await;
+    assert_eq!(
+        condition(&s, "Ready"),
+        ("True".into(), "Ready".into()),
+        "{s:?}"
+    );
     if udp_first.is_some() {
         let r = udp_fixed_port(lab, "client", &web, 81)
             .await
@@ -296,11 +389,53 @@ async fn steps(lab: &mut Lab) {
     assert_eq!(list().await, before, "killing the agent changed the map");
     // Traffic keeps flowing while the agent is down.
     first_ok(lab, "client", "tcp", &web_tcp).await;
+    step("a route created while an agent is down waits for it (its Lease is still fresh)");
+    apply(lab, &format!("apiVersion: switchyard.dev/v1alpha1\nkind: ServiceRoute\nmetadata: {{name: probe, namespace: {NS}}}\nspec:\n  selector: {{matchLabels: {{role: web}}}}\n  ports: [{{port: 82, targetPort: 8080}}]\n")).await;
+    wait_until(30, || async {
+        let s = status(lab, "probe").await;
+        let pending = s.conditions.iter().any(|c| {
+            c.type_ == "Programmed"
+                && c.status == "False"
+                && c.reason == "Pending"
+                && c.message.contains("node-1")
+        });
+        pending
+            && s.nodes
+                == Some(NodeCounts {
+                    programmed: 1,
+                    total: 2,
+                })
+    })
+    .await;
+    let s = status(lab, "probe").await;
+    assert_eq!(
+        condition(&s, "Ready"),
+        ("False".into(), "NotProgrammed".into()),
+        "{s:?}"
+    );
     lab.start_agent("node-1").unwrap();
     lab.wait_agents_ready(Duration::from_secs(60))
         .await
         .unwrap();
-    assert_eq!(list().await, before, "the restarted agent rewrote the map");
+    // The same elements, plus those of the route created meanwhile.
+    let probe = vip(lab, "probe").await;
+    let elements = |map: &str| -> BTreeSet<String> {
+        map.split_once("elements = {")
+            .and_then(|(_, rest)| rest.split_once('}'))
+            .map(|(e, _)| e)
+            .unwrap_or_default()
+            .split(',')
+            .map(|e| e.trim().to_string())
+            .filter(|e| !e.is_empty() && !e.starts_with(&format!("{probe} ")))
+            .collect()
+    };
+    assert_eq!(
+        elements(&list().await),
+        elements(&before),
+        "the restarted agent rewrote the map"
+    );
+    wait_programmed(lab, "web").await;
+    wait_programmed(lab, "probe").await;
     for i in 0..10 {
         let r = send(lab, NS, "client", "tcp", &web_tcp, "restart")
             .await

@@ -1,7 +1,8 @@
 //! ServiceRoute, operator side, on a real control plane: virtual IPs claimed through the API
 //! server (requested or automatic, unique, stable across restarts, released on delete), the
 //! backends chosen by labels across consenting namespaces published as EndpointSlices, DNS
-//! names and conditions in the status.
+//! names and conditions in the status, and Programmed once both node agents report the route
+//! applied (without status writes on mere Lease renewals).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -20,6 +21,50 @@ async fn route(lab: &Lab, ns: &str, name: &str) -> ServiceRoute {
         .get(name)
         .await
         .unwrap()
+}
+
+/// `kubectl wait --for=condition=Programmed`, at `generation`, on both nodes, and Ready.
+async fn programmed(lab: &Lab, ns: &str, name: &str, generation: i64) {
+    let obj = format!("serviceroute/{name}");
+    wait_until(30, || async {
+        route(lab, ns, name).await.status.is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Programmed" && c.observed_generation >= Some(generation))
+        })
+    })
+    .await;
+    let out = lab
+        .kubectl(&[
+            "wait",
+            "--for=condition=Programmed",
+            "--timeout=30s",
+            &obj,
+            "-n",
+            ns,
+        ])
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{obj} never got Programmed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = route(lab, ns, name).await.status.unwrap();
+    assert_eq!(
+        s.nodes,
+        Some(switchyard_api::service_route::NodeCounts {
+            programmed: 2,
+            total: 2
+        }),
+        "{s:?}"
+    );
+    let ready = s.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "Ready"),
+        "{s:?}"
+    );
 }
 
 async fn vips(lab: &Lab) -> Vec<(String, String)> {
@@ -67,6 +112,7 @@ async fn serviceroute_operator_end_to_end() {
             nodes: 2,
             examples: false,
             operators: 1,
+            webhook: false,
         },
         |lab| Box::pin(steps(lab)),
     )
@@ -123,6 +169,48 @@ async fn steps(lab: &mut Lab) {
     let reason =
         wait_condition_reason(lab, "serviceroute/web -n shop", "Accepted", "True", 10).await;
     assert_eq!(reason, "Accepted");
+
+    step("both node agents program the route; the status stays put while they renew");
+    programmed(lab, "shop", "web", 1).await;
+    let before = route(lab, "shop", "web").await.metadata.resource_version;
+    // Longer than a Lease renewal (10 s): renewals wake the controller, but write nothing.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let after = route(lab, "shop", "web").await.metadata.resource_version;
+    assert_eq!(before, after, "lease renewals rewrote the route's status");
+
+    step("a spec change reaches the slices' annotations and is Programmed at its generation");
+    kubectl(
+        lab,
+        &[
+            "patch",
+            "serviceroute",
+            "web",
+            "-n",
+            "shop",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"sessionAffinity":{"clientIP":{"timeoutSeconds":60}}}}"#,
+        ],
+    )
+    .await;
+    let generation = route(lab, "shop", "web").await.metadata.generation.unwrap();
+    wait_until(30, || async {
+        let lp = ListParams::default().labels("switchyard.dev/route=web");
+        let slices = Api::<EndpointSlice>::namespaced(lab.client.clone(), "shop")
+            .list(&lp)
+            .await
+            .unwrap()
+            .items;
+        !slices.is_empty()
+            && slices.iter().all(|s| {
+                let a = s.metadata.annotations.clone().unwrap_or_default();
+                a.get("switchyard.dev/route-generation") == Some(&generation.to_string())
+                    && a.get("switchyard.dev/route-params")
+                        .is_some_and(|p| p.contains(r#""affinity":60"#))
+            })
+    })
+    .await;
+    programmed(lab, "shop", "web", generation).await;
 
     step("a backend that is deleted leaves the endpoint set");
     kubectl(

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, ObjectReference, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Client;
@@ -36,6 +37,8 @@ pub struct Stores {
     pub vips: Store<VirtualIP>,
     /// Switchyard's EndpointSlices.
     pub slices: Store<EndpointSlice>,
+    /// The node agents' Leases (what each agent has applied).
+    pub leases: Store<Lease>,
 }
 
 /// Shared by all reconciles.

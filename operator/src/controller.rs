@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
@@ -148,6 +149,11 @@ fn vip_fingerprint(v: &VirtualIP) -> u64 {
     hash_of((&v.spec.address, &v.spec.route.uid))
 }
 
+/// Every change of an agent Lease (renewal or report) may change which nodes count.
+fn lease_fingerprint(l: &Lease) -> u64 {
+    hash_of(l.resource_version())
+}
+
 fn no_trigger<K>(_: &K) -> u64 {
     0
 }
@@ -250,6 +256,20 @@ pub async fn run_controllers(
         no_trigger,
         mpsc::channel(1).0,
     );
+    let lease_wc = all().labels(&format!(
+        "{}={}",
+        switchyard_api::dataplane::AGENT_LEASE_LABEL,
+        switchyard_api::dataplane::AGENT_LEASE_LABEL_VALUE
+    ));
+    let (leases, d10) = cached(
+        Api::<Lease>::namespaced(
+            client.clone(),
+            switchyard_api::dataplane::AGENT_LEASE_NAMESPACE,
+        ),
+        lease_wc,
+        lease_fingerprint,
+        sr_tx.clone(),
+    );
     // Namespace changes concern routes too (consent, membership).
     let (ns_tx, mut ns_rx) = mpsc::channel::<()>(1);
     let (_ns2, d9) = cached(
@@ -265,7 +285,7 @@ pub async fn run_controllers(
                 let _ = fan.try_send(());
             }
         };
-        tokio::join!(d1, d2, d3, d4, d5, d6, d7, d8, d9, forward);
+        tokio::join!(d1, d2, d3, d4, d5, d6, d7, d8, d9, d10, forward);
     });
 
     // Never plan with half a picture: a node missing from an unsynced cache looks deleted.
@@ -277,6 +297,7 @@ pub async fn run_controllers(
     let _ = vips.wait_until_ready().await;
     let _ = pods.wait_until_ready().await;
     let _ = slices.wait_until_ready().await;
+    let _ = leases.wait_until_ready().await;
     info!("caches synced; reconciling");
 
     let cfg = || ControllerConfig::default().debounce(Duration::from_millis(100));
@@ -295,6 +316,7 @@ pub async fn run_controllers(
         services,
         vips,
         slices,
+        leases,
     };
     let ctx = Arc::new(Context::new(
         client.clone(),

@@ -76,6 +76,7 @@ async fn a_new_node_gets_one_block_one_event_and_one_status_write() {
     let (services, _) = reflector::store();
     let (vips, _) = reflector::store();
     let (slices, _) = reflector::store();
+    let (leases, _) = reflector::store();
     let stores = Stores {
         networks,
         nodes,
@@ -86,6 +87,7 @@ async fn a_new_node_gets_one_block_one_event_and_one_status_write() {
         services,
         vips,
         slices,
+        leases,
     };
     let ctx = Arc::new(Context::new(client, stores, metrics, "test".into()));
 

@@ -58,7 +58,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,kube_client=off".into()),
         )
         .try_init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -145,9 +146,16 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 nodes,
                 examples: !no_examples,
                 operators: 1,
+                webhook: true,
             })
             .await?;
             println!("lab {} is up:", lab.run);
+            if let Some(w) = &lab.webhook {
+                println!(
+                    "  switchyard-webhook on {} (refuses bad PodNetworks and ServiceRoutes)",
+                    w.url
+                );
+            }
             println!(
                 "  control plane: etcd, kube-apiserver ({}), kube-controller-manager",
                 lab.controlplane.server_url()

@@ -3,6 +3,7 @@
 //! `slices`); this module reads the caches, calls them, and writes the result.
 
 pub mod backends;
+pub mod programmed;
 pub mod slices;
 pub mod vip;
 
@@ -20,6 +21,7 @@ use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
+use switchyard_api::dataplane::Rv;
 use switchyard_api::service_route::{EndpointCounts, NodeCounts};
 use switchyard_api::virtual_ip::{RouteRef, virtual_ip_name};
 use switchyard_api::{
@@ -163,6 +165,9 @@ async fn apply(route: Arc<ServiceRoute>, ctx: Arc<Context>) -> Result<Action> {
         .map(|(a, _)| *a)
         .collect();
     let mut lost_race = false;
+    // VirtualIP writes of this pass: released addresses, and the versions of new claims.
+    let mut released: Vec<IpAddr> = Vec::new();
+    let mut claim_rvs: Vec<(IpAddr, Option<String>)> = Vec::new();
     if problems.is_empty()
         && let Some(net) = network
     {
@@ -181,6 +186,7 @@ async fn apply(route: Arc<ServiceRoute>, ctx: Arc<Context>) -> Result<Action> {
         let plan = vip::plan(&uid, route.spec.headless, &requested, &pools, &held);
         for addr in &plan.release {
             release(&vips_api, addr).await?;
+            released.push(*addr);
         }
         let mut claimed = Vec::new();
         for addr in &plan.claim {
@@ -213,7 +219,10 @@ async fn apply(route: Arc<ServiceRoute>, ctx: Arc<Context>) -> Result<Action> {
                 )
                 .await
             {
-                Ok(_) => claimed.push(addr.to_string()),
+                Ok(created) => {
+                    claimed.push(addr.to_string());
+                    claim_rvs.push((*addr, created.metadata.resource_version));
+                }
                 Err(kube::Error::Api(s)) if s.code == 409 => {
                     // Another route (or replica) claimed it first; our cache will show whom.
                     lost_race = true;
@@ -273,6 +282,9 @@ async fn apply(route: Arc<ServiceRoute>, ctx: Arc<Context>) -> Result<Action> {
         .iter()
         .filter_map(|s| s.metadata.name.clone())
         .collect();
+    // Slice writes of this pass: name → resourceVersion the API server gave the write.
+    let mut written: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let mut deleted: BTreeSet<String> = BTreeSet::new();
     for s in &want {
         let s_name = s.metadata.name.clone().unwrap_or_default();
         let existing = ctx
@@ -281,10 +293,14 @@ async fn apply(route: Arc<ServiceRoute>, ctx: Arc<Context>) -> Result<Action> {
             .state()
             .into_iter()
             .find(|e| e.namespace().as_deref() == Some(ns.as_str()) && e.name_any() == s_name);
-        if existing
-            .as_deref()
-            .is_some_and(|e| e.endpoints == s.endpoints && e.ports == s.ports)
-        {
+        if existing.as_deref().is_some_and(|e| {
+            e.endpoints == s.endpoints
+                && e.ports == s.ports
+                && e.address_type == s.address_type
+                && slices::annotations(&route)
+                    .iter()
+                    .all(|(k, v)| e.annotations().get(k) == Some(v))
+        }) {
             continue;
         }
         let mut body = serde_json::to_value(s).map_err(|source| Error::Serialize {
@@ -293,7 +309,7 @@ async fn apply(route: Arc<ServiceRoute>, ctx: Arc<Context>) -> Result<Action> {
         })?;
         body["apiVersion"] = json!("discovery.k8s.io/v1");
         body["kind"] = json!("EndpointSlice");
-        slices_api
+        let applied = slices_api
             .patch(
                 &s_name,
                 &PatchParams::apply(FIELD_MANAGER).force(),
@@ -301,6 +317,7 @@ async fn apply(route: Arc<ServiceRoute>, ctx: Arc<Context>) -> Result<Action> {
             )
             .await
             .map_err(|e| Error::kube(format!("apply EndpointSlice {ns}/{s_name}"), e))?;
+        written.insert(s_name, applied.metadata.resource_version);
     }
     for stale in ctx.stores.slices.state() {
         let owned = stale
@@ -313,8 +330,12 @@ async fn apply(route: Arc<ServiceRoute>, ctx: Arc<Context>) -> Result<Action> {
                 .delete(&stale.name_any(), &DeleteParams::default())
                 .await
             {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Ok(_) => {
+                    deleted.insert(stale.name_any());
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 => {
+                    deleted.insert(stale.name_any());
+                }
                 Err(e) => {
                     return Err(Error::kube(
                         format!("delete EndpointSlice {ns}/{}", stale.name_any()),
@@ -377,28 +398,103 @@ async fn apply(route: Arc<ServiceRoute>, ctx: Arc<Context>) -> Result<Action> {
         )
     };
     let ready_backends = resolution.ready();
-    let programmed = Verdict::new(
-        "Programmed",
-        false,
-        "Pending",
-        "no node agent has reported applying this generation yet",
+    // Programmed: every ready agent has applied the route's current slices and claims, as the
+    // slice and claim caches hold them (or newer, as this pass's writes returned them).
+    let mut slice_rvs: BTreeMap<String, Option<String>> = ctx
+        .stores
+        .slices
+        .state()
+        .iter()
+        .filter(|e| {
+            e.namespace().as_deref() == Some(ns.as_str())
+                && e.labels().get(slices::ROUTE_LABEL) == Some(&name)
+                && !deleted.contains(&e.name_any())
+        })
+        .map(|e| (e.name_any(), e.resource_version()))
+        .collect();
+    for (n, rv) in written {
+        let cached = slice_rvs.get(&n).cloned().flatten();
+        let newer = match (
+            cached.as_deref().and_then(Rv::parse),
+            rv.as_deref().and_then(Rv::parse),
+        ) {
+            (Some(cached), Some(w)) => w >= cached,
+            _ => true,
+        };
+        if newer {
+            slice_rvs.insert(n, rv);
+        }
+    }
+    let mut vip_rvs: BTreeMap<IpAddr, Option<String>> = ctx
+        .stores
+        .vips
+        .state()
+        .iter()
+        .filter(|v| v.spec.route.uid == uid)
+        .filter_map(|v| Some((v.spec.address.parse().ok()?, v.resource_version())))
+        .filter(|(a, _)| !released.contains(a))
+        .collect();
+    vip_rvs.extend(claim_rvs);
+    let reports: Vec<programmed::AgentReport> = ctx
+        .stores
+        .leases
+        .state()
+        .iter()
+        .filter_map(|l| programmed::AgentReport::from_lease(l))
+        .collect();
+    let now = Timestamp::now();
+    let on_nodes = programmed::programmed_nodes(
+        &reports,
+        now,
+        &programmed::Need::of(slice_rvs.values().map(|v| v.as_deref())),
+        &programmed::Need::of(vip_rvs.values().map(|v| v.as_deref())),
     );
-    let ready = Verdict::new(
-        "Ready",
-        false,
-        if !accepted_v.ok {
-            "NotAccepted"
-        } else {
-            "NotProgrammed"
-        },
-        if !accepted_v.ok {
-            accepted_v.message.clone()
-        } else {
+    let programmed = if on_nodes.everywhere() {
+        Verdict::new(
+            "Programmed",
+            true,
+            "Programmed",
+            format!(
+                "programmed on every ready node ({})",
+                on_nodes.programmed.len()
+            ),
+        )
+    } else if on_nodes.total() == 0 {
+        Verdict::new("Programmed", false, "Pending", "no node agent is ready")
+    } else {
+        Verdict::new(
+            "Programmed",
+            false,
+            "Pending",
+            format!(
+                "{} of {} ready node(s) programmed; waiting for {}",
+                on_nodes.programmed.len(),
+                on_nodes.total(),
+                list(&on_nodes.pending, 5)
+            ),
+        )
+    };
+    let ready = if !accepted_v.ok {
+        Verdict::new("Ready", false, "NotAccepted", accepted_v.message.clone())
+    } else if !programmed.ok {
+        Verdict::new(
+            "Ready",
+            false,
+            "NotProgrammed",
             format!(
                 "{ready_backends} ready backend(s); waiting for the node agents to program the route"
-            )
-        },
-    );
+            ),
+        )
+    } else if ready_backends == 0 {
+        Verdict::new("Ready", false, "NoReadyBackends", "no ready backend")
+    } else {
+        Verdict::new(
+            "Ready",
+            true,
+            "Ready",
+            format!("{ready_backends} ready backend(s), programmed on every ready node"),
+        )
+    };
     let mut dns_names = vec![format!("{name}.{ns}.svc.{}", ctx.cluster_domain)];
     dns_names.extend(route.spec.hostnames.iter().cloned());
     let old = route.status.clone().unwrap_or_default();
@@ -412,14 +508,14 @@ async fn apply(route: Arc<ServiceRoute>, ctx: Arc<Context>) -> Result<Action> {
                 .unwrap_or(i32::MAX),
         }),
         nodes: Some(NodeCounts {
-            programmed: 0,
-            total: i32::try_from(ctx.stores.nodes.state().len()).unwrap_or(i32::MAX),
+            programmed: i32::try_from(on_nodes.programmed.len()).unwrap_or(i32::MAX),
+            total: i32::try_from(on_nodes.total()).unwrap_or(i32::MAX),
         }),
         conditions: conditions::apply(
             &old.conditions,
             &[accepted_v.clone(), resolved, programmed, ready],
             route.metadata.generation,
-            Timestamp::now(),
+            now,
         ),
     };
     if !accepted_v.ok
@@ -448,7 +544,11 @@ async fn apply(route: Arc<ServiceRoute>, ctx: Arc<Context>) -> Result<Action> {
     Ok(if lost_race {
         Action::requeue(Duration::from_secs(1))
     } else {
-        Action::requeue(RESYNC)
+        // A report going stale changes the counts without any event: look again then.
+        let expiry = programmed::next_expiry(&reports, now)
+            .map(|d| d + Duration::from_secs(1))
+            .unwrap_or(RESYNC);
+        Action::requeue(expiry.min(RESYNC))
     })
 }
 

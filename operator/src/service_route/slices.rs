@@ -11,6 +11,9 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use switchyard_api::ServiceRoute;
+use switchyard_api::dataplane::{
+    ParamPort, ROUTE_GENERATION_ANNOTATION, ROUTE_PARAMS_ANNOTATION, RouteParams,
+};
 
 use super::backends::{Backend, port_key};
 
@@ -30,7 +33,48 @@ fn short_hash(v: impl Hash) -> String {
 /// Backends of one address family with one port map share slices.
 type SliceKey = (&'static str, Vec<(String, i32)>);
 
-/// The slices for `backends`, named `<route>-<family>-<ports hash>-<chunk>`.
+/// The route's data-plane parameters, as written on each of its slices.
+pub fn params(route: &ServiceRoute) -> RouteParams {
+    RouteParams {
+        ports: route
+            .spec
+            .ports
+            .iter()
+            .map(|p| ParamPort {
+                key: port_key(p),
+                port: p.port,
+                protocol: p.protocol,
+            })
+            .collect(),
+        traffic_policy: route.spec.traffic_policy,
+        affinity: route
+            .spec
+            .session_affinity
+            .as_ref()
+            .map(|a| a.client_ip.timeout_seconds),
+        publish_not_ready: route.spec.publish_not_ready_addresses,
+    }
+}
+
+/// The annotations every slice of `route` carries: its generation and its parameters, so that
+/// any change of the spec rewrites the slices the agents read.
+pub fn annotations(route: &ServiceRoute) -> BTreeMap<String, String> {
+    [
+        (
+            ROUTE_GENERATION_ANNOTATION.to_string(),
+            route.metadata.generation.unwrap_or_default().to_string(),
+        ),
+        (
+            ROUTE_PARAMS_ANNOTATION.to_string(),
+            params(route).to_annotation(),
+        ),
+    ]
+    .into()
+}
+
+/// The slices for `backends`, named `<route>-<family>-<ports hash>-<chunk>`. A route that is
+/// not headless always has one: without backends, an empty `<route>-empty` slice that carries
+/// the route's parameters (the agents reject its virtual IPs).
 pub fn desired(route: &ServiceRoute, backends: &[Backend]) -> Vec<EndpointSlice> {
     let name = route.name_any();
     let protocol_of: BTreeMap<String, &'static str> = route
@@ -68,27 +112,49 @@ pub fn desired(route: &ServiceRoute, backends: &[Backend]) -> Vec<EndpointSlice>
         }
     }
     let owner = route.controller_owner_ref(&());
+    let meta = |slice_name: String| ObjectMeta {
+        name: Some(slice_name),
+        namespace: route.namespace(),
+        labels: Some(
+            [
+                (ROUTE_LABEL.to_string(), name.clone()),
+                (
+                    "endpointslice.kubernetes.io/managed-by".to_string(),
+                    MANAGED_BY.to_string(),
+                ),
+            ]
+            .into(),
+        ),
+        annotations: Some(annotations(route)),
+        owner_references: owner.clone().map(|o| vec![o]),
+        ..Default::default()
+    };
     let mut out = Vec::new();
+    if groups.is_empty() && !route.spec.headless {
+        out.push(EndpointSlice {
+            metadata: meta(format!("{name}-empty")),
+            address_type: "IPv4".into(),
+            endpoints: vec![],
+            ports: Some(
+                route
+                    .spec
+                    .ports
+                    .iter()
+                    .map(|p| EndpointPort {
+                        name: Some(port_key(p)),
+                        port: None,
+                        protocol: Some(p.protocol.as_str().to_string()),
+                        app_protocol: None,
+                    })
+                    .collect(),
+            ),
+        });
+    }
     for ((family, ports), endpoints) in groups {
         let hash = short_hash(&ports);
         for (i, chunk) in endpoints.chunks(MAX_ENDPOINTS).enumerate() {
             out.push(EndpointSlice {
-                metadata: ObjectMeta {
-                    name: Some(format!("{name}-{}-{hash}-{i}", family.to_lowercase())),
-                    namespace: route.namespace(),
-                    labels: Some(
-                        [
-                            (ROUTE_LABEL.to_string(), name.clone()),
-                            (
-                                "endpointslice.kubernetes.io/managed-by".to_string(),
-                                MANAGED_BY.to_string(),
-                            ),
-                        ]
-                        .into(),
-                    ),
-                    owner_references: owner.clone().map(|o| vec![o]),
-                    ..Default::default()
-                },
+                metadata: meta(format!("{name}-{}-{hash}-{i}", family.to_lowercase())),
                 address_type: family.to_string(),
                 endpoints: chunk.to_vec(),
                 ports: Some(
@@ -147,6 +213,31 @@ mod tests {
         assert_eq!(
             slices[0].ports.as_ref().unwrap()[0].protocol.as_deref(),
             Some("TCP")
+        );
+        let params = &slices[0].metadata.annotations.as_ref().unwrap()[ROUTE_PARAMS_ANNOTATION];
+        assert!(params.contains(r#""key":"http","port":80"#), "{params}");
+        assert!(
+            slices
+                .iter()
+                .all(|s| s.metadata.annotations == slices[0].metadata.annotations)
+        );
+
+        // No backends: one empty slice that still carries the ports and parameters.
+        let empty = desired(&route, &[]);
+        assert_eq!(empty.len(), 1);
+        assert!(empty[0].endpoints.is_empty());
+        assert_eq!(empty[0].metadata.name.as_deref(), Some("web-empty"));
+        assert_eq!(
+            empty[0].ports.as_ref().unwrap()[0].name.as_deref(),
+            Some("http")
+        );
+        assert!(
+            empty[0]
+                .metadata
+                .annotations
+                .as_ref()
+                .unwrap()
+                .contains_key(ROUTE_GENERATION_ANNOTATION)
         );
     }
 }

@@ -1,0 +1,137 @@
+//! The contract between the operator and the node agents about the data plane: what the
+//! operator writes on a route's EndpointSlices so that they carry every input the agents need,
+//! what each agent reports on its Lease, and how resource versions compare.
+
+use std::cmp::Ordering;
+
+use serde::{Deserialize, Serialize};
+
+use crate::service_route::{Protocol, TrafficPolicy};
+
+/// Annotation on every EndpointSlice of a route: the route's `metadata.generation`.
+pub const ROUTE_GENERATION_ANNOTATION: &str = "switchyard.dev/route-generation";
+/// Annotation on every EndpointSlice of a route: its [`RouteParams`] as compact JSON.
+pub const ROUTE_PARAMS_ANNOTATION: &str = "switchyard.dev/route-params";
+/// Lease annotation: the highest EndpointSlice resourceVersion the agent has programmed.
+pub const APPLIED_SLICES_ANNOTATION: &str = "switchyard.dev/applied-endpointslices";
+/// Lease annotation: the highest VirtualIP resourceVersion the agent has programmed.
+pub const APPLIED_VIPS_ANNOTATION: &str = "switchyard.dev/applied-virtualips";
+/// Label on the agents' Leases.
+pub const AGENT_LEASE_LABEL: &str = "switchyard.dev/component";
+/// Value of [`AGENT_LEASE_LABEL`] on the agents' Leases.
+pub const AGENT_LEASE_LABEL_VALUE: &str = "agent";
+/// Namespace of the agents' Leases.
+pub const AGENT_LEASE_NAMESPACE: &str = "switchyard-system";
+/// `leaseDurationSeconds` of the agents' Leases.
+pub const AGENT_LEASE_DURATION_SECONDS: i32 = 40;
+
+/// The name of `node`'s agent Lease.
+pub fn agent_lease_name(node: &str) -> String {
+    format!("switchyard-agent-{node}")
+}
+
+/// One route port as the agents need it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ParamPort {
+    /// The port's name, or its number when unnamed (the slices' port name).
+    pub key: String,
+    /// The route port.
+    pub port: i32,
+    /// The protocol.
+    pub protocol: Protocol,
+}
+
+/// A route's data-plane parameters, written on each of its slices.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteParams {
+    /// The route's ports.
+    pub ports: Vec<ParamPort>,
+    /// `Cluster` or `Local`.
+    pub traffic_policy: TrafficPolicy,
+    /// Client-IP affinity timeout in seconds, when affinity is on.
+    pub affinity: Option<i32>,
+    /// Whether not-ready backends receive traffic.
+    pub publish_not_ready: bool,
+}
+
+impl RouteParams {
+    /// Compact JSON.
+    pub fn to_annotation(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// From the annotation's value.
+    pub fn from_annotation(s: &str) -> Option<Self> {
+        serde_json::from_str(s).ok()
+    }
+}
+
+/// A valid resourceVersion: a positive decimal integer without leading zeros, compared as a
+/// number (KEP-5504: versions of one resource type are comparable).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rv(String);
+
+impl Rv {
+    /// `None` for anything but a positive integer without leading zeros.
+    pub fn parse(s: &str) -> Option<Self> {
+        let ok = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && !s.starts_with('0');
+        ok.then(|| Rv(s.to_string()))
+    }
+
+    /// The decimal text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Ord for Rv {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0
+            .len()
+            .cmp(&other.0.len())
+            .then_with(|| self.0.cmp(&other.0))
+    }
+}
+
+impl PartialOrd for Rv {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_versions_compare_as_integers_and_reject_junk() {
+        let rv = |s: &str| Rv::parse(s).unwrap_or_else(|| panic!("{s}"));
+        assert!(rv("10") > rv("9"));
+        assert!(rv("123456789012345678901234567890") > rv("99"));
+        assert!(rv("20") > rv("19"));
+        for bad in ["", "0", "007", "12a", "-1", " 1"] {
+            assert!(Rv::parse(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn params_round_trip_compactly() {
+        let p = RouteParams {
+            ports: vec![ParamPort {
+                key: "http".into(),
+                port: 80,
+                protocol: Protocol::Tcp,
+            }],
+            traffic_policy: TrafficPolicy::Local,
+            affinity: None,
+            publish_not_ready: false,
+        };
+        let s = p.to_annotation();
+        assert_eq!(
+            s,
+            r#"{"ports":[{"key":"http","port":80,"protocol":"TCP"}],"trafficPolicy":"Local","affinity":null,"publishNotReady":false}"#
+        );
+        assert_eq!(RouteParams::from_annotation(&s), Some(p));
+    }
+}
