@@ -118,6 +118,8 @@ impl Metrics {
             ("no_endpoints", e.no_endpoints.len()),
             ("hairpin", e.hairpin.len()),
             ("affinity_routes", e.affinity.len()),
+            ("access_route", e.access_route.len()),
+            ("access_allowed", e.access_allowed.len()),
         ] {
             self.service_elements
                 .get_or_create(&vec![("map".to_string(), name.to_string())])

@@ -14,7 +14,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use switchyard_api::VirtualIP;
 use switchyard_api::dataplane::{
-    ROUTE_GENERATION_ANNOTATION, ROUTE_PARAMS_ANNOTATION, RouteParams,
+    ROUTE_GENERATION_ANNOTATION, ROUTE_PARAMS_ANNOTATION, RouteParams, SLICE_ROLE_ACCESS,
+    SLICE_ROLE_LABEL,
 };
 use switchyard_api::service_route::{Protocol, TrafficPolicy};
 
@@ -107,6 +108,24 @@ pub struct DesiredServices {
     pub services: BTreeMap<Key, Service>,
     /// Index: route (`namespace/name`) → its keys.
     pub by_route: BTreeMap<String, Vec<Key>>,
+    /// Routes with an access rule (`namespace/name`) → what it guards and whom it lets in.
+    pub access: BTreeMap<String, RouteAccess>,
+}
+
+/// A route's access rule as this node enforces it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteAccess {
+    /// Guarded destinations, checked before DNAT: the route's own keys (virtual IP, protocol,
+    /// route port) and each backend address, protocol and target port (every backend the
+    /// slices list, on any node), as [`Key`]s whose `vip` is the destination address.
+    pub targets: BTreeSet<Key>,
+    /// Source pod addresses allowed to connect (empty: no one).
+    pub sources: BTreeSet<IpAddr>,
+}
+
+/// Whether `s` lists a route's access sources rather than its backends.
+pub fn is_access_slice(s: &EndpointSlice) -> bool {
+    s.labels().get(SLICE_ROLE_LABEL).map(String::as_str) == Some(SLICE_ROLE_ACCESS)
 }
 
 /// A route's parameters as its slices carry them: from the slice with the highest route
@@ -127,6 +146,75 @@ fn route_params(slices: &[&EndpointSlice]) -> Option<RouteParams> {
         })
         .max_by_key(|(g, _)| *g)
         .map(|(_, p)| p)
+}
+
+/// What a guarded route guards (every backend address the backend slices list, for each route
+/// port, at its target port) and the sources its access slices allow.
+fn route_access(
+    params: &RouteParams,
+    backend_slices: &[&EndpointSlice],
+    access_slices: &[&EndpointSlice],
+) -> RouteAccess {
+    let mut a = RouteAccess::default();
+    for rp in &params.ports {
+        let proto = Proto::from(rp.protocol);
+        for s in backend_slices {
+            let Some(target) = s
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref() == Some(rp.key.as_str()))
+                .and_then(|p| p.port)
+                .and_then(|p| u16::try_from(p).ok())
+            else {
+                continue;
+            };
+            for ip in s
+                .endpoints
+                .iter()
+                .flat_map(|e| &e.addresses)
+                .filter_map(|a| a.parse::<IpAddr>().ok())
+            {
+                a.targets.insert(Key {
+                    vip: ip,
+                    proto,
+                    port: target,
+                });
+            }
+        }
+    }
+    a.sources = access_slices
+        .iter()
+        .flat_map(|s| &s.endpoints)
+        .flat_map(|e| &e.addresses)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    a
+}
+
+/// The 31-bit FNV-1a hash of a route's `namespace/name`: its preferred access id.
+pub fn route_hash(route: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in route.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h & 0x7fff_ffff
+}
+
+/// Access ids of `routes` (sorted): each its [`route_hash`], or on a collision with a route
+/// earlier in order the next free one; never 0.
+pub fn access_ids<'a>(routes: impl IntoIterator<Item = &'a String>) -> BTreeMap<String, u32> {
+    let mut taken = BTreeSet::new();
+    let mut out = BTreeMap::new();
+    for r in routes {
+        let mut id = route_hash(r).max(1);
+        while !taken.insert(id) {
+            id = if id >= 0x7fff_ffff { 1 } else { id + 1 };
+        }
+        out.insert(r.clone(), id);
+    }
+    out
 }
 
 /// Computes the desired services of `node` from Switchyard's EndpointSlices (backends and,
@@ -185,13 +273,24 @@ pub fn desired_services(
             .filter(|t| *t > 0);
         let local = params.traffic_policy == TrafficPolicy::Local;
         let id = format!("{ns}/{name}");
+        let (access_slices, route_slices): (Vec<&EndpointSlice>, Vec<&EndpointSlice>) =
+            route_slices
+                .iter()
+                .copied()
+                .partition(|s| is_access_slice(s));
+        if params.access {
+            out.access.insert(
+                id.clone(),
+                route_access(&params, &route_slices, &access_slices),
+            );
+        }
         for rp in &params.ports {
             let Ok(port) = u16::try_from(rp.port) else {
                 continue;
             };
             let proto = Proto::from(rp.protocol);
             let mut backends: BTreeSet<Backend> = BTreeSet::new();
-            for s in route_slices {
+            for s in &route_slices {
                 let Some(target) = s
                     .ports
                     .iter()
@@ -246,6 +345,9 @@ pub fn desired_services(
                 }
                 out.services.insert(key, service);
                 out.by_route.entry(id.clone()).or_default().push(key);
+                if let Some(a) = out.access.get_mut(&id) {
+                    a.targets.insert(key);
+                }
             }
         }
     }
@@ -269,6 +371,10 @@ pub struct Elements {
     pub chains_n: BTreeMap<u32, ()>,
     /// Chains `svc_aff_<T>`.
     pub chains_aff: BTreeMap<u32, ()>,
+    /// `access_route_v4/6`: guarded backend address . protocol . target port → route access id.
+    pub access_route: BTreeMap<Key, u32>,
+    /// `access_allowed_v4/6`: route access id . allowed source address.
+    pub access_allowed: BTreeMap<(u32, IpAddr), ()>,
 }
 
 impl Elements {
@@ -279,6 +385,8 @@ impl Elements {
             + self.no_endpoints.len()
             + self.hairpin.len()
             + self.affinity.len()
+            + self.access_route.len()
+            + self.access_allowed.len()
     }
 
     /// Whether there are no elements.
@@ -318,6 +426,17 @@ pub fn elements(node: &str, d: &DesiredServices) -> Elements {
         {
             e.affinity.insert(*key, t);
             e.chains_aff.insert(t, ());
+        }
+    }
+    let ids = access_ids(d.access.keys());
+    for (route, a) in &d.access {
+        let id = ids[route];
+        for t in &a.targets {
+            // A backend port guarded by two routes: the first in order holds it.
+            e.access_route.entry(*t).or_insert(id);
+        }
+        for src in &a.sources {
+            e.access_allowed.insert((id, *src), ());
         }
     }
     e
@@ -393,6 +512,10 @@ pub struct Diff {
     pub chains_n: MapDiff<u32, ()>,
     /// Affinity chains per timeout.
     pub chains_aff: MapDiff<u32, ()>,
+    /// Guarded backend ports.
+    pub access_route: MapDiff<Key, u32>,
+    /// Allowed sources per route.
+    pub access_allowed: MapDiff<(u32, IpAddr), ()>,
 }
 
 impl Diff {
@@ -405,6 +528,8 @@ impl Diff {
             && self.affinity.is_empty()
             && self.chains_n.is_empty()
             && self.chains_aff.is_empty()
+            && self.access_route.is_empty()
+            && self.access_allowed.is_empty()
     }
 }
 
@@ -418,6 +543,8 @@ pub fn diff(a: &Elements, b: &Elements) -> Diff {
         affinity: map_diff(&a.affinity, &b.affinity),
         chains_n: map_diff(&a.chains_n, &b.chains_n),
         chains_aff: map_diff(&a.chains_aff, &b.chains_aff),
+        access_route: map_diff(&a.access_route, &b.access_route),
+        access_allowed: map_diff(&a.access_allowed, &b.access_allowed),
     }
 }
 
@@ -431,6 +558,8 @@ pub fn apply(a: &Elements, d: &Diff) -> Elements {
     apply_map(&mut e.affinity, &d.affinity);
     apply_map(&mut e.chains_n, &d.chains_n);
     apply_map(&mut e.chains_aff, &d.chains_aff);
+    apply_map(&mut e.access_route, &d.access_route);
+    apply_map(&mut e.access_allowed, &d.access_allowed);
     e
 }
 
@@ -606,6 +735,70 @@ mod tests {
         assert!(affinity_resets(&a, &a).is_empty());
     }
 
+    fn access_slice(
+        route: &str,
+        generation: &str,
+        sources: &[&str],
+        params: serde_json::Value,
+    ) -> EndpointSlice {
+        serde_json::from_value(json!({"metadata": {"name": format!("{route}-access-ipv4-0"), "namespace": "shop",
+            "labels": {ROUTE_LABEL: route, "endpointslice.kubernetes.io/managed-by": "switchyard.dev", SLICE_ROLE_LABEL: SLICE_ROLE_ACCESS},
+            "annotations": {ROUTE_GENERATION_ANNOTATION: generation, ROUTE_PARAMS_ANNOTATION: params.to_string()},
+            "ownerReferences": [{"apiVersion": "switchyard.dev/v1alpha1", "kind": "ServiceRoute", "name": route, "uid": format!("uid-{route}")}]},
+            "addressType": "IPv4",
+            "endpoints": sources.iter().map(|ip| json!({"addresses": [ip]})).collect::<Vec<_>>()}))
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn access_guards_every_backend_target_port_and_lists_the_sources() {
+        let v = vips("web", "uid-web");
+        let p = params(json!({"access": true}));
+        let s = slice_with(
+            "web",
+            &[("198.18.128.5", "n1", true), ("198.18.129.5", "n2", true)],
+            p.clone(),
+        );
+        let acc = access_slice("web", "1", &["198.18.130.7", "198.18.131.8"], p.clone());
+        let d = desired_services("n1", &[&s, &acc], &refs(&v));
+        // Access slices are no backends.
+        assert_eq!(d.services[&key(80, Proto::Tcp)].backends.len(), 2);
+        let a = &d.access["shop/web"];
+        // Two backends (both nodes) × (tcp 8080, udp 8081), and the route's 2 virtual IPs × 2
+        // ports (checked before DNAT).
+        assert_eq!(a.targets.len(), 8);
+        assert!(a.targets.contains(&key(80, Proto::Tcp)));
+        assert_eq!(a.sources.len(), 2);
+        let e = elements("n1", &d);
+        let id = route_hash("shop/web");
+        assert_eq!(e.access_route.len(), 8);
+        assert!(e.access_route.values().all(|v| *v == id));
+        assert!(
+            e.access_allowed
+                .contains_key(&(id, IpAddr::from([198, 18, 130, 7])))
+        );
+        // `from: []`: guarded, nobody allowed.
+        let none = elements("n1", &desired_services("n1", &[&s], &refs(&v)));
+        assert_eq!(none.access_route.len(), 8);
+        assert!(none.access_allowed.is_empty());
+        // No access rule (a newer generation): nothing guarded, even while the access slices of
+        // the older generation linger.
+        let open = slice_with("web", &[("198.18.128.5", "n1", true)], params(json!({})));
+        let stale = access_slice("web", "0", &["198.18.130.7"], p);
+        let e = elements("n1", &desired_services("n1", &[&open, &stale], &refs(&v)));
+        assert!(e.access_route.is_empty() && e.access_allowed.is_empty());
+    }
+
+    #[test]
+    fn access_ids_are_stable_distinct_and_nonzero() {
+        let names: Vec<String> = (0..2000).map(|i| format!("ns/r{i}")).collect();
+        let ids = access_ids(&names);
+        let distinct: BTreeSet<u32> = ids.values().copied().collect();
+        assert_eq!(distinct.len(), names.len());
+        assert!(distinct.iter().all(|i| *i != 0 && *i <= 0x7fff_ffff));
+        assert_eq!(ids["ns/r7"], route_hash("ns/r7"));
+    }
+
     fn arb_key() -> impl Strategy<Value = Key> {
         (
             0u8..3,
@@ -636,9 +829,28 @@ mod tests {
             prop::collection::btree_map(arb_key(), 1u32..3, 0..3),
             prop::collection::btree_map(1u32..4, Just(()), 0..3),
             prop::collection::btree_map(1u32..3, Just(()), 0..2),
+            prop::collection::btree_map(arb_key(), 1u32..3, 0..3),
+            prop::collection::btree_map(
+                (
+                    1u32..3,
+                    (0u8..4).prop_map(|i| IpAddr::from([198, 18, 130, i])),
+                ),
+                Just(()),
+                0..4,
+            ),
         )
             .prop_map(
-                |(dispatch, backends, no_endpoints, hairpin, affinity, chains_n, chains_aff)| {
+                |(
+                    dispatch,
+                    backends,
+                    no_endpoints,
+                    hairpin,
+                    affinity,
+                    chains_n,
+                    chains_aff,
+                    access_route,
+                    access_allowed,
+                )| {
                     Elements {
                         dispatch,
                         backends,
@@ -647,6 +859,8 @@ mod tests {
                         affinity,
                         chains_n,
                         chains_aff,
+                        access_route,
+                        access_allowed,
                     }
                 },
             )

@@ -12,6 +12,13 @@ use crate::service_route::{Protocol, TrafficPolicy};
 pub const ROUTE_GENERATION_ANNOTATION: &str = "switchyard.dev/route-generation";
 /// Annotation on every EndpointSlice of a route: its [`RouteParams`] as compact JSON.
 pub const ROUTE_PARAMS_ANNOTATION: &str = "switchyard.dev/route-params";
+/// Label distinguishing a route's slices: [`SLICE_ROLE_ACCESS`] for the sources its access rule
+/// allows; absent or [`SLICE_ROLE_BACKENDS`] for its backends.
+pub const SLICE_ROLE_LABEL: &str = "switchyard.dev/slice-role";
+/// [`SLICE_ROLE_LABEL`] value of backend slices (the label may also be absent).
+pub const SLICE_ROLE_BACKENDS: &str = "backends";
+/// [`SLICE_ROLE_LABEL`] value of access slices: endpoints are source pod addresses, no ports.
+pub const SLICE_ROLE_ACCESS: &str = "access";
 /// Lease annotation: the highest EndpointSlice resourceVersion the agent has programmed.
 pub const APPLIED_SLICES_ANNOTATION: &str = "switchyard.dev/applied-endpointslices";
 /// Lease annotation: the highest VirtualIP resourceVersion the agent has programmed.
@@ -53,6 +60,10 @@ pub struct RouteParams {
     pub affinity: Option<i32>,
     /// Whether not-ready backends receive traffic.
     pub publish_not_ready: bool,
+    /// Whether the route has an access rule: only the sources its access slices list may
+    /// connect to its backends' target ports (none when there are no such slices).
+    #[serde(default)]
+    pub access: bool,
 }
 
 impl RouteParams {
@@ -126,12 +137,17 @@ mod tests {
             traffic_policy: TrafficPolicy::Local,
             affinity: None,
             publish_not_ready: false,
+            access: true,
         };
         let s = p.to_annotation();
         assert_eq!(
             s,
-            r#"{"ports":[{"key":"http","port":80,"protocol":"TCP"}],"trafficPolicy":"Local","affinity":null,"publishNotReady":false}"#
+            r#"{"ports":[{"key":"http","port":80,"protocol":"TCP"}],"trafficPolicy":"Local","affinity":null,"publishNotReady":false,"access":true}"#
         );
         assert_eq!(RouteParams::from_annotation(&s), Some(p));
+        // Written by an older operator: no access rule.
+        let old =
+            r#"{"ports":[],"trafficPolicy":"Cluster","affinity":null,"publishNotReady":false}"#;
+        assert!(RouteParams::from_annotation(old).is_some_and(|p| !p.access));
     }
 }

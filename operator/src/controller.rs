@@ -158,9 +158,10 @@ fn no_trigger<K>(_: &K) -> u64 {
     0
 }
 
-/// The routes a change of `pod` may concern: those of its namespace, and those that take
-/// backends from other namespaces. (Not only the ones that select it now: a pod whose labels
-/// stopped matching must leave its old routes.)
+/// The routes a change of `pod` may concern: those of its namespace, those that take
+/// backends from other namespaces, and those with an access rule (the pod may be an allowed
+/// source from anywhere). (Not only the ones that select it now: a pod whose labels stopped
+/// matching must leave its old routes.)
 fn routes_for_pod(routes: &Store<ServiceRoute>, pod: &Pod) -> Vec<ObjectRef<ServiceRoute>> {
     let ns = pod.namespace().unwrap_or_default();
     routes
@@ -172,6 +173,7 @@ fn routes_for_pod(routes: &Store<ServiceRoute>, pod: &Pod) -> Vec<ObjectRef<Serv
                     .namespaces
                     .as_ref()
                     .is_some_and(|n| n.from != NamespaceFrom::Same)
+                || r.spec.access.is_some()
         })
         .map(|r| ObjectRef::from_obj(r.as_ref()))
         .collect()

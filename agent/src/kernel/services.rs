@@ -15,6 +15,11 @@
 //!   later) is needed because a node without a route to the service range would otherwise
 //!   answer "network unreachable" (rate limited, so clients mostly time out) before the
 //!   forward hook ever sees the packet; input, forward and output cover the rest.
+//! - `access_prerouting` (filter, prerouting, -150: before DNAT): new connections to a guarded
+//!   destination (`@access_route_v4/6`: a guarded route's virtual IP . proto . port, or a
+//!   backend address . proto . target port → route id) go to `access_v4/6`, which puts the id
+//!   in the packet mark and rejects (TCP reset, else ICMP admin prohibited) unless
+//!   `id . saddr` is in `@access_allowed_v4/6`; the mark is cleared again either way.
 //! - `svc_postrouting` (nat, srcnat): masquerade DNATed flows whose `saddr . daddr` is in
 //!   `@hairpin_v4/6` (a pod that reached itself through its route) or whose source is local.
 //!
@@ -33,7 +38,7 @@ use super::nft::TABLE;
 use crate::error::{Error, Result};
 use crate::services::{Diff, Elements, Key, Proto, affinity_resets, diff, stale_udp};
 
-const FIXED_CHAINS: [&str; 9] = [
+const FIXED_CHAINS: [&str; 12] = [
     "svc_prerouting",
     "svc_reject_prerouting",
     "svc_output",
@@ -43,6 +48,9 @@ const FIXED_CHAINS: [&str; 9] = [
     "svc_reject_output",
     "svc_dispatch",
     "svc_reject",
+    "access_prerouting",
+    "access_v4",
+    "access_v6",
 ];
 
 /// The objects and fixed rules. Idempotent: `add` of an existing map keeps its elements;
@@ -61,15 +69,22 @@ pub fn skeleton() -> String {
         "set hairpin_v6 { type ipv6_addr . ipv6_addr; }",
         "map affinity_v4 { type ipv4_addr . ipv4_addr . inet_proto . inet_service : mark; flags dynamic,timeout; timeout 3h; }",
         "map affinity_routes_v4 { type ipv4_addr . inet_proto . inet_service : verdict; }",
+        "map access_route_v4 { type ipv4_addr . inet_proto . inet_service : mark; }",
+        "map access_route_v6 { type ipv6_addr . inet_proto . inet_service : mark; }",
+        "set access_allowed_v4 { type mark . ipv4_addr; }",
+        "set access_allowed_v6 { type mark . ipv6_addr; }",
         "chain svc_prerouting { type nat hook prerouting priority dstnat; policy accept; }",
         "chain svc_output { type nat hook output priority -100; policy accept; }",
         "chain svc_postrouting { type nat hook postrouting priority srcnat; policy accept; }",
         "chain svc_reject_prerouting { type filter hook prerouting priority filter; policy accept; }",
+        "chain access_prerouting { type filter hook prerouting priority -150; policy accept; }",
         "chain svc_reject_input { type filter hook input priority filter; policy accept; }",
         "chain svc_reject_forward { type filter hook forward priority filter; policy accept; }",
         "chain svc_reject_output { type filter hook output priority filter; policy accept; }",
         "chain svc_dispatch",
         "chain svc_reject",
+        "chain access_v4",
+        "chain access_v6",
     ] {
         let (kind, rest) = decl.split_once(' ').unwrap_or((decl, ""));
         let _ = writeln!(s, "add {kind} {t} {rest}");
@@ -103,6 +118,14 @@ pub fn skeleton() -> String {
         ("svc_reject_prerouting", "jump svc_reject"),
         ("svc_reject_input", "jump svc_reject"),
         ("svc_reject_forward", "jump svc_reject"),
+        (
+            "access_prerouting",
+            "ct state new ip daddr . meta l4proto . th dport @access_route_v4 jump access_v4",
+        ),
+        (
+            "access_prerouting",
+            "ct state new ip6 daddr . meta l4proto . th dport @access_route_v6 jump access_v6",
+        ),
         ("svc_reject_output", "jump svc_reject"),
         (
             "svc_reject",
@@ -122,6 +145,24 @@ pub fn skeleton() -> String {
         ),
     ] {
         let _ = writeln!(s, "add rule {t} {chain} {rule}");
+    }
+    // The packet mark is scratch space for the route id between the lookup and the check
+    // (nft 1.0.6 has no other register a rule can carry a map value in); it is cleared again
+    // on every path out. Nothing in Switchyard reads the packet mark, and the ct mark (backend
+    // choice in the nat chains) is left alone.
+    for (v, ip) in [("v4", "ip"), ("v6", "ip6")] {
+        for rule in [
+            format!("meta mark set {ip} daddr . meta l4proto . th dport map @access_route_{v}"),
+            format!(
+                "meta mark . {ip} saddr != @access_allowed_{v} meta mark set 0 meta l4proto tcp reject with tcp reset"
+            ),
+            format!(
+                "meta mark . {ip} saddr != @access_allowed_{v} meta mark set 0 reject with icmpx admin-prohibited"
+            ),
+            "meta mark set 0".to_string(),
+        ] {
+            let _ = writeln!(s, "add rule {t} access_{v} {rule}");
+        }
     }
     s
 }
@@ -215,6 +256,21 @@ pub fn script(d: &Diff, target: &Elements, rewrite_chains: bool) -> String {
             .iter()
             .map(|ip| (*ip, format!("{ip} . {ip}"))),
     );
+    elements_cmd(
+        &mut s,
+        "delete",
+        "access_route",
+        d.access_route.delete.iter().map(|k| (k.vip, key_str(k))),
+    );
+    elements_cmd(
+        &mut s,
+        "delete",
+        "access_allowed",
+        d.access_allowed
+            .delete
+            .iter()
+            .map(|(id, ip)| (*ip, format!("{id} . {ip}"))),
+    );
     let new_n: Vec<u32> = if rewrite_chains {
         target.chains_n.keys().copied().collect()
     } else {
@@ -280,6 +336,24 @@ pub fn script(d: &Diff, target: &Elements, rewrite_chains: bool) -> String {
             .add
             .iter()
             .map(|(ip, _)| (*ip, format!("{ip} . {ip}"))),
+    );
+    elements_cmd(
+        &mut s,
+        "add",
+        "access_allowed",
+        d.access_allowed
+            .add
+            .iter()
+            .map(|((id, ip), _)| (*ip, format!("{id} . {ip}"))),
+    );
+    elements_cmd(
+        &mut s,
+        "add",
+        "access_route",
+        d.access_route
+            .add
+            .iter()
+            .map(|(k, id)| (k.vip, format!("{} : {id}", key_str(k)))),
     );
     for n in &d.chains_n.delete {
         let _ = writeln!(s, "delete chain {t} svc_n{n}");
@@ -402,6 +476,22 @@ pub fn parse_table(json: &str) -> Result<Elements> {
                 "hairpin" => {
                     if let Some(Ok(ip)) = kp.first().map(|s| s.parse::<IpAddr>()) {
                         e.hairpin.insert(ip, ());
+                    }
+                }
+                "access_route" => {
+                    if let (Some(key), Some(Ok(id))) = (
+                        parse_key(&kp),
+                        val.and_then(scalar).map(|v| v.parse::<u32>()),
+                    ) {
+                        e.access_route.insert(key, id);
+                    }
+                }
+                "access_allowed" => {
+                    if let (Some(Ok(id)), Some(Ok(ip))) = (
+                        kp.first().map(|s| s.parse::<u32>()),
+                        kp.get(1).map(|s| s.parse::<IpAddr>()),
+                    ) {
+                        e.access_allowed.insert((id, ip), ());
                     }
                 }
                 _ => {}
@@ -641,7 +731,40 @@ mod tests {
         e.hairpin.insert(IpAddr::from([198, 18, 128, 5]), ());
         e.affinity.insert(key, 60);
         e.chains_aff.insert(60, ());
+        e.access_route.insert(k("198.18.128.5", 8080), 7);
+        e.access_route.insert(k("fd00:10::5", 8080), 7);
+        e.access_allowed
+            .insert((7, IpAddr::from([198, 18, 130, 9])), ());
         e
+    }
+
+    #[test]
+    fn access_elements_are_written_per_family_and_checked_before_dnat() {
+        let e = sample();
+        let s = script(&diff(&Elements::default(), &e), &e, false);
+        assert!(
+            s.contains(
+                "add element inet switchyard access_route_v4 { 198.18.128.5 . tcp . 8080 : 7 }"
+            ),
+            "{s}"
+        );
+        assert!(s.contains(
+            "add element inet switchyard access_route_v6 { fd00:10::5 . tcp . 8080 : 7 }"
+        ));
+        assert!(s.contains("add element inet switchyard access_allowed_v4 { 7 . 198.18.130.9 }"));
+        // Sources are allowed before their route's ports are guarded.
+        assert!(s.find("access_allowed_v4 {") < s.find("access_route_v4 {"));
+        let mut less = e.clone();
+        less.access_allowed.clear();
+        let s = script(&diff(&e, &less), &less, false);
+        assert_eq!(
+            s,
+            "delete element inet switchyard access_allowed_v4 { 7 . 198.18.130.9 }\n"
+        );
+        let sk = skeleton();
+        assert!(sk.contains("add rule inet switchyard access_prerouting ct state new ip daddr . meta l4proto . th dport @access_route_v4 jump access_v4"));
+        assert!(sk.contains("add rule inet switchyard access_v6 meta mark . ip6 saddr != @access_allowed_v6 meta mark set 0 meta l4proto tcp reject with tcp reset"));
+        assert!(sk.contains("flush chain inet switchyard access_v4"));
     }
 
     #[test]
@@ -676,7 +799,10 @@ mod tests {
           {"map": {"name": "backends_v4", "elem": [[{"concat": ["198.19.0.10", "tcp", 80, 0]}, {"concat": ["198.18.128.5", 8080]}],
                                                    [{"concat": ["198.19.0.10", "tcp", 80, 1]}, {"concat": ["198.18.128.6", 8080]}]]}},
           {"set": {"name": "no_endpoints_v6", "elem": [{"concat": ["fd00:20::a", "tcp", 80]}]}},
-          {"set": {"name": "hairpin_v4", "elem": [{"concat": ["198.18.128.5", "198.18.128.5"]}]}}]}"#;
+          {"set": {"name": "hairpin_v4", "elem": [{"concat": ["198.18.128.5", "198.18.128.5"]}]}},
+          {"map": {"name": "access_route_v4", "map": "mark", "elem": [[{"concat": ["198.18.128.5", "tcp", 8080]}, 7]]}},
+          {"map": {"name": "access_route_v6", "map": "mark", "elem": [[{"concat": ["fd00:10::5", "tcp", 8080]}, 7]]}},
+          {"set": {"name": "access_allowed_v4", "type": ["mark", "ipv4_addr"], "elem": [{"concat": [7, "198.18.130.9"]}]}}]}"#;
         assert_eq!(
             parse_table(json).unwrap_or_else(|e| panic!("{e}")),
             sample()

@@ -111,9 +111,15 @@ pub async fn create_namespace(lab: &Lab, ns: &str) {
 pub async fn wait_condition(lab: &Lab, obj: &str, cond: &str, secs: u64) {
     let t = format!("--timeout={secs}s");
     let f = format!("--for=condition={cond}");
-    let out = lab.kubectl(&["wait", &f, &t, obj]).await.unwrap();
+    // `obj` may carry flags, e.g. "serviceroute/web -n shop".
+    let mut args = vec!["wait", f.as_str(), t.as_str()];
+    args.extend(obj.split_whitespace());
+    let out = lab.kubectl(&args).await.unwrap();
     if !out.status.success() {
-        let yaml = lab.kubectl(&["get", obj, "-o", "yaml"]).await.unwrap();
+        let mut get = vec!["get"];
+        get.extend(obj.split_whitespace());
+        get.extend(["-o", "yaml"]);
+        let yaml = lab.kubectl(&get).await.unwrap();
         panic!(
             "{obj} never got {cond}: {}\n{}",
             String::from_utf8_lossy(&out.stderr),

@@ -72,7 +72,7 @@ fn pod_ready(p: &Pod) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-fn pod_addresses(p: &Pod) -> Vec<String> {
+pub(crate) fn pod_addresses(p: &Pod) -> Vec<String> {
     let status = p.status.as_ref();
     let mut out: Vec<String> = status
         .and_then(|s| s.pod_ips.as_ref())

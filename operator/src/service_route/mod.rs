@@ -2,6 +2,7 @@
 //! EndpointSlices, DNS names, status and Events. The decisions are pure (`vip`, `backends`,
 //! `slices`); this module reads the caches, calls them, and writes the result.
 
+pub mod access;
 pub mod backends;
 pub mod programmed;
 pub mod slices;
@@ -273,6 +274,9 @@ async fn apply(route: Arc<ServiceRoute>, ctx: Arc<Context>) -> Result<Action> {
         .cloned()
         .collect();
     let mut want = slices::desired(&route, &serving);
+    if let Some(sources) = access::allowed_sources(&route, &ns_refs, &pod_refs) {
+        want.extend(slices::desired_access(&route, &sources));
+    }
     if !problems.is_empty() {
         // A route that is not accepted serves nothing.
         want.clear();

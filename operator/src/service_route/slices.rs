@@ -13,6 +13,7 @@ use kube::{Resource, ResourceExt};
 use switchyard_api::ServiceRoute;
 use switchyard_api::dataplane::{
     ParamPort, ROUTE_GENERATION_ANNOTATION, ROUTE_PARAMS_ANNOTATION, RouteParams,
+    SLICE_ROLE_ACCESS, SLICE_ROLE_LABEL,
 };
 
 use super::backends::{Backend, port_key};
@@ -53,6 +54,7 @@ pub fn params(route: &ServiceRoute) -> RouteParams {
             .as_ref()
             .map(|a| a.client_ip.timeout_seconds),
         publish_not_ready: route.spec.publish_not_ready_addresses,
+        access: route.spec.access.is_some(),
     }
 }
 
@@ -174,6 +176,55 @@ pub fn desired(route: &ServiceRoute, backends: &[Backend]) -> Vec<EndpointSlice>
     out
 }
 
+/// The access slices of `route`: the allowed `sources` (see `access::allowed_sources`) as
+/// endpoints without ports, at most [`MAX_ENDPOINTS`] per slice and one address family per
+/// slice, named `<route>-access-<family>-<i>` and labelled [`SLICE_ROLE_LABEL`]`=access`. They
+/// carry the route's annotations like its backend slices; `from: []` has none (the parameters'
+/// `access: true` on the backend slices tells the agents the route is guarded anyway).
+pub fn desired_access(route: &ServiceRoute, sources: &[String]) -> Vec<EndpointSlice> {
+    let name = route.name_any();
+    let owner = route.controller_owner_ref(&());
+    let mut out = Vec::new();
+    for family in ["IPv4", "IPv6"] {
+        let addrs: Vec<&String> = sources
+            .iter()
+            .filter(|a| a.contains(':') == (family == "IPv6"))
+            .collect();
+        for (i, chunk) in addrs.chunks(MAX_ENDPOINTS).enumerate() {
+            out.push(EndpointSlice {
+                metadata: ObjectMeta {
+                    name: Some(format!("{name}-access-{}-{i}", family.to_lowercase())),
+                    namespace: route.namespace(),
+                    labels: Some(
+                        [
+                            (ROUTE_LABEL.to_string(), name.clone()),
+                            (
+                                "endpointslice.kubernetes.io/managed-by".to_string(),
+                                MANAGED_BY.to_string(),
+                            ),
+                            (SLICE_ROLE_LABEL.to_string(), SLICE_ROLE_ACCESS.to_string()),
+                        ]
+                        .into(),
+                    ),
+                    annotations: Some(annotations(route)),
+                    owner_references: owner.clone().map(|o| vec![o]),
+                    ..Default::default()
+                },
+                address_type: family.to_string(),
+                endpoints: chunk
+                    .iter()
+                    .map(|a| Endpoint {
+                        addresses: vec![(*a).clone()],
+                        ..Default::default()
+                    })
+                    .collect(),
+                ports: None,
+            });
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,6 +273,8 @@ mod tests {
                 .all(|s| s.metadata.annotations == slices[0].metadata.annotations)
         );
 
+        assert!(params.contains(r#""access":false"#), "{params}");
+
         // No backends: one empty slice that still carries the ports and parameters.
         let empty = desired(&route, &[]);
         assert_eq!(empty.len(), 1);
@@ -239,5 +292,39 @@ mod tests {
                 .unwrap()
                 .contains_key(ROUTE_GENERATION_ANNOTATION)
         );
+    }
+
+    #[test]
+    fn access_sources_go_into_role_labelled_slices_per_family_in_chunks_of_100() {
+        let route: ServiceRoute = serde_json::from_value(json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "ServiceRoute",
+            "metadata": {"name": "web", "namespace": "shop", "uid": "u", "generation": 3},
+            "spec": {"selector": {"matchLabels": {"app": "web"}}, "ports": [{"port": 80}], "access": {"from": []}}}))
+        .unwrap();
+        let mut sources: Vec<String> = (0..150).map(|i| format!("198.18.1.{i}")).collect();
+        sources.push("fd00::1".into());
+        let slices = desired_access(&route, &sources);
+        let names: Vec<&str> = slices
+            .iter()
+            .filter_map(|s| s.metadata.name.as_deref())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "web-access-ipv4-0",
+                "web-access-ipv4-1",
+                "web-access-ipv6-0"
+            ]
+        );
+        assert_eq!(slices[0].endpoints.len(), 100);
+        assert_eq!(slices[2].address_type, "IPv6");
+        assert!(slices.iter().all(|s| s.ports.is_none()));
+        let labels = slices[0].metadata.labels.as_ref().unwrap();
+        assert_eq!(labels[SLICE_ROLE_LABEL], SLICE_ROLE_ACCESS);
+        assert_eq!(labels[ROUTE_LABEL], "web");
+        let a = slices[0].metadata.annotations.as_ref().unwrap();
+        assert!(a[ROUTE_PARAMS_ANNOTATION].contains(r#""access":true"#));
+        assert_eq!(a[ROUTE_GENERATION_ANNOTATION], "3");
+        // `from: []`: no slices (the parameters say the route is guarded).
+        assert!(desired_access(&route, &[]).is_empty());
     }
 }
