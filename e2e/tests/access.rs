@@ -117,23 +117,16 @@ async fn access_rules_end_to_end() {
     if !prerequisites() {
         return;
     }
-    let mut lab = Lab::up(LabOptions {
-        nodes: 2,
-        examples: false,
-        operators: 1,
-        webhook: false,
-    })
-    .await
-    .expect("lab up");
-    let outcome =
-        futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(steps(&mut lab))).await;
-    if outcome.is_err() {
-        dump_logs(&lab);
-    }
-    lab.down().await;
-    if let Err(p) = outcome {
-        std::panic::resume_unwind(p);
-    }
+    run_lab(
+        LabOptions {
+            nodes: 2,
+            examples: false,
+            operators: 1,
+            webhook: false,
+        },
+        |lab| Box::pin(steps(lab)),
+    )
+    .await;
 }
 
 fn with_labels(yaml: String, labels: &str) -> String {
