@@ -51,6 +51,10 @@ enum Command {
         /// How many pods.
         #[arg(long, default_value_t = 50)]
         pods: usize,
+        /// Instead: programming latency over this many backend changes (Pod Ready or deleted
+        /// to the route Programmed on every node).
+        #[arg(long)]
+        programming: Option<usize>,
     },
 }
 
@@ -267,10 +271,30 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 u8::try_from(status.code().unwrap_or(1)).unwrap_or(1),
             ))
         }
-        Command::Bench { pods } => {
+        Command::Bench { pods, programming } => {
             let s = live_lab()?;
             let client = client_from_kubeconfig(&s.kubeconfig).await?;
             let nodes: Vec<String> = s.nodes.keys().cloned().collect();
+            if let Some(changes) = programming {
+                let r = switchyard_e2e::bench::programming(
+                    &client,
+                    &nodes,
+                    changes,
+                    Duration::from_secs(30),
+                )
+                .await?;
+                let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+                println!(
+                    "programming latency (backend change to Programmed on all {} nodes), {changes} changes: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms; {:.1} s in all",
+                    nodes.len(),
+                    ms(r.quantile(0.5)),
+                    ms(r.quantile(0.9)),
+                    ms(r.quantile(0.99)),
+                    ms(r.quantile(1.0)),
+                    r.wall.as_secs_f64()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             let r =
                 switchyard_e2e::bench::pod_start(&client, &nodes, pods, Duration::from_secs(300))
                     .await?;
