@@ -629,7 +629,12 @@ fn with_log(e: Error, log: &Path) -> Error {
     }
 }
 
-fn spawn_logged(mut cmd: tokio::process::Command, log: &Path, what: &str) -> Result<Child> {
+/// Spawns `cmd` with stdin closed and stdout and stderr appended to `log`, killed on drop.
+pub(crate) fn spawn_logged(
+    mut cmd: tokio::process::Command,
+    log: &Path,
+    what: &str,
+) -> Result<Child> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

@@ -345,25 +345,11 @@ async fn start(client: &Client, cfg: &PodSimConfig, pod: &Pod) -> Result<Sandbox
             }
         }
         let log = cfg.log_dir.join(format!("{ns}_{name}_{}.log", c.name));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .map_err(|source| Error::Io {
-                op: "open",
-                path: log.clone(),
-                source,
-            })?;
-        let err = file.try_clone().map_err(|source| Error::Io {
-            op: "dup",
-            path: log.clone(),
-            source,
-        })?;
-        cmd.stdin(Stdio::null()).stdout(file).stderr(err);
-        children.push(cmd.spawn().map_err(|source| Error::Spawn {
-            what: format!("container {} of pod {ns}/{name}", c.name),
-            source,
-        })?);
+        children.push(crate::lab::spawn_logged(
+            cmd,
+            &log,
+            &format!("container {} of pod {ns}/{name}", c.name),
+        )?);
     }
     info!(pod = %format!("{ns}/{name}"), node = %cfg.node.name, ip = %primary, "pod started");
     let prober = tokio::spawn(probe_loop(

@@ -58,22 +58,8 @@ impl Webhook {
         let addr = SocketAddr::new(gateway.into(), https);
         let http_addr = SocketAddr::new(gateway.into(), http);
         let log = lab.dir.join("logs").join("webhook.log");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .map_err(|source| Error::Io {
-                op: "open",
-                path: log.clone(),
-                source,
-            })?;
-        let err = file.try_clone().map_err(|source| Error::Io {
-            op: "dup",
-            path: log.clone(),
-            source,
-        })?;
-        let child = tokio::process::Command::new(&bin)
-            .env("KUBECONFIG", lab.controlplane.kubeconfig())
+        let mut cmd = tokio::process::Command::new(&bin);
+        cmd.env("KUBECONFIG", lab.controlplane.kubeconfig())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .args(["--log-format", "text", "--webhook-config-name", CONFIG_NAME])
@@ -83,16 +69,8 @@ impl Webhook {
             .arg("--http-addr")
             .arg(http_addr.to_string())
             .arg("--ip")
-            .arg(gateway.to_string())
-            .stdin(Stdio::null())
-            .stdout(file)
-            .stderr(err)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| Error::Spawn {
-                what: "switchyard-webhook".into(),
-                source,
-            })?;
+            .arg(gateway.to_string());
+        let child = crate::lab::spawn_logged(cmd, &log, "switchyard-webhook")?;
         let webhook = Webhook {
             child,
             bin,
