@@ -18,10 +18,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use switchyard_agent::kernel::netlink;
 use switchyard_agent::kernel::services as ksvc;
-use switchyard_agent::services::{
-    Backend, DesiredServices, Elements, Key, Proto, Service, diff, elements,
-};
+use switchyard_agent::service_table::ServiceTable;
+use switchyard_agent::services::{Backend, Elements, Key, Proto, RouteDesired, Service};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const NODE: &str = "bench-node";
@@ -338,35 +338,13 @@ fn key(i: usize) -> Key {
     }
 }
 
-/// `routes` routes of `BACKENDS` backends each; route `drop` (if any) lacks its last backend.
-/// One backend in ten is on this node (so it is in the hairpin set), like a small cluster.
-fn target(routes: usize, drop: Option<usize>) -> Elements {
-    let mut d = DesiredServices::default();
+/// The elements of `routes` routes of `BACKENDS` backends each.
+fn target(routes: usize) -> Elements {
+    let mut table = ServiceTable::new(NODE);
     for i in 0..routes {
-        let name = format!("bench/route-{i}");
-        let mut backends: Vec<Backend> = (0..BACKENDS)
-            .map(|j| Backend {
-                ip: backend_ip(i, j),
-                port: TARGET_PORT,
-                node: Some(if j == 0 { NODE } else { "remote" }.to_string()),
-            })
-            .collect();
-        if drop == Some(i) {
-            backends.pop();
-        }
-        backends.sort();
-        backends.dedup();
-        d.services.insert(
-            key(i),
-            Service {
-                route: name.clone(),
-                backends,
-                ..Default::default()
-            },
-        );
-        d.by_route.insert(name, vec![key(i)]);
+        table.set_route(&format!("bench/route-{i}"), Some(route(i, false)));
     }
-    elements(NODE, &d)
+    table.elements()
 }
 
 async fn nft_delete_table() {
@@ -401,6 +379,7 @@ struct SizeResult {
     change_median_ms: f64,
     change_max_ms: f64,
     compute_median_ms: f64,
+    netlink_median_ms: f64,
     nft_median_ms: f64,
 }
 
@@ -423,10 +402,44 @@ async fn nft_f(script: &str) -> Result<()> {
     Ok(())
 }
 
+/// Route `i` as the agent's table holds it; with `short`, its last backend is gone.
+fn route(i: usize, short: bool) -> RouteDesired {
+    let mut backends: Vec<Backend> = (0..BACKENDS)
+        .map(|j| Backend {
+            ip: backend_ip(i, j),
+            port: TARGET_PORT,
+            node: Some(if j == 0 { NODE } else { "remote" }.to_string()),
+        })
+        .collect();
+    if short {
+        backends.pop();
+    }
+    backends.sort();
+    backends.dedup();
+    RouteDesired {
+        services: [(
+            key(i),
+            Service {
+                route: format!("bench/route-{i}"),
+                backends,
+                ..Default::default()
+            },
+        )]
+        .into(),
+        access: None,
+    }
+}
+
 async fn measure_size(routes: usize) -> Result<SizeResult> {
     nft_delete_table().await;
-    let full = target(routes, None);
+    // Full sync: every route into the agent's table, then one transaction from empty.
     let t = Instant::now();
+    let mut table = ServiceTable::new(NODE);
+    for i in 0..routes {
+        table.set_route(&format!("bench/route-{i}"), Some(route(i, false)));
+    }
+    table.settle();
+    let full = table.elements();
     ksvc::apply(None, &full).await?;
     let sync_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
@@ -439,30 +452,49 @@ async fn measure_size(routes: usize) -> Result<SizeResult> {
             full.len()
         );
     }
-    // One backend of one route (in the middle of the table) removed, then added back.
-    let less = target(routes, Some(routes / 2));
+    // One backend of one route (in the middle of the table) removed, then added back, the way
+    // the agent does it: recompute that route, take the change, apply it.
+    let mid = routes / 2;
+    let id = format!("bench/route-{mid}");
+    let mut nl = netlink::Socket::open()?;
     let mut times = Vec::with_capacity(2 * CHANGE_ROUNDS);
     for _ in 0..CHANGE_ROUNDS {
-        let t = Instant::now();
-        ksvc::apply(Some(&full), &less).await?;
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-        let t = Instant::now();
-        ksvc::apply(Some(&less), &full).await?;
-        times.push(t.elapsed().as_secs_f64() * 1e3);
+        for short in [true, false] {
+            let t = Instant::now();
+            table.set_route(&id, Some(route(mid, short)));
+            ksvc::apply_change(&mut nl, &table.take_change()).await?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
     }
     let change_max_ms = max(&times);
-    // The same changes split in two: the pure diff and script, then the `nft -f` run alone.
+    // The same changes split in two: the table update and encoding, then the netlink
+    // transaction alone; and, for comparison, the same changes as an `nft -f` script.
     let mut compute = Vec::with_capacity(2 * CHANGE_ROUNDS);
+    let mut kernel = Vec::with_capacity(2 * CHANGE_ROUNDS);
     let mut nft = Vec::with_capacity(2 * CHANGE_ROUNDS);
     for _ in 0..CHANGE_ROUNDS {
-        for (from, to) in [(&full, &less), (&less, &full)] {
+        for short in [true, false] {
             let t = Instant::now();
-            let script = ksvc::script(&diff(from, to), to, false);
+            table.set_route(&id, Some(route(mid, short)));
+            let change = table.take_change();
+            let batch = netlink::batch(&change.diff);
             compute.push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            nl.apply(&batch)?;
+            kernel.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    for _ in 0..CHANGE_ROUNDS {
+        for short in [true, false] {
+            table.set_route(&id, Some(route(mid, short)));
+            let script = ksvc::script(&table.take_change().diff, &Elements::default(), false);
             let t = Instant::now();
             nft_f(&script).await?;
             nft.push(t.elapsed().as_secs_f64() * 1e3);
         }
+    }
+    if ksvc::read().await? != table.elements() {
+        bail!("after the changes the kernel differs from the table at {routes} routes");
     }
     Ok(SizeResult {
         routes,
@@ -472,6 +504,7 @@ async fn measure_size(routes: usize) -> Result<SizeResult> {
         change_median_ms: median(&mut times),
         change_max_ms,
         compute_median_ms: median(&mut compute),
+        netlink_median_ms: median(&mut kernel),
         nft_median_ms: median(&mut nft),
     })
 }
@@ -537,8 +570,8 @@ async fn router(args: &[String]) -> Result<()> {
 
     // Connection rate: 10 routes, 10,000 routes, 10 routes again (each a diff from the last).
     nft_delete_table().await;
-    let small = target(10, None);
-    let big = target(10_000, None);
+    let small = target(10);
+    let big = target(10_000);
     ksvc::apply(None, &small).await?;
     // A discarded first run: right after the 10,000-route table was deleted above, the
     // kernel is still releasing it, and the first run also warms caches and neighbours.
@@ -570,13 +603,13 @@ async fn router(args: &[String]) -> Result<()> {
 fn print_report(sizes: &[SizeResult], warmup: &RateResult, rates: &[RateResult]) {
     println!();
     println!(
-        "| routes × backends | elements | full sync from empty | read-back | one-backend change: `apply()`, median of {} (max) | of which diff + script | of which `nft -f` |",
+        "| routes × backends | elements | full sync from empty | read-back | one-backend change: `apply_change()`, median of {} (max) | of which table update + encoding | of which netlink transaction | the same change through `nft -f` |",
         2 * CHANGE_ROUNDS
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     for s in sizes {
         println!(
-            "| {} × {BACKENDS} | {} | {:.2} s | {:.2} s | {:.1} ms ({:.1} ms) | {:.1} ms | {:.1} ms |",
+            "| {} × {BACKENDS} | {} | {:.2} s | {:.2} s | {:.2} ms ({:.1} ms) | {:.3} ms | {:.2} ms | {:.1} ms |",
             s.routes,
             s.elements,
             s.sync_s,
@@ -584,6 +617,7 @@ fn print_report(sizes: &[SizeResult], warmup: &RateResult, rates: &[RateResult])
             s.change_median_ms,
             s.change_max_ms,
             s.compute_median_ms,
+            s.netlink_median_ms,
             s.nft_median_ms
         );
     }
@@ -592,8 +626,8 @@ fn print_report(sizes: &[SizeResult], warmup: &RateResult, rates: &[RateResult])
     if let (Some(a), Some(b)) = (first, last) {
         println!();
         println!(
-            "One-backend change ratio {}/{} routes: {:.2} (median {:.1} ms / {:.1} ms); \
-             diff + script alone {:.2}, `nft -f` alone {:.2}. Targets: {} × {BACKENDS} full sync under 5 s ({}); change under 20 ms ({}) and \
+            "One-backend change ratio {}/{} routes: {:.2} (median {:.2} ms / {:.2} ms); \
+             table update alone {:.2}, netlink alone {:.2}, `nft -f` alone {:.2}. Targets: {} × {BACKENDS} full sync under 5 s ({}); change under 20 ms ({}) and \
              independent of size.",
             b.routes,
             a.routes,
@@ -601,6 +635,7 @@ fn print_report(sizes: &[SizeResult], warmup: &RateResult, rates: &[RateResult])
             b.change_median_ms,
             a.change_median_ms,
             b.compute_median_ms / a.compute_median_ms,
+            b.netlink_median_ms / a.netlink_median_ms,
             b.nft_median_ms / a.nft_median_ms,
             b.routes,
             if b.sync_s < 5.0 { "met" } else { "missed" },

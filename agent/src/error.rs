@@ -40,6 +40,14 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A netlink exchange with nf_tables failed (nothing of the transaction was applied).
+    #[error("nf_tables netlink {op} on table inet switchyard: {message}")]
+    Netlink {
+        /// What was done.
+        op: &'static str,
+        /// Why.
+        message: String,
+    },
     /// A file operation failed.
     #[error("{op} {}: {source}", path.display())]
     Io {
@@ -50,6 +58,35 @@ pub enum Error {
         /// Why.
         #[source]
         source: std::io::Error,
+    },
+    /// No upstream resolver answered a forwarded question.
+    #[error("DNS question {question}: {reason}")]
+    Upstream {
+        /// The question's name.
+        question: String,
+        /// What went wrong, per upstream.
+        reason: String,
+    },
+    /// A DNS socket could not be set up.
+    #[error("DNS server on {addr} ({transport}): {source}")]
+    DnsSocket {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// `udp` or `tcp`.
+        transport: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A flag value the agent cannot use.
+    #[error("flag {flag}: {value:?}: {reason}")]
+    Flag {
+        /// The flag.
+        flag: &'static str,
+        /// Its value.
+        value: String,
+        /// Why.
+        reason: String,
     },
 }
 
@@ -62,6 +99,10 @@ impl Error {
             Error::Parse { .. } => "parse",
             Error::Missing { .. } => "missing",
             Error::Io { .. } => "io",
+            Error::Netlink { .. } => "netlink",
+            Error::Upstream { .. } => "upstream",
+            Error::DnsSocket { .. } => "dns_socket",
+            Error::Flag { .. } => "flag",
         }
     }
 }

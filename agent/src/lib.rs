@@ -6,6 +6,9 @@
 //! of a few shared nftables maps, and `kernel::services` applies the difference to them in one
 //! transaction; `report` then tells the operator, on the agent's Lease, how far it got.
 //!
+//! `dns` serves cluster DNS on a node-local address: ServiceRoute names from an in-memory
+//! snapshot rebuilt on every watch event, everything else forwarded upstream.
+//!
 //! It decides no policy of its own: everything it programs comes from API objects, through the
 //! pure `desired` computation; `kernel` only applies differences.
 #![forbid(unsafe_code)]
@@ -13,10 +16,13 @@
 pub mod cni_config;
 pub mod cni_server;
 pub mod desired;
+pub mod dns;
 pub mod error;
 pub mod kernel;
 pub mod report;
+pub mod route_index;
 pub mod run;
+pub mod service_table;
 pub mod services;
 pub mod state;
 

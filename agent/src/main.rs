@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use ipnet::IpNet;
 use prometheus_client::registry::Registry;
+use switchyard_agent::dns::DnsConfig;
 use switchyard_agent::run::{AgentConfig, Metrics, run};
 use switchyard_observe::{Health, init_logging, serve};
 
@@ -43,12 +44,85 @@ struct Args {
     /// Log format: `json` or `text`.
     #[arg(long, default_value = "json")]
     log_format: String,
+    /// Address of the node-local DNS server (UDP and TCP); `off` disables it.
+    #[arg(long, default_value = switchyard_agent::dns::DEFAULT_LISTEN)]
+    dns_listen: String,
+    /// Dummy interface the agent creates to hold the DNS address; empty: the address is
+    /// already on the node.
+    #[arg(long, default_value = "sydns0")]
+    dns_interface: String,
+    /// The cluster domain DNS is authoritative for.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// TTL in seconds of DNS answers for cluster names (and of negative answers).
+    #[arg(long, default_value_t = 5)]
+    dns_ttl: u32,
+    /// Upstream resolvers for every other name (`IP` or `IP:PORT`), comma separated.
+    #[arg(long, value_delimiter = ',')]
+    dns_upstream: Vec<String>,
+    /// Milliseconds to wait for one upstream attempt.
+    #[arg(long, default_value_t = 2000)]
+    dns_upstream_timeout_ms: u64,
+    /// Forwarded answers cached at most.
+    #[arg(long, default_value_t = 10000)]
+    dns_cache_size: usize,
+    /// UDP sockets (one receive loop each) on the DNS address; 0 = one per core.
+    #[arg(long, default_value_t = 0)]
+    dns_sockets: usize,
+}
+
+fn socket_addr(flag: &'static str, s: &str) -> anyhow::Result<SocketAddr> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let ip: std::net::IpAddr = s
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(
+            |e: std::net::AddrParseError| switchyard_agent::Error::Flag {
+                flag,
+                value: s.to_string(),
+                reason: format!("not an IP or IP:PORT: {e}"),
+            },
+        )?;
+    Ok(SocketAddr::new(ip, 53))
+}
+
+fn dns_config(args: &Args) -> anyhow::Result<Option<DnsConfig>> {
+    if args.dns_listen == "off" {
+        return Ok(None);
+    }
+    let upstreams = args
+        .dns_upstream
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| socket_addr("--dns-upstream", s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let sockets = if args.dns_sockets == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        args.dns_sockets
+    };
+    Ok(Some(DnsConfig {
+        listen: socket_addr("--dns-listen", &args.dns_listen)?,
+        interface: Some(args.dns_interface.clone()).filter(|s| !s.is_empty()),
+        cluster_domain: args.cluster_domain.trim_matches('.').to_string(),
+        ttl: args.dns_ttl,
+        upstreams,
+        upstream_timeout: Duration::from_millis(args.dns_upstream_timeout_ms.max(1)),
+        cache_size: args.dns_cache_size,
+        sockets,
+    }))
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(&args.log_format);
+    let dns = dns_config(&args)?;
     let client = kube::Client::try_default()
         .await
         .context("cannot build a Kubernetes client (in-cluster config or KUBECONFIG)")?;
@@ -66,6 +140,7 @@ async fn main() -> anyhow::Result<()> {
         cni_state_dir: args.cni_state_dir,
         pod_routes: args.pod_routes,
         resync: Duration::from_secs(args.resync_seconds),
+        dns,
     };
     tokio::select! {
         res = run(client, config, metrics, health) => res.context("agent stopped")?,

@@ -20,15 +20,18 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge, histogram::Histogram};
 use prometheus_client::registry::Registry;
 use serde::de::DeserializeOwned;
-use switchyard_api::{NodeBlock, PodNetwork, VirtualIP};
+use switchyard_api::{NodeBlock, PodNetwork, ServiceRoute, VirtualIP};
 use switchyard_observe::Health;
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use crate::desired::{DesiredNode, desired};
-use crate::kernel::{links, nft, services as svc_kernel};
+use crate::dns::{self, DnsConfig, server::DnsMetrics};
+use crate::kernel::{links, netlink, nft, services as svc_kernel};
 use crate::report::{Report, Seen};
-use crate::services::{Elements, SLICE_SELECTOR, desired_services, elements};
+use crate::route_index::{SharedDirty, indexed_cache, lock};
+use crate::service_table::ServiceTable;
+use crate::services::{SLICE_SELECTOR, route_desired, slice_route, vip_route};
 use crate::state::{View, is_accepted};
 
 /// How the agent is set up.
@@ -46,6 +49,8 @@ pub struct AgentConfig {
     pub pod_routes: Vec<IpNet>,
     /// Full resync period.
     pub resync: Duration,
+    /// The node-local DNS server; `None`: no DNS.
+    pub dns: Option<DnsConfig>,
 }
 
 /// The agent's metrics, under `switchyard_agent_`.
@@ -64,6 +69,8 @@ pub struct Metrics {
     pub service_elements: Family<Vec<(String, String)>, Gauge>,
     /// Service nftables transactions that failed.
     pub nft_failures: Counter,
+    /// The DNS server's metrics.
+    pub dns: DnsMetrics,
 }
 
 impl Metrics {
@@ -79,6 +86,7 @@ impl Metrics {
             routes: Gauge::default(),
             service_elements: Family::default(),
             nft_failures: Counter::default(),
+            dns: DnsMetrics::register(registry),
         };
         let r = registry.sub_registry_with_prefix("switchyard_agent");
         r.register("programming_passes", "Programming passes", m.passes.clone());
@@ -111,16 +119,8 @@ impl Metrics {
         m
     }
 
-    fn set_elements(&self, e: &Elements) {
-        for (name, n) in [
-            ("dispatch", e.dispatch.len()),
-            ("backends", e.backends.len()),
-            ("no_endpoints", e.no_endpoints.len()),
-            ("hairpin", e.hairpin.len()),
-            ("affinity_routes", e.affinity.len()),
-            ("access_route", e.access_route.len()),
-            ("access_allowed", e.access_allowed.len()),
-        ] {
+    fn set_elements(&self, table: &ServiceTable) {
+        for (name, n) in table.sizes() {
             self.service_elements
                 .get_or_create(&vec![("map".to_string(), name.to_string())])
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
@@ -135,6 +135,7 @@ fn cache<K>(
     config: watcher::Config,
     trigger: mpsc::Sender<Instant>,
     seen: Option<Arc<Seen>>,
+    also: Option<mpsc::Sender<Instant>>,
 ) -> (Store<K>, impl std::future::Future<Output = ()>)
 where
     K: Resource<DynamicType = ()>
@@ -155,7 +156,11 @@ where
                     if let Some(seen) = &seen {
                         seen.observe(obj.meta().resource_version.as_deref());
                     }
-                    let _ = trigger.try_send(Instant::now());
+                    let now = Instant::now();
+                    let _ = trigger.try_send(now);
+                    if let Some(also) = &also {
+                        let _ = also.try_send(now);
+                    }
                 }
                 Err(e) => warn!(error = %e, "watch error; retrying with backoff"),
             }
@@ -172,17 +177,21 @@ pub async fn run(
     health: Arc<Health>,
 ) -> crate::Result<()> {
     let (tx, mut rx) = mpsc::channel::<Instant>(1);
+    // DNS rebuilds its snapshot on its own trigger, so a slow kernel pass never delays it.
+    let (dns_tx, dns_rx) = mpsc::channel::<Instant>(1);
     let all = watcher::Config::default;
     let (networks, d1) = cache(
         Api::<PodNetwork>::all(client.clone()),
         all(),
         tx.clone(),
         None,
+        Some(dns_tx.clone()),
     );
     let (blocks, d2) = cache(
         Api::<NodeBlock>::all(client.clone()),
         all(),
         tx.clone(),
+        None,
         None,
     );
     let (namespaces, d3) = cache(
@@ -190,27 +199,74 @@ pub async fn run(
         all(),
         tx.clone(),
         None,
+        Some(dns_tx.clone()),
     );
     let seen_vips = Arc::new(Seen::default());
     let seen_slices = Arc::new(Seen::default());
-    let (vips, d4) = cache(
+    let dirty: SharedDirty = Arc::default();
+    let (vips, vip_index, d4) = indexed_cache(
         Api::<VirtualIP>::all(client.clone()),
         all(),
         tx.clone(),
-        Some(seen_vips.clone()),
+        seen_vips.clone(),
+        |v| Some(vip_route(v)),
+        dirty.clone(),
+        None,
     );
-    let (slices, d5) = cache(
+    let (slices, slice_index, d5) = indexed_cache(
         Api::<EndpointSlice>::all(client.clone()),
         all().labels(SLICE_SELECTOR),
         tx.clone(),
-        Some(seen_slices.clone()),
+        seen_slices.clone(),
+        slice_route,
+        dirty.clone(),
+        Some(dns_tx.clone()),
+    );
+    // ServiceRoutes feed DNS only (names, virtual IPs, ports, hostnames).
+    let (routes, d6) = cache(
+        Api::<ServiceRoute>::all(client.clone()),
+        all(),
+        dns_tx.clone(),
+        None,
+        None,
     );
     let drivers = tokio::spawn(async move {
-        tokio::join!(d1, d2, d3, d4, d5);
+        tokio::join!(d1, d2, d3, d4, d5, d6);
     });
+    let mut pod_routes = config.pod_routes.clone();
+    let mut dns_tasks = Vec::new();
+    let (dns_synced_tx, dns_synced_rx) = tokio::sync::oneshot::channel::<()>();
+    if let Some(dc) = &config.dns {
+        // Pods reach the node-local server through their gateway, whatever else they route.
+        let host = IpNet::from(dc.listen.ip());
+        if !dc.listen.ip().is_unspecified() && !pod_routes.iter().any(|r| r.contains(&host)) {
+            pod_routes.push(host);
+        }
+        let forwarder =
+            dns::forward::Forwarder::new(dc.upstreams.clone(), dc.upstream_timeout, dc.cache_size);
+        let server = Arc::new(dns::server::Dns::new(forwarder, metrics.dns.clone()));
+        // DNS failing to start must not take pod networking down with it: log and go on.
+        match dns::start(dc, server.clone()).await {
+            Ok(serving) => dns_tasks.push(tokio::spawn(serving)),
+            Err(e) => warn!(error = %e, "cluster DNS is not served on this node"),
+        }
+        dns_tasks.push(tokio::spawn(dns::keep_snapshot(
+            server,
+            dc.clone(),
+            dns::Sources {
+                routes: routes.clone(),
+                slices: slices.clone(),
+                namespaces: namespaces.clone(),
+                networks: networks.clone(),
+            },
+            dns_rx,
+            config.resync,
+            dns_synced_rx,
+        )));
+    }
     let view = Arc::new(View {
         node: config.node.clone(),
-        pod_routes: config.pod_routes.clone(),
+        pod_routes,
         networks: networks.clone(),
         blocks: blocks.clone(),
         namespaces: namespaces.clone(),
@@ -225,6 +281,8 @@ pub async fn run(
     let _ = namespaces.wait_until_ready().await;
     let _ = vips.wait_until_ready().await;
     let _ = slices.wait_until_ready().await;
+    // DNS builds its first snapshot from these stores once they are synced.
+    let _ = dns_synced_tx.send(());
     links::enable_forwarding().await?;
     svc_kernel::enable_bridge_netfilter().await?;
     info!(node = %config.node, "caches synced; programming the node");
@@ -237,7 +295,12 @@ pub async fn run(
 
     let mut applied_isolation: Option<Vec<Vec<IpNet>>> = None;
     // What the service maps hold; `None` = unknown (at start, after a failure): read it back.
-    let mut applied_services: Option<Elements> = None;
+    // Every route's desired elements, updated route by route; `services_synced` says whether
+    // the kernel held them before this pass's change (false at start and after a failure: the
+    // table is then read back and reconciled as a whole).
+    let mut table = ServiceTable::new(&config.node);
+    let mut nl = netlink::Socket::open()?;
+    let mut services_synced = false;
     let mut since = Instant::now();
     loop {
         // What this pass covers: every event up to these versions is in the caches (the
@@ -256,30 +319,52 @@ pub async fn run(
         let all_blocks = blocks.state();
         let block_refs: Vec<&NodeBlock> = all_blocks.iter().map(|b| b.as_ref()).collect();
         let want: DesiredNode = desired(&config.node, &net_refs, &accepted, &block_refs);
-        let all_vips = vips.state();
-        let vip_refs: Vec<&VirtualIP> = all_vips.iter().map(|v| v.as_ref()).collect();
-        let all_slices = slices.state();
-        let slice_refs: Vec<&EndpointSlice> = all_slices.iter().map(|s| s.as_ref()).collect();
-        let want_services = elements(
-            &config.node,
-            &desired_services(&config.node, &slice_refs, &vip_refs),
-        );
+        // Recompute the routes whose slices or claims changed (all of them after a relist).
+        let changed = lock(&dirty).take();
+        let ids: Vec<String> = match changed {
+            Some(ids) => ids.into_iter().collect(),
+            None => {
+                let mut ids: BTreeSet<String> = table.routes().cloned().collect();
+                ids.extend(lock(&slice_index).routes().cloned());
+                ids.extend(lock(&vip_index).routes().cloned());
+                ids.into_iter().collect()
+            }
+        };
+        for id in &ids {
+            let slice_refs = lock(&slice_index).refs(id);
+            let vip_refs = lock(&vip_index).refs(id);
+            let route_slices: Vec<_> = slice_refs.iter().filter_map(|r| slices.get(r)).collect();
+            let route_vips: Vec<_> = vip_refs.iter().filter_map(|r| vips.get(r)).collect();
+            let s: Vec<&EndpointSlice> = route_slices.iter().map(|s| s.as_ref()).collect();
+            let v: Vec<&VirtualIP> = route_vips.iter().map(|v| v.as_ref()).collect();
+            table.set_route(id, route_desired(&config.node, id, &s, &v));
+        }
         let outcome: crate::Result<()> = async {
             links::apply(&want).await?;
             if applied_isolation.as_ref() != Some(&want.isolated) {
                 nft::apply(&want).await?;
                 applied_isolation = Some(want.isolated.clone());
             }
-            let done = svc_kernel::apply(applied_services.as_ref(), &want_services).await;
-            applied_services = None;
+            let done = if services_synced {
+                svc_kernel::apply_change(&mut nl, &table.take_change()).await
+            } else {
+                table.settle();
+                svc_kernel::apply(None, &table.elements()).await
+            };
+            services_synced = false;
             if let Err(e) = done {
                 metrics.nft_failures.inc();
                 return Err(e);
             }
-            applied_services = Some(want_services.clone());
+            services_synced = true;
             svc_kernel::ensure_hairpin().await?;
             Ok(())
         }
+        .instrument(tracing::info_span!(
+            "programming pass",
+            node = %config.node,
+            routes_changed = ids.len()
+        ))
         .await;
         metrics.passes.inc();
         match outcome {
@@ -291,7 +376,7 @@ pub async fn run(
                 metrics
                     .routes
                     .set(i64::try_from(want.routes.len()).unwrap_or(i64::MAX));
-                metrics.set_elements(&want_services);
+                metrics.set_elements(&table);
                 report_tx.send_if_modified(|cur| {
                     let changed = cur.as_ref() != Some(&covers);
                     *cur = Some(covers.clone());
@@ -314,7 +399,7 @@ pub async fn run(
                 // Keep what is programmed and retry soon; a failed pass never tears down.
                 warn!(error = %e, "programming failed; retrying");
                 applied_isolation = None;
-                applied_services = None;
+                services_synced = false;
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
@@ -324,7 +409,11 @@ pub async fn run(
                 Some(t) => since = t,
                 None => break,
             },
-            _ = tokio::time::sleep(config.resync) => since = Instant::now(),
+            _ = tokio::time::sleep(config.resync) => {
+                since = Instant::now();
+                lock(&dirty).mark_all();
+                table.release_unused_chains();
+            }
         }
         if server.is_finished() {
             break;
@@ -332,6 +421,9 @@ pub async fn run(
     }
     drivers.abort();
     reporter.abort();
+    for t in dns_tasks {
+        t.abort();
+    }
     match server.await {
         Ok(Err(e)) => Err(e),
         _ => Ok(()),

@@ -217,120 +217,114 @@ pub fn access_ids<'a>(routes: impl IntoIterator<Item = &'a String>) -> BTreeMap<
     out
 }
 
-/// Computes the desired services of `node` from Switchyard's EndpointSlices (backends and,
-/// in their annotations, each route's ports, policy and affinity) and the VirtualIP claims
-/// (each route's addresses). The operator writes slices only for accepted routes, and at least
-/// one for each that is not headless, so a route without slices serves nothing.
-pub fn desired_services(
+/// What one route asks of this node: its keys with their backends, and its access rule.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteDesired {
+    /// The route's keys (virtual IP, protocol, port) and what each leads to.
+    pub services: BTreeMap<Key, Service>,
+    /// The route's access rule, when it has one.
+    pub access: Option<RouteAccess>,
+}
+
+/// The route (`namespace/name`) a Switchyard EndpointSlice belongs to.
+pub fn slice_route(s: &EndpointSlice) -> Option<String> {
+    let route = s.labels().get(ROUTE_LABEL)?;
+    Some(format!("{}/{route}", s.namespace().unwrap_or_default()))
+}
+
+/// The route (`namespace/name`) a VirtualIP claim belongs to.
+pub fn vip_route(v: &VirtualIP) -> String {
+    format!("{}/{}", v.spec.route.namespace, v.spec.route.name)
+}
+
+/// What route `id` (`namespace/name`) asks of `node`, from its own slices (backends and, in
+/// their annotations, the route's ports, policy and affinity) and its VirtualIP claims. `None`
+/// when no slice carries the route's parameters: the operator writes slices only for accepted
+/// routes, and at least one for each that is not headless, so such a route serves nothing.
+/// Depends on nothing but its arguments, so a route is recomputed alone when its objects change.
+pub fn route_desired(
     node: &str,
+    id: &str,
     slices: &[&EndpointSlice],
     vips: &[&VirtualIP],
-) -> DesiredServices {
-    // (namespace, route name) → slices
-    let mut slices_of: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
-    for s in slices {
-        let Some(route) = s.labels().get(ROUTE_LABEL) else {
+) -> Option<RouteDesired> {
+    let params = route_params(slices)?;
+    // The route the slices belong to (a recreated route's old claims do not count).
+    let owners: BTreeSet<&str> = slices
+        .iter()
+        .flat_map(|s| s.owner_references())
+        .filter(|o| o.kind == "ServiceRoute")
+        .map(|o| o.uid.as_str())
+        .collect();
+    let mut route_vips: Vec<IpAddr> = vips
+        .iter()
+        .filter(|v| owners.is_empty() || owners.contains(v.spec.route.uid.as_str()))
+        .filter_map(|v| v.spec.address.parse().ok())
+        .collect();
+    route_vips.sort();
+    route_vips.dedup();
+    let affinity = params
+        .affinity
+        .and_then(|t| u32::try_from(t).ok())
+        .filter(|t| *t > 0);
+    let local = params.traffic_policy == TrafficPolicy::Local;
+    let (access_slices, backend_slices): (Vec<&EndpointSlice>, Vec<&EndpointSlice>) =
+        slices.iter().copied().partition(|s| is_access_slice(s));
+    let mut out = RouteDesired {
+        access: params
+            .access
+            .then(|| route_access(&params, &backend_slices, &access_slices)),
+        ..Default::default()
+    };
+    for rp in &params.ports {
+        let Ok(port) = u16::try_from(rp.port) else {
             continue;
         };
-        slices_of
-            .entry((s.namespace().unwrap_or_default(), route.clone()))
-            .or_default()
-            .push(s);
-    }
-    // (namespace, route name) → (route uid, address)
-    let mut vips_of: BTreeMap<(String, String), Vec<(String, IpAddr)>> = BTreeMap::new();
-    for v in vips {
-        if let Ok(addr) = v.spec.address.parse() {
-            vips_of
-                .entry((v.spec.route.namespace.clone(), v.spec.route.name.clone()))
-                .or_default()
-                .push((v.spec.route.uid.clone(), addr));
-        }
-    }
-    let mut out = DesiredServices::default();
-    for ((ns, name), route_slices) in &slices_of {
-        let Some(params) = route_params(route_slices) else {
-            continue;
-        };
-        // The route the slices belong to (a recreated route's old claims do not count).
-        let owners: BTreeSet<&str> = route_slices
-            .iter()
-            .flat_map(|s| s.owner_references())
-            .filter(|o| o.kind == "ServiceRoute")
-            .map(|o| o.uid.as_str())
-            .collect();
-        let mut route_vips: Vec<IpAddr> = vips_of
-            .get(&(ns.clone(), name.clone()))
-            .into_iter()
-            .flatten()
-            .filter(|(uid, _)| owners.is_empty() || owners.contains(uid.as_str()))
-            .map(|(_, a)| *a)
-            .collect();
-        route_vips.sort();
-        let affinity = params
-            .affinity
-            .and_then(|t| u32::try_from(t).ok())
-            .filter(|t| *t > 0);
-        let local = params.traffic_policy == TrafficPolicy::Local;
-        let id = format!("{ns}/{name}");
-        let (access_slices, route_slices): (Vec<&EndpointSlice>, Vec<&EndpointSlice>) =
-            route_slices
+        let proto = Proto::from(rp.protocol);
+        let mut backends: BTreeSet<Backend> = BTreeSet::new();
+        for s in &backend_slices {
+            let Some(target) = s
+                .ports
                 .iter()
-                .copied()
-                .partition(|s| is_access_slice(s));
-        if params.access {
-            out.access.insert(
-                id.clone(),
-                route_access(&params, &route_slices, &access_slices),
-            );
-        }
-        for rp in &params.ports {
-            let Ok(port) = u16::try_from(rp.port) else {
+                .flatten()
+                .find(|p| p.name.as_deref() == Some(rp.key.as_str()))
+                .and_then(|p| p.port)
+                .and_then(|p| u16::try_from(p).ok())
+            else {
                 continue;
             };
-            let proto = Proto::from(rp.protocol);
-            let mut backends: BTreeSet<Backend> = BTreeSet::new();
-            for s in &route_slices {
-                let Some(target) = s
-                    .ports
-                    .iter()
-                    .flatten()
-                    .find(|p| p.name.as_deref() == Some(rp.key.as_str()))
-                    .and_then(|p| p.port)
-                    .and_then(|p| u16::try_from(p).ok())
-                else {
+            for e in &s.endpoints {
+                let conditions = e.conditions.as_ref();
+                let serving = conditions
+                    .and_then(|c| c.serving.or(c.ready))
+                    .unwrap_or(true);
+                if !serving && !params.publish_not_ready {
                     continue;
-                };
-                for e in &s.endpoints {
-                    let conditions = e.conditions.as_ref();
-                    let serving = conditions
-                        .and_then(|c| c.serving.or(c.ready))
-                        .unwrap_or(true);
-                    if !serving && !params.publish_not_ready {
-                        continue;
-                    }
-                    if local && e.node_name.as_deref() != Some(node) {
-                        continue;
-                    }
-                    for a in &e.addresses {
-                        if let Ok(ip) = a.parse::<IpAddr>() {
-                            backends.insert(Backend {
-                                ip,
-                                port: target,
-                                node: e.node_name.clone(),
-                            });
-                        }
+                }
+                if local && e.node_name.as_deref() != Some(node) {
+                    continue;
+                }
+                for a in &e.addresses {
+                    if let Ok(ip) = a.parse::<IpAddr>() {
+                        backends.insert(Backend {
+                            ip,
+                            port: target,
+                            node: e.node_name.clone(),
+                        });
                     }
                 }
             }
-            for vip in &route_vips {
-                let key = Key {
-                    vip: *vip,
-                    proto,
-                    port,
-                };
-                let service = Service {
-                    route: id.clone(),
+        }
+        for vip in &route_vips {
+            let key = Key {
+                vip: *vip,
+                proto,
+                port,
+            };
+            out.services.insert(
+                key,
+                Service {
+                    route: id.to_string(),
                     backends: backends
                         .iter()
                         .filter(|b| b.ip.is_ipv4() == vip.is_ipv4())
@@ -338,17 +332,49 @@ pub fn desired_services(
                         .collect(),
                     affinity,
                     local,
-                };
-                // Two routes never share a virtual IP (the operator claims them), so the first wins.
-                if out.services.contains_key(&key) {
-                    continue;
-                }
-                out.services.insert(key, service);
-                out.by_route.entry(id.clone()).or_default().push(key);
-                if let Some(a) = out.access.get_mut(&id) {
-                    a.targets.insert(key);
-                }
+                },
+            );
+            if let Some(a) = out.access.as_mut() {
+                a.targets.insert(key);
             }
+        }
+    }
+    Some(out)
+}
+
+/// Computes the desired services of `node` from Switchyard's EndpointSlices and the VirtualIP
+/// claims: [`route_desired`] for every route, merged. Two routes never share a virtual IP (the
+/// operator claims them), but if they did the first route in order would hold the key.
+pub fn desired_services(
+    node: &str,
+    slices: &[&EndpointSlice],
+    vips: &[&VirtualIP],
+) -> DesiredServices {
+    let mut slices_of: BTreeMap<String, Vec<&EndpointSlice>> = BTreeMap::new();
+    for s in slices {
+        if let Some(route) = slice_route(s) {
+            slices_of.entry(route).or_default().push(s);
+        }
+    }
+    let mut vips_of: BTreeMap<String, Vec<&VirtualIP>> = BTreeMap::new();
+    for v in vips {
+        vips_of.entry(vip_route(v)).or_default().push(v);
+    }
+    let mut out = DesiredServices::default();
+    for (id, route_slices) in &slices_of {
+        let route_vips = vips_of.get(id).map(Vec::as_slice).unwrap_or_default();
+        let Some(rd) = route_desired(node, id, route_slices, route_vips) else {
+            continue;
+        };
+        if let Some(a) = rd.access {
+            out.access.insert(id.clone(), a);
+        }
+        for (key, service) in rd.services {
+            if out.services.contains_key(&key) {
+                continue;
+            }
+            out.services.insert(key, service);
+            out.by_route.entry(id.clone()).or_default().push(key);
         }
     }
     out

@@ -250,3 +250,375 @@ async fn require_default_network(client: &Client) -> Result<()> {
     }
     Ok(())
 }
+
+/// Namespace of the DNS benchmark's routes.
+const DNS_NS: &str = "switchyard-lab-bench-dns";
+
+/// One dnsperf run.
+#[derive(Clone, Debug, Default)]
+pub struct DnsRun {
+    /// Queries per second completed.
+    pub qps: f64,
+    /// Queries lost (timed out).
+    pub lost: u64,
+    /// Median latency (per-query, from the rate-limited run).
+    pub p50: Duration,
+    /// 99th percentile latency (per-query, from the rate-limited run).
+    pub p99: Duration,
+    /// The rate of the rate-limited run.
+    pub rate: u32,
+}
+
+/// `switchyard-lab bench --dns`: the node-local DNS server of one node, pinned to one core,
+/// under dnsperf (on the other core) for cluster names and for search-path misses; and the
+/// agent's memory before and after `routes` routes.
+#[derive(Clone, Debug, Default)]
+pub struct DnsBench {
+    /// Routes served.
+    pub routes: usize,
+    /// The node measured.
+    pub node: String,
+    /// Agent resident memory before the routes existed, KiB.
+    pub rss_before_kib: u64,
+    /// Agent resident memory with the routes served, KiB.
+    pub rss_after_kib: u64,
+    /// From the first route created to the last one answered by DNS.
+    pub converge: Duration,
+    /// Existing names (`A` of `<route>.<ns>.svc.cluster.local`).
+    pub hits: DnsRun,
+    /// Search-path misses (`<route>.<ns>.svc.cluster.local.<ns>.svc.cluster.local`, NXDOMAIN).
+    pub misses: DnsRun,
+}
+
+/// The process id of `node`'s agent in lab `run` (its command line names the node and the
+/// lab's folder).
+fn agent_pid(run: &str, node: &str) -> Option<u32> {
+    let dir = format!("{}/{run}/", crate::lab::LAB_ROOT);
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_agent = args
+            .first()
+            .is_some_and(|a| a.ends_with("switchyard-agent"));
+        let on_node = args
+            .windows(2)
+            .any(|w| w[0] == "--node-name" && w[1] == node);
+        if is_agent && on_node && args.iter().any(|a| a.contains(&dir)) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn run_ok(program: &str, args: &[&str]) -> Result<String> {
+    let out = tokio::process::Command::new(program)
+        .args(args)
+        .output()
+        .await
+        .map_err(|source| Error::Spawn {
+            what: program.into(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(Error::Command {
+            command: format!("{program} {}", args.join(" ")),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs dnsperf inside `netns` on CPU 1: once flat out (throughput), once at `rate` queries
+/// per second with per-query latencies (percentiles). Bounded by `seconds` each.
+async fn dnsperf(netns: &str, file: &str, seconds: u64, rate: u32) -> Result<DnsRun> {
+    let secs = seconds.to_string();
+    let flat = run_ok(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            netns,
+            "taskset",
+            "-c",
+            "1",
+            "dnsperf",
+            "-s",
+            "169.254.20.10",
+            "-d",
+            file,
+            "-l",
+            &secs,
+            "-q",
+            "200",
+            "-t",
+            "2",
+        ],
+    )
+    .await?;
+    let field = |text: &str, key: &str| -> f64 {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(key))
+            .and_then(|l| l.split(':').nth(1))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let qps = field(&flat, "Queries per second");
+    let lost = field(&flat, "Queries lost") as u64;
+    let rate_s = rate.to_string();
+    let paced = run_ok(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            netns,
+            "taskset",
+            "-c",
+            "1",
+            "dnsperf",
+            "-s",
+            "169.254.20.10",
+            "-d",
+            file,
+            "-l",
+            &secs,
+            "-Q",
+            &rate_s,
+            "-t",
+            "2",
+            "-v",
+        ],
+    )
+    .await?;
+    // `-v` prints one line per answered query ending in its latency in seconds.
+    let mut lat: Vec<f64> = paced
+        .lines()
+        .filter(|l| l.starts_with("> "))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .collect();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let q = |p: f64| {
+        if lat.is_empty() {
+            return Duration::ZERO;
+        }
+        let i = ((lat.len() - 1) as f64 * p).round() as usize;
+        Duration::from_secs_f64(lat[i.min(lat.len() - 1)])
+    };
+    Ok(DnsRun {
+        qps,
+        lost,
+        p50: q(0.50),
+        p99: q(0.99),
+        rate,
+    })
+}
+
+/// See [`DnsBench`]. The routes live in a PodNetwork of their own (a /18 of virtual IPs), are
+/// created 32 at a time, and are removed at the end.
+pub async fn dns(
+    client: &Client,
+    run: &str,
+    node: &str,
+    netns: &str,
+    routes: usize,
+    seconds: u64,
+    rate: u32,
+) -> Result<DnsBench> {
+    use futures::stream::{self, StreamExt as _};
+    let kube = |what: &'static str| {
+        move |e| Error::Kube {
+            what: what.into(),
+            source: Box::new(e),
+        }
+    };
+    let pid = agent_pid(run, node).ok_or_else(|| Error::Invalid {
+        what: "bench --dns".into(),
+        message: format!("no switchyard-agent process for {node} of lab {run}"),
+    })?;
+    let networks: Api<switchyard_api::PodNetwork> = Api::all(client.clone());
+    let net: switchyard_api::PodNetwork = serde_json::from_value(json!({
+        "apiVersion": "switchyard.dev/v1alpha1", "kind": "PodNetwork",
+        "metadata": {"name": "bench-dns"},
+        "spec": {"podCIDRs": ["198.19.232.0/21"], "blockPrefixLength": {"ipv4": 24},
+                 "serviceCIDRs": ["198.19.128.0/18"],
+                 "namespaceSelector": {"matchLabels": {"switchyard.dev/bench": "dns"}}}}))
+    .map_err(|e| Error::Invalid {
+        what: "bench network".into(),
+        message: e.to_string(),
+    })?;
+    if networks
+        .get_opt("bench-dns")
+        .await
+        .map_err(kube("get PodNetwork"))?
+        .is_none()
+    {
+        networks
+            .create(&PostParams::default(), &net)
+            .await
+            .map_err(kube("create PodNetwork bench-dns"))?;
+    }
+    crate::check::fresh_namespace(client, DNS_NS).await?;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let patch = json!({"metadata": {"labels": {"switchyard.dev/bench": "dns"}}});
+    namespaces
+        .patch(
+            DNS_NS,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .map_err(kube("label bench namespace"))?;
+    // Let the agent settle, then measure its memory without the routes.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_before_kib = rss_kib(pid);
+    let api: Api<switchyard_api::ServiceRoute> = Api::namespaced(client.clone(), DNS_NS);
+    let t0 = Instant::now();
+    let results: Vec<Result<()>> = stream::iter(0..routes)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let r: switchyard_api::ServiceRoute = serde_json::from_value(json!({
+                    "apiVersion": "switchyard.dev/v1alpha1", "kind": "ServiceRoute",
+                    "metadata": {"name": format!("r{i}"), "namespace": DNS_NS},
+                    "spec": {"selector": {"matchLabels": {"bench": "none"}},
+                             "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}))
+                .map_err(|e| Error::Invalid {
+                    what: "bench route".into(),
+                    message: e.to_string(),
+                })?;
+                api.create(&PostParams::default(), &r)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| Error::Kube {
+                        what: format!("create ServiceRoute r{i}"),
+                        source: Box::new(e),
+                    })
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    for r in results {
+        r?;
+    }
+    // Converged: the agent's DNS snapshot holds every route the operator accepted (its
+    // `routes` metric, read inside the node), or nothing changed for 20 s.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let (mut last_change, mut last) = (Instant::now(), 0usize);
+    loop {
+        let m = run_ok(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                netns,
+                "sh",
+                "-c",
+                "curl -s http://$(ip -4 -o addr show dev eth0 | awk '{print $4}' | cut -d/ -f1):9090/metrics",
+            ],
+        )
+        .await
+        .unwrap_or_default();
+        let served = m
+            .lines()
+            .find(|l| l.starts_with("switchyard_agent_dns_routes "))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|v| v as usize)
+            .unwrap_or(0);
+        if served != last {
+            (last, last_change) = (served, Instant::now());
+        }
+        if served >= routes || last_change.elapsed() > Duration::from_secs(20) {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Timeout {
+                what: format!("{routes} routes answered by DNS"),
+                after: Duration::from_secs(600),
+                last: Some(format!("{served} served")),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The routes the operator accepted (those DNS serves); the rest are left out of the queries.
+    let accepted: Vec<String> = api
+        .list(&Default::default())
+        .await
+        .map_err(kube("list bench routes"))?
+        .items
+        .into_iter()
+        .filter(|r| {
+            r.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Accepted" && c.status == "True")
+            })
+        })
+        .filter_map(|r| r.metadata.name)
+        .collect();
+    let converge = t0.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_after_kib = rss_kib(pid);
+    let dir = std::path::PathBuf::from(crate::lab::LAB_ROOT).join(run);
+    let hits_file = dir.join("dnsperf-hits.txt");
+    let misses_file = dir.join("dnsperf-misses.txt");
+    let mut hits = String::new();
+    let mut misses = String::new();
+    for name in &accepted {
+        hits.push_str(&format!("{name}.{DNS_NS}.svc.cluster.local A\n"));
+        misses.push_str(&format!(
+            "{name}.{DNS_NS}.svc.cluster.local.{DNS_NS}.svc.cluster.local A\n"
+        ));
+    }
+    for (path, text) in [(&hits_file, &hits), (&misses_file, &misses)] {
+        std::fs::write(path, text).map_err(|source| Error::Io {
+            op: "write",
+            path: path.to_path_buf(),
+            source,
+        })?;
+    }
+    // One core for the agent (every thread), the other for dnsperf.
+    let pid_s = pid.to_string();
+    run_ok("taskset", &["-a", "-p", "-c", "0", &pid_s]).await?;
+    let measured = async {
+        let hits = dnsperf(netns, &hits_file.to_string_lossy(), seconds, rate).await?;
+        let misses = dnsperf(netns, &misses_file.to_string_lossy(), seconds, rate).await?;
+        Ok::<_, Error>((hits, misses))
+    }
+    .await;
+    let _ = run_ok("taskset", &["-a", "-p", "-c", "0-1023", &pid_s]).await;
+    let _ = namespaces.delete(DNS_NS, &DeleteParams::default()).await;
+    let _ = networks.delete("bench-dns", &DeleteParams::default()).await;
+    let (hits, misses) = measured?;
+    Ok(DnsBench {
+        routes: accepted.len(),
+        node: node.to_string(),
+        rss_before_kib,
+        rss_after_kib,
+        converge,
+        hits,
+        misses,
+    })
+}

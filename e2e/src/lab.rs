@@ -36,6 +36,8 @@ pub struct SwitchyardBinaries {
     pub testpod: PathBuf,
     /// switchyard-webhook.
     pub webhook: PathBuf,
+    /// kubectl-switchyard, the kubectl plugin.
+    pub plugin: PathBuf,
 }
 
 fn workspace_root() -> PathBuf {
@@ -69,6 +71,8 @@ pub async fn build_switchyard() -> Result<SwitchyardBinaries> {
             "switchyard-e2e",
             "-p",
             "switchyard-webhook",
+            "-p",
+            "kubectl-switchyard",
             "--target-dir",
         ])
         .arg(&target)
@@ -106,6 +110,7 @@ fn binaries_in(dir: &Path) -> Result<SwitchyardBinaries> {
         cni: find("switchyard-cni")?,
         testpod: find("switchyard-testpod")?,
         webhook: find("switchyard-webhook")?,
+        plugin: find("kubectl-switchyard")?,
     })
 }
 
@@ -203,6 +208,48 @@ pub struct Lab {
     pub timings: Vec<(String, Duration)>,
     /// The admission webhook, when the lab runs one.
     pub webhook: Option<crate::webhook::Webhook>,
+    /// The agents' upstream DNS resolver (dnsmasq serving [`UPSTREAM_ZONE`]), when installed.
+    pub dns_upstream: Option<Child>,
+}
+
+/// The zone the lab's upstream resolver serves (nothing else: no query leaves the machine).
+pub const UPSTREAM_ZONE: &str = "example.test";
+/// `www.` + [`UPSTREAM_ZONE`] resolves to these.
+pub const UPSTREAM_WWW: (&str, &str) = ("198.18.250.10", "fd00:198:250::10");
+
+/// Starts dnsmasq on the fabric gateway, port 53, as the authoritative source of
+/// [`UPSTREAM_ZONE`] (`--local`: NXDOMAIN for any other name in it, no forwarding anywhere).
+fn start_dns_upstream(dir: &Path, gateway: std::net::Ipv4Addr) -> Result<Child> {
+    let mut cmd = tokio::process::Command::new("dnsmasq");
+    cmd.args([
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--no-resolv",
+        "--no-hosts",
+        "--no-poll",
+        "--bind-interfaces",
+        "--port=53",
+        "--log-queries",
+    ])
+    .arg(format!("--listen-address={gateway}"))
+    .arg(format!("--local=/{UPSTREAM_ZONE}/"))
+    .arg(format!(
+        "--host-record=www.{UPSTREAM_ZONE},{},{}",
+        UPSTREAM_WWW.0, UPSTREAM_WWW.1
+    ))
+    .arg(format!(
+        "--txt-record=hello.{UPSTREAM_ZONE},\"hello from the lab upstream\""
+    ))
+    .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
+    .arg(format!(
+        "--log-facility={}",
+        dir.join("logs").join("dnsmasq.log").display()
+    ));
+    spawn_logged(
+        cmd,
+        &dir.join("logs").join("dnsmasq.out"),
+        "dnsmasq (lab DNS upstream; install the Debian package dnsmasq-base)",
+    )
 }
 
 fn random_run() -> String {
@@ -278,7 +325,14 @@ impl Lab {
             node_tasks: BTreeMap::new(),
             timings,
             webhook: None,
+            dns_upstream: None,
         };
+        match start_dns_upstream(&lab.dir, lab.topology.gateway) {
+            Ok(c) => lab.dns_upstream = Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "no DNS upstream: names outside the cluster will SERVFAIL")
+            }
+        }
         lab.write_state(false)?;
 
         let t = Instant::now();
@@ -427,6 +481,8 @@ impl Lab {
                 &addr,
                 "--pod-routes",
                 "198.18.0.0/15,fd00::/8",
+                "--dns-upstream",
+                &format!("{}:53", self.topology.gateway),
             ])
             .arg("--cni-conf-dir")
             .arg(dir.join("cni/net.d"))
@@ -609,8 +665,20 @@ impl Lab {
                 t.abort();
             }
         }
+        if let Some(mut c) = self.dns_upstream.take() {
+            let _ = c.kill().await;
+        }
         self.controlplane.stop().await;
         self.topology.destroy().await;
+        // Pods' resolv.conf files (`ip netns exec` reads them from here).
+        if let Ok(entries) = std::fs::read_dir(podsim::NETNS_ETC) {
+            let prefix = format!("{}-", self.run);
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -7,7 +7,9 @@
 //! server. Nothing here ships in product images.
 
 pub mod bench;
+pub mod chart;
 pub mod check;
+pub mod compare;
 pub mod controlplane;
 pub mod error;
 pub mod lab;

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -300,6 +300,7 @@ async fn start(client: &Client, cfg: &PodSimConfig, pod: &Pod) -> Result<Sandbox
     let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
     let sandbox_ns = pod_netns(&cfg.run, &uid);
     netns::add(&sandbox_ns).await?;
+    write_resolv_conf(&sandbox_ns, &ns)?;
     let result = cni(cfg, "ADD", &uid, &ns, &name).await?;
     let ips: Vec<IpAddr> = result["ips"]
         .as_array()
@@ -494,7 +495,38 @@ async fn stop(cfg: &PodSimConfig, sandbox: &mut Sandbox, uid: &str) {
             warn!(uid, error = %e, "CNI DEL failed");
         }
         let _ = netns::delete(&sandbox.netns).await;
+        let _ = std::fs::remove_dir_all(Path::new(NETNS_ETC).join(&sandbox.netns));
     }
+}
+
+/// The node-local DNS server's address in the lab (the agents' default).
+pub const LAB_DNS: &str = "169.254.20.10";
+/// The lab's cluster domain (the agents' default).
+pub const LAB_CLUSTER_DOMAIN: &str = "cluster.local";
+/// Where `ip netns exec NAME` finds the files it bind-mounts over `/etc` (per namespace).
+pub const NETNS_ETC: &str = "/etc/netns";
+
+/// The pod's resolv.conf, as a kubelet writes it for `dnsPolicy: ClusterFirst`: the node's
+/// DNS server, the namespace's search path, `ndots:5`. `ip netns exec` (containers, `exec`)
+/// bind-mounts it over `/etc/resolv.conf` in a mount namespace of its own.
+pub fn resolv_conf(ns: &str) -> String {
+    let d = LAB_CLUSTER_DOMAIN;
+    format!("nameserver {LAB_DNS}\nsearch {ns}.svc.{d} svc.{d} {d}\noptions ndots:5\n")
+}
+
+fn write_resolv_conf(sandbox_ns: &str, ns: &str) -> Result<()> {
+    let dir = Path::new(NETNS_ETC).join(sandbox_ns);
+    std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+        op: "create",
+        path: dir.clone(),
+        source,
+    })?;
+    let path = dir.join("resolv.conf");
+    std::fs::write(&path, resolv_conf(ns)).map_err(|source| Error::Io {
+        op: "write",
+        path,
+        source,
+    })
 }
 
 async fn teardown(cfg: &PodSimConfig, sandboxes: &Sandboxes, uid: &str, pod: &Pod) {

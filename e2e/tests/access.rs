@@ -195,4 +195,58 @@ async fn steps(lab: &mut Lab) {
     reaches(lab, NS, "other", &web1).await;
     reaches(lab, NS, "front", &web2).await;
     reaches(lab, GUEST, "guest", &web).await;
+
+    step("an Isolated network admits another network's pods only where a route's access allows");
+    apply(lab, "apiVersion: switchyard.dev/v1alpha1\nkind: PodNetwork\nmetadata: {name: vault}\nspec:\n  podCIDRs: [\"198.19.128.0/20\"]\n  blockPrefixLength: {ipv4: 26}\n  serviceCIDRs: [\"198.19.32.0/24\"]\n  namespaceSelector: {matchLabels: {net: vault}}\n  isolation: Isolated\n").await;
+    wait_condition(lab, "podnetwork/vault", "Ready", 60).await;
+    create_namespace(lab, "vault").await;
+    kubectl(lab, &["label", "namespace", "vault", "net=vault"]).await;
+    apply(
+        lab,
+        &with_labels(pod_yaml("vault", "safe", "node-2", false), "role: safe"),
+    )
+    .await;
+    wait_pods_ready(lab, "vault", 1, 90).await;
+    let safe_pod = format!("{}:8080", pod_ip(lab, "vault", "safe").await);
+    let safe_route = |access: &str| {
+        format!(
+            "apiVersion: switchyard.dev/v1alpha1\nkind: ServiceRoute\nmetadata: {{name: safe, namespace: vault}}\nspec:\n  selector: {{matchLabels: {{role: safe}}}}\n  ports: [{{name: tcp, port: 80, targetPort: 8080}}]\n{access}"
+        )
+    };
+    apply(
+        lab,
+        &safe_route("  access: {from: [{namespaceSelector: {matchLabels: {team: guest}}}]}\n"),
+    )
+    .await;
+    wait_condition(lab, "serviceroute/safe -n vault", "Programmed", 60).await;
+    let safe_vip = {
+        let api = Api::<ServiceRoute>::namespaced(lab.client.clone(), "vault");
+        let mut found = None;
+        for _ in 0..100 {
+            found = api
+                .get("safe")
+                .await
+                .unwrap()
+                .status
+                .and_then(|s| s.virtual_ips.into_iter().next());
+            if found.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        format!("{}:80", found.expect("route safe got a virtual IP"))
+    };
+    // guest (default network, namespace team=guest) is allowed: through the VIP and directly.
+    reaches(lab, GUEST, "guest", &safe_vip).await;
+    reaches(lab, GUEST, "guest", &safe_pod).await;
+    // other (default network, not allowed) is refused by the access rule.
+    refused(lab, NS, "other", &safe_vip).await;
+    refused(lab, NS, "other", &safe_pod).await;
+
+    step("without an access rule, isolation drops the other network's pods again");
+    apply(lab, &safe_route("")).await;
+    wait_until(30, || async {
+        matches!(send(lab, GUEST, "guest", "tcp", &safe_pod, "x").await, Err(e) if e.contains("timed out"))
+    })
+    .await;
 }

@@ -452,7 +452,14 @@ pub fn respond(req: &AdmissionRequest<DynamicObject>, verdict: &Verdict) -> Admi
 }
 
 /// [`decide`] and [`respond`] in one: the whole core.
+#[tracing::instrument(
+    name = "admission review",
+    skip_all,
+    fields(kind = %request.kind.kind, operation = ?request.operation, object = %request.name, allowed = tracing::field::Empty)
+)]
 pub fn review(index: &Index, request: AdmissionRequest<DynamicObject>) -> AdmissionResponse {
     let verdict = decide(index, &request);
-    respond(&request, &verdict)
+    let response = respond(&request, &verdict);
+    tracing::Span::current().record("allowed", response.allowed);
+    response
 }

@@ -59,6 +59,7 @@ pub struct Changes {
 }
 
 /// Brings bridges and routes to `desired`.
+#[tracing::instrument(name = "program links", skip_all)]
 pub async fn apply(desired: &DesiredNode) -> Result<Changes> {
     let mut changes = Changes::default();
     let links: Vec<Link> = ip_json(&["addr", "show", "type", "bridge"]).await?;

@@ -4,5 +4,6 @@
 
 pub mod cmd;
 pub mod links;
+pub mod netlink;
 pub mod nft;
 pub mod services;

@@ -2,8 +2,10 @@
 //! enforces network isolation; every change is one `nft -f` transaction, so the kernel never
 //! sees a half-applied ruleset.
 //!
-//! Isolation costs O(1) per packet whatever the number of networks: a packet to a pod of an
-//! Isolated network passes only when `saddr . daddr` lies in the set of same-network pairs.
+//! Isolation costs O(1) per packet whatever the number of networks: a new flow to a pod of an
+//! Isolated network passes when `saddr . daddr` lies in the set of same-network pairs, or when
+//! a ServiceRoute's access rule guards the destination (backend address, protocol, target
+//! port) and allows the source (two more lookups in the access maps `kernel::services` fills).
 
 use ipnet::IpNet;
 
@@ -52,6 +54,18 @@ pub fn script(desired: &DesiredNode) -> String {
     s.push_str(&format!("add chain inet {TABLE} isolation\n"));
     s.push_str(&format!("flush chain inet {TABLE} forward\n"));
     s.push_str(&format!("flush chain inet {TABLE} isolation\n"));
+    // The access maps `kernel::services` fills (declared here too, identically, so that this
+    // transaction can refer to them before the service skeleton exists).
+    for (v, addr) in [("v4", "ipv4_addr"), ("v6", "ipv6_addr")] {
+        s.push_str(&format!(
+            "add map inet {TABLE} access_route_{v} {{ type {addr} . inet_proto . inet_service : mark; }}\n"
+        ));
+        s.push_str(&format!(
+            "add set inet {TABLE} access_allowed_{v} {{ type mark . {addr}; }}\n"
+        ));
+        s.push_str(&format!("add chain inet {TABLE} isolation_access_{v}\n"));
+        s.push_str(&format!("flush chain inet {TABLE} isolation_access_{v}\n"));
+    }
     for set in [
         "isolated_v4",
         "isolated_v6",
@@ -78,15 +92,30 @@ pub fn script(desired: &DesiredNode) -> String {
         "add rule inet {TABLE} isolation ct state established,related accept\n"
     ));
     s.push_str(&format!(
-        "add rule inet {TABLE} isolation ip daddr @isolated_v4 ip saddr . ip daddr != @same_network_v4 counter drop\n"
+        "add rule inet {TABLE} isolation ip daddr @isolated_v4 ip saddr . ip daddr != @same_network_v4 jump isolation_access_v4\n"
     ));
     s.push_str(&format!(
-        "add rule inet {TABLE} isolation ip6 daddr @isolated_v6 ip6 saddr . ip6 daddr != @same_network_v6 counter drop\n"
+        "add rule inet {TABLE} isolation ip6 daddr @isolated_v6 ip6 saddr . ip6 daddr != @same_network_v6 jump isolation_access_v6\n"
     ));
+    // From another network: allowed only when a route's access rule guards this destination
+    // (backend address . protocol . target port, after DNAT) and lists the source. The packet
+    // mark carries the route id between the two lookups, as in `access_v4`, and is cleared.
+    for (v, ip) in [("v4", "ip"), ("v6", "ip6")] {
+        for rule in [
+            format!("meta mark set {ip} daddr . meta l4proto . th dport map @access_route_{v}"),
+            format!("meta mark . {ip} saddr @access_allowed_{v} meta mark set 0 accept"),
+            "meta mark set 0 counter drop".to_string(),
+        ] {
+            s.push_str(&format!(
+                "add rule inet {TABLE} isolation_access_{v} {rule}\n"
+            ));
+        }
+    }
     s
 }
 
 /// Applies the table in one transaction.
+#[tracing::instrument(name = "program isolation", skip_all)]
 pub async fn apply(desired: &DesiredNode) -> Result<()> {
     run("nft", &["-f", "-"], Some(&script(desired)))
         .await

@@ -34,8 +34,10 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 use super::cmd::run;
+use super::netlink;
 use super::nft::TABLE;
 use crate::error::{Error, Result};
+use crate::service_table::Change;
 use crate::services::{Diff, Elements, Key, Proto, affinity_resets, diff, stale_udp};
 
 const FIXED_CHAINS: [&str; 12] = [
@@ -548,6 +550,36 @@ pub async fn apply(current: Option<&Elements>, target: &Elements) -> Result<Appl
     }
     for (key, backend) in stale_udp(&have, target) {
         flush_udp(&key, &backend).await?;
+        out.conntrack += 1;
+    }
+    Ok(out)
+}
+
+/// Element changes up to this size go over netlink; larger ones through `nft -f`.
+const NETLINK_MAX: usize = 2_000;
+
+/// Applies one incremental change (the kernel held the table's elements before it): one
+/// transaction with only the difference, then the affinity and conntrack clean-up. Element-only
+/// changes (the common case: chains outlive their users) go straight to nf_tables over netlink,
+/// whose cost does not grow with the table; changes with chains go through `nft -f`.
+pub async fn apply_change(nl: &mut netlink::Socket, change: &Change) -> Result<Applied> {
+    let mut out = Applied::default();
+    let d = &change.diff;
+    if !d.is_empty() {
+        let batch = netlink::batch(d);
+        if d.chains_n.is_empty() && d.chains_aff.is_empty() && batch.len() <= NETLINK_MAX {
+            nl.apply(&batch)?;
+        } else {
+            let s = script(d, &Elements::default(), false);
+            run("nft", &["-f", "-"], Some(&s)).await?;
+        }
+        out.transaction = true;
+    }
+    for key in &change.affinity_resets {
+        forget_affinity(key).await;
+    }
+    for (key, backend) in &change.stale_udp {
+        flush_udp(key, backend).await?;
         out.conntrack += 1;
     }
     Ok(out)

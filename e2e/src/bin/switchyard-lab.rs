@@ -55,6 +55,39 @@ enum Command {
         /// to the route Programmed on every node).
         #[arg(long)]
         programming: Option<usize>,
+        /// Instead: Switchyard side by side with kube-proxy (nftables) and CoreDNS, on a lab
+        /// of its own (2 nodes); prints a table of ratios and raw figures.
+        #[arg(long)]
+        compare: bool,
+        /// With --compare: route counts for full sync and one-backend changes.
+        #[arg(long, value_delimiter = ',', default_value = "1000,5000,10000")]
+        sizes: Vec<usize>,
+        /// With --compare: backend changes for the programming latency.
+        #[arg(long, default_value_t = 200)]
+        changes: usize,
+        /// With --compare: connections per connection-rate run.
+        #[arg(long, default_value_t = 20_000)]
+        connections: usize,
+        /// With --compare: seconds per dnsperf run.
+        #[arg(long, default_value_t = 10)]
+        dns_seconds: u64,
+        /// With --compare: where the SVG plots and the DNS answer comparison go.
+        #[arg(long, default_value = "docs/compare")]
+        out: PathBuf,
+        /// With --compare: keep the lab's debug builds of the agent and operator instead of
+        /// a release build.
+        #[arg(long)]
+        debug_build: bool,
+        /// Instead: the node-local DNS server of the first node, pinned to one core, under
+        /// dnsperf for cluster names and search-path misses, and the agent's memory.
+        #[arg(long)]
+        dns: bool,
+        /// With --dns: how many routes to create and serve.
+        #[arg(long, default_value_t = 1000)]
+        dns_routes: usize,
+        /// With --dns: queries per second of the latency run.
+        #[arg(long, default_value_t = 30_000)]
+        dns_rate: u32,
     },
 }
 
@@ -91,6 +124,10 @@ fn live_lab() -> anyhow::Result<LabState> {
         .map(|(_, s)| s)
         .filter(|s| s.alive() && s.ready)
         .collect();
+    // With several labs side by side, `SWITCHYARD_LAB_RUN=<run prefix>` picks one.
+    if let Ok(run) = std::env::var("SWITCHYARD_LAB_RUN") {
+        labs.retain(|s| s.run == run);
+    }
     match labs.len() {
         0 => anyhow::bail!("no lab is running; start one with `switchyard-lab up`"),
         1 => Ok(labs.remove(0)),
@@ -220,7 +257,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Down => {
+            // `SWITCHYARD_LAB_RUN=<run prefix>` stops that lab only and leaves the others (and
+            // their folders) alone.
+            let only = std::env::var("SWITCHYARD_LAB_RUN").ok();
             for (_, s) in LabState::all() {
+                if only.as_ref().is_some_and(|r| *r != s.run) {
+                    continue;
+                }
                 if s.alive()
                     && let Ok(pid) = i32::try_from(s.pid)
                 {
@@ -236,10 +279,17 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     }
                 }
                 topology::remove_run(&s.run).await;
+                if only.is_some() {
+                    let _ = std::fs::remove_dir_all(
+                        std::path::Path::new(switchyard_e2e::lab::LAB_ROOT).join(&s.run),
+                    );
+                }
                 println!("lab {} removed", s.run);
             }
-            sweep_leftovers().await;
-            let _ = std::fs::remove_dir_all(switchyard_e2e::lab::LAB_ROOT);
+            if only.is_none() {
+                sweep_leftovers().await;
+                let _ = std::fs::remove_dir_all(switchyard_e2e::lab::LAB_ROOT);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Exec { pod, command } => {
@@ -271,10 +321,97 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 u8::try_from(status.code().unwrap_or(1)).unwrap_or(1),
             ))
         }
-        Command::Bench { pods, programming } => {
+        Command::Bench {
+            pods,
+            programming,
+            compare,
+            sizes,
+            changes,
+            connections,
+            dns_seconds,
+            out,
+            debug_build,
+            dns,
+            dns_routes,
+            dns_rate,
+        } => {
+            if compare {
+                let opts = switchyard_e2e::compare::CompareOptions {
+                    sizes: sizes.clone(),
+                    changes,
+                    connections,
+                    dns_seconds,
+                    out_dir: Some(out.clone()),
+                    release: !debug_build,
+                    ..Default::default()
+                };
+                let command = format!(
+                    "switchyard-lab bench --compare --sizes {} --changes {changes} --connections {connections} --dns-seconds {dns_seconds}{}",
+                    sizes
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    if debug_build { " --debug-build" } else { "" }
+                );
+                let report = switchyard_e2e::compare::run(&opts).await?;
+                println!("{}", switchyard_e2e::compare::markdown(&report, &command));
+                for path in switchyard_e2e::compare::write_plots(&report, &out)? {
+                    println!("wrote {}", path.display());
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             let s = live_lab()?;
             let client = client_from_kubeconfig(&s.kubeconfig).await?;
             let nodes: Vec<String> = s.nodes.keys().cloned().collect();
+            if dns {
+                let (node, netns_name) = s
+                    .nodes
+                    .iter()
+                    .next()
+                    .ok_or_else(|| anyhow::anyhow!("the lab has no node"))?;
+                let r = switchyard_e2e::bench::dns(
+                    &client,
+                    &s.run,
+                    node,
+                    netns_name,
+                    dns_routes,
+                    dns_seconds,
+                    dns_rate,
+                )
+                .await?;
+                let us = |d: Duration| d.as_secs_f64() * 1e6;
+                println!(
+                    "switchyard-lab bench --dns --dns-routes {dns_routes} --dns-seconds {dns_seconds} --dns-rate {dns_rate}"
+                );
+                println!(
+                    "| queries | QPS (flat out, 1 core) | lost | p50 at {dns_rate}/s | p99 at {dns_rate}/s |"
+                );
+                println!("| --- | --- | --- | --- | --- |");
+                for (what, run) in [
+                    ("cluster names (A, NOERROR)", &r.hits),
+                    ("search-path misses (NXDOMAIN)", &r.misses),
+                ] {
+                    println!(
+                        "| {what} | {:.0} | {} | {:.0} µs | {:.0} µs |",
+                        run.qps,
+                        run.lost,
+                        us(run.p50),
+                        us(run.p99)
+                    );
+                }
+                println!(
+                    "agent on {}: RSS {} KiB before, {} KiB with {} routes served ({:.1} KiB per route); all answered {:.1} s after the first was created",
+                    r.node,
+                    r.rss_before_kib,
+                    r.rss_after_kib,
+                    r.routes,
+                    r.rss_after_kib.saturating_sub(r.rss_before_kib) as f64
+                        / r.routes.max(1) as f64,
+                    r.converge.as_secs_f64()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             if let Some(changes) = programming {
                 let r = switchyard_e2e::bench::programming(
                     &client,

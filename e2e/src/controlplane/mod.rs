@@ -92,6 +92,45 @@ impl Binaries {
     }
 }
 
+impl Binaries {
+    /// kube-proxy, built beside the control plane (the incumbent for `bench --compare`).
+    pub fn kube_proxy(&self) -> Result<PathBuf> {
+        let path = self.dir.join("kube-proxy");
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(Error::Missing {
+                what: path.display().to_string(),
+                hint: "run e2e/controlplane/build.sh (it builds kube-proxy from e2e/controlplane/k8s/go.mod)".into(),
+            })
+        }
+    }
+
+    /// CoreDNS, built from `e2e/controlplane/coredns/go.mod` into `coredns-v<version>/` of the
+    /// cache directory (the newest version there when several are).
+    pub fn coredns(&self) -> Result<PathBuf> {
+        let missing = || {
+            Error::Missing {
+            what: self.dir.join("coredns-v*/coredns").display().to_string(),
+            hint: "run e2e/controlplane/build.sh (it builds CoreDNS from e2e/controlplane/coredns/go.mod)".into(),
+        }
+        };
+        let entries = std::fs::read_dir(&self.dir).map_err(|_| missing())?;
+        let mut found: Vec<(Vec<u64>, PathBuf)> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let version = name.strip_prefix("coredns-v")?;
+                let key: Vec<u64> = version.split('.').filter_map(|p| p.parse().ok()).collect();
+                let bin = e.path().join("coredns");
+                bin.is_file().then_some((key, bin))
+            })
+            .collect();
+        found.sort();
+        found.pop().map(|(_, p)| p).ok_or_else(missing)
+    }
+}
+
 /// Builds (or finds in the cache) the control plane's binaries by running
 /// `e2e/controlplane/build.sh`, whose progress goes to our stderr. A cold build takes a
 /// while; a cache hit returns at once.

@@ -88,6 +88,7 @@ fn namespace_conflicts(ctx: &Context, name: &str, accepted: &[&PodNetwork]) -> V
 }
 
 /// Reconciles one PodNetwork.
+#[tracing::instrument(name = "reconcile PodNetwork", skip_all, fields(network = %network.name_any()))]
 pub async fn reconcile(network: Arc<PodNetwork>, ctx: Arc<Context>) -> Result<Action> {
     let name = network.name_any();
     let all = ctx.stores.networks.state();

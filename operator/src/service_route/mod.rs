@@ -42,6 +42,7 @@ pub const FINALIZER: &str = "switchyard.dev/virtual-ips";
 const RESYNC: Duration = Duration::from_secs(300);
 
 /// Reconciles one ServiceRoute (behind the finalizer that releases its addresses).
+#[tracing::instrument(name = "reconcile ServiceRoute", skip_all, fields(route = %format!("{}/{}", route.namespace().unwrap_or_default(), route.name_any())))]
 pub async fn reconcile(route: Arc<ServiceRoute>, ctx: Arc<Context>) -> Result<Action> {
     let ns = route.namespace().unwrap_or_default();
     let api: Api<ServiceRoute> = Api::namespaced(ctx.client.clone(), &ns);

@@ -1,0 +1,193 @@
+//! Cluster DNS: a node-local server (NodeLocal DNSCache style, default `169.254.20.10:53`)
+//! authoritative for the ServiceRoute names under `<clusterDomain>` and their `hostnames`,
+//! forwarding everything else to the configured upstream resolvers.
+//!
+//! `records` (pure) turns the caches into an immutable [`records::Snapshot`]; `answer` (pure)
+//! answers one query from it; `forward` asks upstreams and caches; `server` owns the sockets;
+//! [`keep_snapshot`] rebuilds the snapshot on every watch event and swaps it in atomically.
+//! It reads the API only through the agent's reflector stores and writes nothing to the API.
+
+pub mod answer;
+pub mod forward;
+pub mod records;
+pub mod server;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
+use kube::runtime::reflector::Store;
+use switchyard_api::{PodNetwork, ServiceRoute};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::error::Result;
+use crate::kernel::cmd::run as cmd;
+
+/// The default server address: link-local, the NodeLocal DNSCache convention.
+pub const DEFAULT_LISTEN: &str = "169.254.20.10:53";
+
+/// How the DNS server is set up.
+#[derive(Clone, Debug)]
+pub struct DnsConfig {
+    /// Where to listen (UDP and TCP).
+    pub listen: SocketAddr,
+    /// A dummy interface the agent creates to hold the listen address (`None`: the address
+    /// is already local).
+    pub interface: Option<String>,
+    /// The cluster domain.
+    pub cluster_domain: String,
+    /// TTL of our answers and SOA minimum.
+    pub ttl: u32,
+    /// Upstream resolvers for every other name.
+    pub upstreams: Vec<SocketAddr>,
+    /// Time to wait for one upstream attempt.
+    pub upstream_timeout: Duration,
+    /// Forwarded answers cached at most.
+    pub cache_size: usize,
+    /// UDP sockets (receive loops) on the address.
+    pub sockets: usize,
+}
+
+/// Puts the listen address on the dummy interface (created if missing), so that pods reach it
+/// through their gateway and the server can bind it.
+pub async fn ensure_address(config: &DnsConfig) -> Result<()> {
+    let Some(ifname) = &config.interface else {
+        return Ok(());
+    };
+    let ip = config.listen.ip();
+    if ip.is_unspecified() || ip.is_loopback() {
+        return Ok(());
+    }
+    // A dummy interface of our own; kernels without the dummy driver get the address on the
+    // loopback (a local address either way: pods' packets arrive on the bridge and are
+    // delivered to it).
+    let mut ifname = ifname.as_str();
+    if let Err(e) = cmd("ip", &["link", "add", ifname, "type", "dummy"], None).await {
+        let text = e.to_string();
+        if !text.contains("File exists") {
+            warn!(error = %e, "no dummy interface for the DNS address; using the loopback");
+            ifname = "lo";
+        }
+    }
+    cmd("ip", &["link", "set", ifname, "up"], None).await?;
+    let prefix = match ip {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => 128,
+    };
+    let addr = format!("{ip}/{prefix}");
+    let mut args = vec!["addr", "replace", addr.as_str(), "dev", ifname];
+    if ip.is_ipv6() {
+        args.push("nodad");
+    }
+    cmd("ip", &args, None).await?;
+    Ok(())
+}
+
+/// The caches the snapshot is built from.
+pub struct Sources {
+    /// ServiceRoutes.
+    pub routes: Store<ServiceRoute>,
+    /// Switchyard's EndpointSlices.
+    pub slices: Store<EndpointSlice>,
+    /// Namespaces.
+    pub namespaces: Store<Namespace>,
+    /// PodNetworks (their pod pools bound pod names).
+    pub networks: Store<PodNetwork>,
+}
+
+fn build(config: &DnsConfig, sources: &Sources, serial: u32) -> records::Snapshot {
+    let routes = sources.routes.state();
+    let route_refs: Vec<&ServiceRoute> = routes.iter().map(|r| r.as_ref()).collect();
+    let slices = sources.slices.state();
+    let slice_refs: Vec<&EndpointSlice> = slices.iter().map(|s| s.as_ref()).collect();
+    let namespaces = sources.namespaces.state();
+    let ns_names: Vec<String> = namespaces.iter().map(|n| n.name_any()).collect();
+    let ns_refs: Vec<&str> = ns_names.iter().map(String::as_str).collect();
+    let pod_cidrs: Vec<IpNet> = sources
+        .networks
+        .state()
+        .iter()
+        .flat_map(|n| n.spec.pod_cidrs.clone())
+        .filter_map(|c| c.parse().ok())
+        .collect();
+    records::build(&records::Inputs {
+        cluster_domain: &config.cluster_domain,
+        ttl: config.ttl,
+        serial,
+        routes: &route_refs,
+        slices: &slice_refs,
+        namespaces: &ns_refs,
+        pod_cidrs: &pod_cidrs,
+    })
+}
+
+/// Rebuilds and swaps in the snapshot after every event on `trigger` (and every `resync`),
+/// once all caches have synced (`synced` fires when the agent's other stores have, then the
+/// routes' store is awaited). Until then the server answers SERVFAIL.
+pub async fn keep_snapshot(
+    dns: Arc<server::Dns>,
+    config: DnsConfig,
+    sources: Sources,
+    mut trigger: mpsc::Receiver<Instant>,
+    resync: Duration,
+    synced: oneshot::Receiver<()>,
+) {
+    // A store's `wait_until_ready` wakes only its latest waiter (one oneshot receiver behind
+    // it), so the stores the agent's main loop waits for are not waited for here: it tells us
+    // once they are synced. Only the routes' store is ours alone.
+    if synced.await.is_err() {
+        return;
+    }
+    let _ = sources.routes.wait_until_ready().await;
+    let sources = Arc::new(sources);
+    let mut serial = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(1);
+    let mut since = Instant::now();
+    let mut first = true;
+    loop {
+        serial = serial.wrapping_add(1);
+        let (c, s) = (config.clone(), sources.clone());
+        match tokio::task::spawn_blocking(move || build(&c, &s, serial)).await {
+            Ok(snap) => {
+                let (names, routes) = (snap.len(), snap.routes);
+                dns.install(snap);
+                dns.metrics
+                    .programming
+                    .observe(since.elapsed().as_secs_f64());
+                if first {
+                    info!(
+                        names,
+                        routes, "DNS snapshot installed; answering cluster names"
+                    );
+                    first = false;
+                }
+            }
+            Err(e) => warn!(error = %e, "DNS snapshot build failed; keeping the last one"),
+        }
+        tokio::select! {
+            t = trigger.recv() => match t {
+                Some(t) => since = t,
+                None => return,
+            },
+            _ = tokio::time::sleep(resync) => since = Instant::now(),
+        }
+    }
+}
+
+/// Sets up the address, binds the sockets and returns the serving future.
+pub async fn start(
+    config: &DnsConfig,
+    dns: Arc<server::Dns>,
+) -> Result<impl std::future::Future<Output = ()> + use<>> {
+    ensure_address(config).await?;
+    let sockets = server::bind(config.listen, config.sockets)?;
+    info!(addr = %config.listen, sockets = config.sockets, upstreams = ?config.upstreams, "DNS server listening");
+    Ok(server::serve(dns, sockets))
+}

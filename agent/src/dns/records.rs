@@ -1,0 +1,670 @@
+//! The record set (sans I/O): a pure function from the agent's caches (ServiceRoutes, their
+//! EndpointSlices, Namespaces, PodNetworks) to an immutable [`Snapshot`] that answers every
+//! lookup with one hash probe on the lowercased name.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use hickory_proto::rr::Name;
+use ipnet::IpNet;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
+use switchyard_api::ServiceRoute;
+use switchyard_api::dataplane::{SLICE_ROLE_ACCESS, SLICE_ROLE_LABEL};
+
+/// Label naming the route a slice belongs to (written by the operator).
+pub const ROUTE_LABEL: &str = "switchyard.dev/route";
+/// The schema version of the Kubernetes DNS specification we follow.
+pub const SCHEMA_VERSION: &str = "1.1.0";
+
+/// One SRV record's data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Srv {
+    /// Priority (always 0: every target is equal).
+    pub priority: u16,
+    /// Weight.
+    pub weight: u16,
+    /// Port.
+    pub port: u16,
+    /// Target host.
+    pub target: Name,
+}
+
+/// Everything one owner name holds. A name that exists with no data (an empty non-terminal
+/// such as `svc.<zone>` or `<ns>.svc.<zone>`) has an empty `Node`: NODATA, never NXDOMAIN.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Node {
+    /// IPv4 addresses.
+    pub a: Vec<Ipv4Addr>,
+    /// IPv6 addresses.
+    pub aaaa: Vec<Ipv6Addr>,
+    /// Service records.
+    pub srv: Vec<Srv>,
+    /// Pointer targets (reverse names).
+    pub ptr: Vec<Name>,
+    /// Text strings (`dns-version`).
+    pub txt: Vec<String>,
+    /// Whether this is the cluster zone's apex (holds the SOA).
+    pub apex: bool,
+}
+
+impl Node {
+    /// Whether the node holds no record at all.
+    pub fn is_empty(&self) -> bool {
+        self.a.is_empty()
+            && self.aaaa.is_empty()
+            && self.srv.is_empty()
+            && self.ptr.is_empty()
+            && self.txt.is_empty()
+            && !self.apex
+    }
+}
+
+/// Where a name falls.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Found<'a> {
+    /// A name we hold, in the cluster zone (`cluster == true`) or elsewhere (a hostname, a
+    /// reverse name): answer from it, NODATA when it has nothing of the asked type.
+    Node {
+        /// Its records.
+        node: &'a Node,
+        /// Whether it lies in the cluster zone.
+        cluster: bool,
+    },
+    /// A pod name `a-b-c-d.<ns>.pod.<zone>` of an address in a pod network.
+    Pod(IpAddr),
+    /// In the cluster zone but no such name: NXDOMAIN.
+    NxDomain,
+    /// Not ours: forward it.
+    Elsewhere,
+}
+
+/// An immutable answer set, built whole and swapped in atomically.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The cluster zone's apex, lowercase, fully qualified (`cluster.local.`).
+    pub zone: Name,
+    /// `zone` as a lowercase key with the trailing dot.
+    zone_key: String,
+    /// `.` + `zone_key`, to test suffixes without allocating.
+    zone_suffix: String,
+    /// `.pod.` + `zone_key`.
+    pod_suffix: String,
+    /// TTL of every answer and of negative answers (the SOA minimum).
+    pub ttl: u32,
+    /// SOA serial: changes with every snapshot.
+    pub serial: u32,
+    names: HashMap<Box<str>, Node>,
+    pod_cidrs: Vec<IpNet>,
+    /// Routes served, for metrics.
+    pub routes: usize,
+}
+
+/// The inputs of one build.
+pub struct Inputs<'a> {
+    /// The cluster domain, e.g. `cluster.local`.
+    pub cluster_domain: &'a str,
+    /// Answer TTL in seconds.
+    pub ttl: u32,
+    /// SOA serial.
+    pub serial: u32,
+    /// Every ServiceRoute.
+    pub routes: &'a [&'a ServiceRoute],
+    /// Switchyard's EndpointSlices.
+    pub slices: &'a [&'a EndpointSlice],
+    /// Namespace names (for `<ns>.pod.<zone>` and `<ns>.svc.<zone>`).
+    pub namespaces: &'a [&'a str],
+    /// Pod address pools: pod names answer only inside them.
+    pub pod_cidrs: &'a [IpNet],
+}
+
+/// The lowercase key of a name: ASCII, fully qualified, with the trailing dot.
+pub fn key_of(name: &Name) -> String {
+    let mut s = name.to_ascii();
+    s.make_ascii_lowercase();
+    if !s.ends_with('.') {
+        s.push('.');
+    }
+    s
+}
+
+/// The reverse-lookup name of `ip` (`4.3.2.1.in-addr.arpa.`, nibbles under `ip6.arpa.`).
+pub fn reverse_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.{}.in-addr.arpa.", o[3], o[2], o[1], o[0])
+        }
+        IpAddr::V6(v6) => {
+            let mut s = String::with_capacity(73);
+            for b in v6.octets().iter().rev() {
+                let (lo, hi) = (b & 0xf, b >> 4);
+                s.push(char::from_digit(u32::from(lo), 16).unwrap_or('0'));
+                s.push('.');
+                s.push(char::from_digit(u32::from(hi), 16).unwrap_or('0'));
+                s.push('.');
+            }
+            s.push_str("ip6.arpa.");
+            s
+        }
+    }
+}
+
+/// The label Kubernetes DNS uses for an address: dots or colons become dashes.
+pub fn dashed(ip: IpAddr) -> String {
+    ip.to_string().replace(['.', ':'], "-")
+}
+
+/// The address a dashed label stands for (`10-0-0-1`, `fd00--5`), if any.
+pub fn undashed(label: &str) -> Option<IpAddr> {
+    if label.bytes().filter(|b| *b == b'-').count() == 3
+        && !label.contains("--")
+        && let Ok(v4) = label.replace('-', ".").parse::<Ipv4Addr>()
+    {
+        return Some(IpAddr::V4(v4));
+    }
+    label
+        .replace('-', ":")
+        .parse::<Ipv6Addr>()
+        .ok()
+        .map(IpAddr::V6)
+}
+
+fn is_accepted(route: &ServiceRoute) -> bool {
+    route.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Accepted" && c.status == "True")
+    })
+}
+
+fn name_of(key: &str) -> Option<Name> {
+    Name::from_ascii(key).ok()
+}
+
+/// One backend address as DNS sees it.
+struct Backend {
+    ip: IpAddr,
+    label: String,
+    /// Port number by the slice's port name.
+    ports: Vec<(String, i32)>,
+}
+
+struct Builder {
+    zone_key: String,
+    names: HashMap<Box<str>, Node>,
+}
+
+impl Builder {
+    fn node(&mut self, key: &str) -> &mut Node {
+        // Empty non-terminals: every ancestor inside the zone exists.
+        if let Some(rest) = key.strip_suffix(&self.zone_key) {
+            let mut parent = rest;
+            while let Some(i) = parent.find('.') {
+                parent = &parent[i + 1..];
+                let k = format!("{parent}{}", self.zone_key);
+                if self.names.contains_key(k.as_str()) {
+                    break;
+                }
+                self.names.insert(k.into_boxed_str(), Node::default());
+            }
+        }
+        self.names.entry(key.into()).or_default()
+    }
+
+    fn address(&mut self, key: &str, ip: IpAddr) {
+        let n = self.node(key);
+        match ip {
+            IpAddr::V4(v4) if !n.a.contains(&v4) => n.a.push(v4),
+            IpAddr::V6(v6) if !n.aaaa.contains(&v6) => n.aaaa.push(v6),
+            _ => {}
+        }
+    }
+
+    fn ptr(&mut self, ip: IpAddr, target: &Name) {
+        let key = reverse_key(ip);
+        let n = self.names.entry(key.into_boxed_str()).or_default();
+        if !n.ptr.contains(target) {
+            n.ptr.push(target.clone());
+        }
+    }
+}
+
+fn backends_of(route: &ServiceRoute, slices: &[&EndpointSlice]) -> Vec<Backend> {
+    let (ns, name) = (route.namespace().unwrap_or_default(), route.name_any());
+    let publish = route.spec.publish_not_ready_addresses;
+    let mut out: Vec<Backend> = Vec::new();
+    let mut seen: HashSet<IpAddr> = HashSet::new();
+    for slice in slices {
+        let labels = slice.labels();
+        if slice.namespace().as_deref() != Some(ns.as_str())
+            || labels.get(ROUTE_LABEL).map(String::as_str) != Some(name.as_str())
+            || labels.get(SLICE_ROLE_LABEL).map(String::as_str) == Some(SLICE_ROLE_ACCESS)
+        {
+            continue;
+        }
+        let ports: Vec<(String, i32)> = slice
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| Some((p.name.clone()?, p.port?)))
+            .collect();
+        for ep in &slice.endpoints {
+            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            if !ready && !publish {
+                continue;
+            }
+            for a in &ep.addresses {
+                let Ok(ip) = a.parse::<IpAddr>() else {
+                    continue;
+                };
+                if !seen.insert(ip) {
+                    continue;
+                }
+                let label = ep
+                    .hostname
+                    .clone()
+                    .filter(|h| !h.is_empty())
+                    .unwrap_or_else(|| dashed(ip))
+                    .to_ascii_lowercase();
+                out.push(Backend {
+                    ip,
+                    label,
+                    ports: ports.clone(),
+                });
+            }
+        }
+    }
+    out.sort_by_key(|b| b.ip);
+    out
+}
+
+/// Builds the snapshot: the Kubernetes DNS schema 1.1.0 records of every accepted route, pod
+/// names, `dns-version`, and reverse records for virtual IPs and headless backends.
+pub fn build(input: &Inputs<'_>) -> Snapshot {
+    let domain = input.cluster_domain.trim_matches('.').to_ascii_lowercase();
+    let zone_key = format!("{domain}.");
+    let zone = name_of(&zone_key).unwrap_or_else(Name::root);
+    let mut b = Builder {
+        zone_key: zone_key.clone(),
+        names: HashMap::new(),
+    };
+    b.names.insert(
+        zone_key.clone().into_boxed_str(),
+        Node {
+            apex: true,
+            ..Node::default()
+        },
+    );
+    b.node(&format!("dns-version.{zone_key}"))
+        .txt
+        .push(SCHEMA_VERSION.to_string());
+    for ns in input.namespaces {
+        let ns = ns.to_ascii_lowercase();
+        b.node(&format!("{ns}.svc.{zone_key}"));
+        b.node(&format!("{ns}.pod.{zone_key}"));
+    }
+    let mut routes = 0;
+    for route in input.routes.iter().filter(|r| is_accepted(r)) {
+        let (ns, name) = (
+            route.namespace().unwrap_or_default().to_ascii_lowercase(),
+            route.name_any().to_ascii_lowercase(),
+        );
+        let svc_key = format!("{name}.{ns}.svc.{zone_key}");
+        let Some(svc_name) = name_of(&svc_key) else {
+            continue;
+        };
+        let mut hostnames: Vec<String> = route
+            .spec
+            .hostnames
+            .iter()
+            .map(|h| format!("{}.", h.trim_end_matches('.').to_ascii_lowercase()))
+            .filter(|h| name_of(h).is_some())
+            .collect();
+        hostnames.sort();
+        hostnames.dedup();
+        routes += 1;
+        let named_ports: Vec<(&str, &str, i32)> = route
+            .spec
+            .ports
+            .iter()
+            .filter_map(|p| {
+                let n = p.name.as_deref().filter(|n| !n.is_empty())?;
+                Some((n, p.protocol.as_str(), p.port))
+            })
+            .collect();
+        if route.spec.headless {
+            let backends = backends_of(route, input.slices);
+            // No ready backend: the name does not exist (the specification's NXDOMAIN).
+            if backends.is_empty() {
+                continue;
+            }
+            let weight = u16::try_from((100 / backends.len()).max(1)).unwrap_or(1);
+            for be in &backends {
+                let host_key = format!("{}.{svc_key}", be.label);
+                let Some(host_name) = name_of(&host_key) else {
+                    continue;
+                };
+                b.address(&svc_key, be.ip);
+                for h in &hostnames {
+                    b.address(h, be.ip);
+                }
+                b.address(&host_key, be.ip);
+                b.ptr(be.ip, &host_name);
+                for (port_name, proto, port) in &named_ports {
+                    let target_port = be
+                        .ports
+                        .iter()
+                        .find(|(n, _)| n == port_name)
+                        .map(|(_, p)| *p)
+                        .unwrap_or(*port);
+                    let srv = Srv {
+                        priority: 0,
+                        weight,
+                        port: u16::try_from(target_port).unwrap_or(0),
+                        target: host_name.clone(),
+                    };
+                    let k = format!(
+                        "_{}._{}.{svc_key}",
+                        port_name.to_ascii_lowercase(),
+                        proto.to_ascii_lowercase()
+                    );
+                    let n = b.node(&k);
+                    if !n.srv.contains(&srv) {
+                        n.srv.push(srv);
+                    }
+                }
+            }
+        } else {
+            let vips: Vec<IpAddr> = route
+                .status
+                .iter()
+                .flat_map(|s| s.virtual_ips.iter())
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            b.node(&svc_key);
+            for h in &hostnames {
+                b.node(h);
+            }
+            for ip in &vips {
+                b.address(&svc_key, *ip);
+                for h in &hostnames {
+                    b.address(h, *ip);
+                }
+                b.ptr(*ip, &svc_name);
+            }
+            for (port_name, proto, port) in &named_ports {
+                let k = format!(
+                    "_{}._{}.{svc_key}",
+                    port_name.to_ascii_lowercase(),
+                    proto.to_ascii_lowercase()
+                );
+                let srv = Srv {
+                    priority: 0,
+                    weight: 100,
+                    port: u16::try_from(*port).unwrap_or(0),
+                    target: svc_name.clone(),
+                };
+                b.node(&k).srv.push(srv);
+            }
+        }
+    }
+    // Deterministic answer order.
+    for n in b.names.values_mut() {
+        n.a.sort();
+        n.aaaa.sort();
+        n.ptr.sort_by_key(key_of);
+        n.srv.sort_by_key(|x| (key_of(&x.target), x.port));
+    }
+    let pod_cidrs: BTreeSet<IpNet> = input.pod_cidrs.iter().copied().collect();
+    Snapshot {
+        zone,
+        zone_suffix: format!(".{zone_key}"),
+        pod_suffix: format!(".pod.{zone_key}"),
+        zone_key,
+        ttl: input.ttl,
+        serial: input.serial,
+        names: b.names,
+        pod_cidrs: pod_cidrs.into_iter().collect(),
+        routes,
+    }
+}
+
+impl Snapshot {
+    /// Finds `key` (lowercase, fully qualified): one hash probe, plus a parse for pod names.
+    pub fn find(&self, key: &str) -> Found<'_> {
+        let cluster = key == self.zone_key || key.ends_with(&self.zone_suffix);
+        if let Some(node) = self.names.get(key) {
+            return Found::Node { node, cluster };
+        }
+        if !cluster {
+            return Found::Elsewhere;
+        }
+        if let Some(rest) = key.strip_suffix(&self.pod_suffix)
+            && let Some((label, ns)) = rest.split_once('.')
+            && !ns.contains('.')
+            && self
+                .names
+                .contains_key(format!("{ns}{}", self.pod_suffix).as_str())
+            && let Some(ip) = undashed(label)
+            && self.pod_cidrs.iter().any(|c| c.contains(&ip))
+        {
+            return Found::Pod(ip);
+        }
+        Found::NxDomain
+    }
+
+    /// Whether `key` lies in the cluster zone.
+    pub fn in_zone(&self, key: &str) -> bool {
+        key == self.zone_key || key.ends_with(&self.zone_suffix)
+    }
+
+    /// Number of owner names held.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Whether no name is held (never: the apex is always there).
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// The records at `key`, if held (for SRV targets' addresses).
+    pub fn node(&self, key: &str) -> Option<&Node> {
+        self.names.get(key)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
+    use switchyard_api::ServiceRouteStatus;
+    use switchyard_api::service_route::ServiceRouteSpec;
+
+    pub fn mk_route(ns: &str, name: &str, headless: bool, vips: &[&str]) -> ServiceRoute {
+        let spec: ServiceRouteSpec = serde_json::from_value(serde_json::json!({
+            "selector": {"matchLabels": {"app": name}},
+            "ports": [
+                {"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"},
+                {"name": "dns", "port": 53, "protocol": "UDP"}
+            ],
+            "headless": headless,
+            "hostnames": [format!("{name}.{ns}.Example.Internal")],
+        }))
+        .unwrap();
+        let mut r = ServiceRoute::new(name, spec);
+        r.metadata.namespace = Some(ns.into());
+        r.status = Some(ServiceRouteStatus {
+            virtual_ips: vips.iter().map(|s| s.to_string()).collect(),
+            conditions: vec![Condition {
+                type_: "Accepted".into(),
+                status: "True".into(),
+                reason: "Accepted".into(),
+                message: String::new(),
+                observed_generation: None,
+                last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+            }],
+            ..Default::default()
+        });
+        r
+    }
+
+    pub fn mk_slice(ns: &str, route: &str, eps: &[(&str, bool)]) -> EndpointSlice {
+        EndpointSlice {
+            metadata: ObjectMeta {
+                name: Some(format!("{route}-x")),
+                namespace: Some(ns.into()),
+                labels: Some([(ROUTE_LABEL.to_string(), route.to_string())].into()),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: eps
+                .iter()
+                .map(|(ip, ready)| Endpoint {
+                    addresses: vec![ip.to_string()],
+                    conditions: Some(EndpointConditions {
+                        ready: Some(*ready),
+                        serving: Some(*ready),
+                        terminating: Some(false),
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+            ports: Some(vec![EndpointPort {
+                name: Some("http".into()),
+                port: Some(8080),
+                protocol: Some("TCP".into()),
+                app_protocol: None,
+            }]),
+        }
+    }
+
+    pub fn snapshot(routes: &[ServiceRoute], slices: &[EndpointSlice]) -> Snapshot {
+        let r: Vec<&ServiceRoute> = routes.iter().collect();
+        let s: Vec<&EndpointSlice> = slices.iter().collect();
+        let cidrs: Vec<IpNet> = vec!["198.18.128.0/17".parse().unwrap()];
+        build(&Inputs {
+            cluster_domain: "cluster.local",
+            ttl: 5,
+            serial: 1,
+            routes: &r,
+            slices: &s,
+            namespaces: &["shop", "default"],
+            pod_cidrs: &cidrs,
+        })
+    }
+
+    fn node<'a>(s: &'a Snapshot, key: &str) -> &'a Node {
+        match s.find(key) {
+            Found::Node { node, .. } => node,
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_route_with_a_virtual_ip_has_a_srv_ptr_and_hostnames() {
+        let s = snapshot(
+            &[mk_route("shop", "web", false, &["198.18.200.5", "fd00::5"])],
+            &[],
+        );
+        let n = node(&s, "web.shop.svc.cluster.local.");
+        assert_eq!(n.a, vec!["198.18.200.5".parse::<Ipv4Addr>().unwrap()]);
+        assert_eq!(n.aaaa, vec!["fd00::5".parse::<Ipv6Addr>().unwrap()]);
+        assert_eq!(node(&s, "web.shop.example.internal.").a, n.a);
+        let srv = &node(&s, "_http._tcp.web.shop.svc.cluster.local.").srv;
+        assert_eq!(srv.len(), 1);
+        assert_eq!(srv[0].port, 80);
+        assert_eq!(
+            node(&s, "_dns._udp.web.shop.svc.cluster.local.").srv.len(),
+            1
+        );
+        let ptr = &node(&s, "5.200.18.198.in-addr.arpa.").ptr;
+        assert_eq!(key_of(&ptr[0]), "web.shop.svc.cluster.local.");
+        let v6 = reverse_key("fd00::5".parse().unwrap());
+        assert!(v6.starts_with("5.0.0.0."), "{v6}");
+        assert!(v6.ends_with(".0.0.d.f.ip6.arpa."), "{v6}");
+        assert_eq!(node(&s, &v6).ptr.len(), 1);
+        // Empty non-terminals exist; their children that do not are NXDOMAIN.
+        assert!(node(&s, "_tcp.web.shop.svc.cluster.local.").is_empty());
+        assert!(node(&s, "shop.svc.cluster.local.").is_empty());
+        assert!(node(&s, "svc.cluster.local.").is_empty());
+        assert_eq!(s.find("nope.shop.svc.cluster.local."), Found::NxDomain);
+        assert_eq!(
+            s.find("web.shop.svc.cluster.local.shop.svc.cluster.local."),
+            Found::NxDomain
+        );
+        assert_eq!(s.find("example.test."), Found::Elsewhere);
+        assert_eq!(node(&s, "dns-version.cluster.local.").txt, vec!["1.1.0"]);
+    }
+
+    #[test]
+    fn headless_routes_answer_ready_backends_with_names() {
+        let mut slice = mk_slice(
+            "shop",
+            "db",
+            &[("198.18.130.2", true), ("198.18.130.3", false)],
+        );
+        slice.endpoints[0].hostname = Some("db-0".into());
+        let s = snapshot(&[mk_route("shop", "db", true, &[])], &[slice.clone()]);
+        let n = node(&s, "db.shop.svc.cluster.local.");
+        assert_eq!(n.a, vec!["198.18.130.2".parse::<Ipv4Addr>().unwrap()]);
+        assert_eq!(node(&s, "db-0.db.shop.svc.cluster.local.").a, n.a);
+        let srv = &node(&s, "_http._tcp.db.shop.svc.cluster.local.").srv;
+        assert_eq!(srv.len(), 1);
+        assert_eq!(srv[0].port, 8080);
+        assert_eq!(key_of(&srv[0].target), "db-0.db.shop.svc.cluster.local.");
+        assert_eq!(
+            key_of(&node(&s, "2.130.18.198.in-addr.arpa.").ptr[0]),
+            "db-0.db.shop.svc.cluster.local."
+        );
+        assert_eq!(s.find("3.130.18.198.in-addr.arpa."), Found::Elsewhere);
+        // Publishing not-ready addresses serves both, the unnamed one under its dashed IP.
+        let mut route = mk_route("shop", "db", true, &[]);
+        route.spec.publish_not_ready_addresses = true;
+        let s = snapshot(&[route], &[slice.clone()]);
+        assert_eq!(node(&s, "db.shop.svc.cluster.local.").a.len(), 2);
+        assert_eq!(
+            node(&s, "198-18-130-3.db.shop.svc.cluster.local.").a.len(),
+            1
+        );
+        // No ready backend: the name does not exist.
+        slice.endpoints[0].conditions = None;
+        slice.endpoints[0].addresses.clear();
+        let s = snapshot(&[mk_route("shop", "db", true, &[])], &[slice]);
+        assert_eq!(s.find("db.shop.svc.cluster.local."), Found::NxDomain);
+    }
+
+    #[test]
+    fn pod_names_answer_inside_pod_pools_of_known_namespaces() {
+        let s = snapshot(&[], &[]);
+        assert_eq!(
+            s.find("198-18-130-9.shop.pod.cluster.local."),
+            Found::Pod("198.18.130.9".parse().unwrap())
+        );
+        assert_eq!(s.find("10-0-0-1.shop.pod.cluster.local."), Found::NxDomain);
+        assert_eq!(
+            s.find("198-18-130-9.nons.pod.cluster.local."),
+            Found::NxDomain
+        );
+        assert_eq!(
+            s.find("x.198-18-130-9.shop.pod.cluster.local."),
+            Found::NxDomain
+        );
+        assert!(node(&s, "shop.pod.cluster.local.").is_empty());
+        assert_eq!(undashed("fd00--5"), Some("fd00::5".parse().unwrap()));
+        assert_eq!(undashed("1-2-3"), None);
+    }
+
+    #[test]
+    fn routes_not_accepted_are_not_served() {
+        let mut r = mk_route("shop", "web", false, &["198.18.200.5"]);
+        if let Some(s) = r.status.as_mut() {
+            s.conditions[0].status = "False".into();
+        }
+        let s = snapshot(&[r], &[]);
+        assert_eq!(s.find("web.shop.svc.cluster.local."), Found::NxDomain);
+        assert_eq!(s.find("web.shop.example.internal."), Found::Elsewhere);
+    }
+}

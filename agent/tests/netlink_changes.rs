@@ -1,0 +1,132 @@
+//! The incremental path against a real kernel: the service table's changes, sent over netlink
+//! (and through `nft -f` when they carry chains), leave exactly the table's elements in
+//! `inet switchyard`. Runs in a network namespace of its own (needs root, `nft`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::IpAddr;
+
+use switchyard_agent::kernel::netlink;
+use switchyard_agent::kernel::services as ksvc;
+use switchyard_agent::service_table::ServiceTable;
+use switchyard_agent::services::{Backend, Key, Proto, RouteAccess, RouteDesired, Service};
+
+fn key(i: u8, six: bool, proto: Proto) -> Key {
+    Key {
+        vip: if six {
+            format!("fd00:19::{i}").parse().unwrap()
+        } else {
+            IpAddr::from([198, 19, 0, i])
+        },
+        proto,
+        port: 80 + u16::from(i),
+    }
+}
+
+fn route(i: u8, n: u8, affinity: Option<u32>, access: bool) -> RouteDesired {
+    let mut services = std::collections::BTreeMap::new();
+    for six in [false, true] {
+        for proto in [Proto::Tcp, Proto::Udp] {
+            let k = key(i, six, proto);
+            services.insert(
+                k,
+                Service {
+                    route: format!("ns/r{i}"),
+                    backends: (0..n)
+                        .map(|b| Backend {
+                            ip: if six {
+                                format!("fd00:18::{i}:{b}").parse().unwrap()
+                            } else {
+                                IpAddr::from([198, 18, i, b])
+                            },
+                            port: 8000 + u16::from(b),
+                            node: Some(if b == 0 { "here" } else { "there" }.into()),
+                        })
+                        .collect(),
+                    affinity,
+                    local: false,
+                },
+            );
+        }
+    }
+    let access = access.then(|| RouteAccess {
+        targets: services.keys().copied().collect(),
+        sources: [
+            IpAddr::from([198, 18, 200, i]),
+            "fd00:18::c8".parse().unwrap(),
+        ]
+        .into(),
+    });
+    RouteDesired { services, access }
+}
+
+#[test]
+fn incremental_changes_leave_exactly_the_tables_elements() {
+    std::thread::spawn(|| {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("unshare a network namespace (run as root)");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut table = ServiceTable::new("here");
+            for i in 0..6 {
+                table.set_route(&format!("ns/r{i}"), Some(route(i, 3, None, i % 2 == 0)));
+            }
+            table.settle();
+            ksvc::apply(None, &table.elements()).await.unwrap();
+            let mut nl = netlink::Socket::open().unwrap();
+            assert_eq!(ksvc::read().await.unwrap(), table.elements());
+            // Element-only changes (netlink): fewer backends, affinity, access, no backends,
+            // a route gone, back again.
+            let steps: Vec<(u8, Option<RouteDesired>)> = vec![
+                (1, Some(route(1, 2, None, false))),
+                (1, Some(route(1, 3, None, false))),
+                (2, Some(route(2, 3, None, false))),
+                (3, Some(route(3, 3, None, true))),
+                (4, Some(route(4, 0, None, true))),
+                (5, None),
+                (5, Some(route(5, 3, None, false))),
+                (0, Some(route(0, 3, Some(30), true))),
+                (0, Some(route(0, 2, Some(30), true))),
+                (0, Some(route(0, 2, None, true))),
+                (4, Some(route(4, 1, None, true))),
+            ];
+            for (i, want) in steps {
+                table.set_route(&format!("ns/r{i}"), want);
+                let change = table.take_change();
+                ksvc::apply_change(&mut nl, &change).await.unwrap();
+                assert_eq!(
+                    ksvc::read().await.unwrap(),
+                    table.elements(),
+                    "after changing route {i}"
+                );
+            }
+            // Dropping chains nothing uses goes through nft.
+            table.release_unused_chains();
+            ksvc::apply_change(&mut nl, &table.take_change())
+                .await
+                .unwrap();
+            assert_eq!(ksvc::read().await.unwrap(), table.elements());
+            // A change the kernel refuses (deleting an element that is not there) applies
+            // nothing and names the problem.
+            let mut bad = table.clone();
+            bad.set_route("ns/r9", Some(route(9, 1, None, false)));
+            bad.settle();
+            bad.set_route("ns/r9", None);
+            let err = ksvc::apply_change(&mut nl, &bad.take_change())
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("netlink"), "{err}");
+            assert_eq!(ksvc::read().await.unwrap(), table.elements());
+            // The socket stays usable after a refused transaction.
+            table.set_route("ns/r1", Some(route(1, 1, None, false)));
+            ksvc::apply_change(&mut nl, &table.take_change())
+                .await
+                .unwrap();
+            assert_eq!(ksvc::read().await.unwrap(), table.elements());
+        });
+    })
+    .join()
+    .unwrap();
+}

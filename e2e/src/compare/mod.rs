@@ -1,0 +1,1837 @@
+//! `switchyard-lab bench --compare`: Switchyard side by side with kube-proxy (nftables mode)
+//! and CoreDNS, in one run, on one lab, against one API server.
+//!
+//! What is measured, each for both sides:
+//! - full sync of N synthetic routes × 10 backends (Switchyard: VirtualIP claims and
+//!   EndpointSlices as the operator writes them; kube-proxy: selectorless Services with
+//!   EndpointSlices; the same backend addresses): from process start to all rules in the
+//!   kernel, from an empty table;
+//! - one backend removed from or added to one route at each size: from the API write to the
+//!   kernel holding the change (`nft` polled in the node's namespace);
+//! - programming latency: from a new backend Pod observed Ready (or a backend Pod deleted) to
+//!   the kernel of the client's node holding the change; one Service and one ServiceRoute
+//!   select the same pods, so both sides see the same events;
+//! - connections through the virtual IP (ClusterIP for kube-proxy) from a pod on one node to
+//!   a pod on the other, with the few lab services installed and with N synthetic ones;
+//! - DNS QPS and p99 with `dnsperf` for cluster names and for search-path misses;
+//! - resident memory of the agent and kube-proxy, and of the DNS servers, at the largest size.
+//!
+//! Every loop is bounded in count and time; all addresses are inside 198.18.0.0/15 (and the
+//! node-local DNS addresses, which exist only inside the node namespaces).
+
+pub mod dnsdiff;
+pub mod incumbents;
+pub mod svg;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use switchyard_api::dataplane::{
+    ParamPort, ROUTE_GENERATION_ANNOTATION, ROUTE_PARAMS_ANNOTATION, RouteParams,
+};
+use switchyard_api::service_route::{Protocol, TrafficPolicy};
+use switchyard_api::{ServiceRoute, VirtualIP};
+
+use crate::error::{Error, Result};
+use crate::lab::{Lab, LabOptions};
+use crate::netns;
+use crate::podsim::{TESTPOD_IMAGE, pod_netns};
+use incumbents::{
+    COREDNS_ADDR, Incumbents, SWITCHYARD_DNS_ADDR, find_pid, http_get, metric_with, rss_kib,
+    udp_listener_pid,
+};
+
+/// Backends per synthetic route.
+pub const BACKENDS: usize = 10;
+/// Namespace of kube-proxy's synthetic Services.
+const NS_KP: &str = "cmp-kp";
+/// Namespace of Switchyard's synthetic claims and slices.
+const NS_SY: &str = "cmp-sy";
+/// Namespace of the programming, connection and DNS objects.
+const NS_FIX: &str = "cmp-fix";
+/// Extra service range (a ServiceCIDR) for the synthetic Services (16,382 addresses).
+const BENCH_SERVICE_CIDR: &str = "198.19.128.0/18";
+const SERVICE_BASE: Ipv4Addr = Ipv4Addr::new(198, 19, 128, 0);
+/// Switchyard's synthetic virtual IPs: 198.19.200.1 onwards, outside every pool of
+/// `examples/` (virtual IPs 198.19.0.0/20 and 198.19.16.0/20, pods 198.19.64.0/18) and below
+/// the Service range 198.19.255.0/24.
+const VIP_BASE: Ipv4Addr = Ipv4Addr::new(198, 19, 200, 0);
+/// Synthetic backend addresses (both sides use the same), in the pod range, never assigned
+/// in a small lab (node blocks start at 198.18.128.0/24).
+const BACKEND_BASE: Ipv4Addr = Ipv4Addr::new(198, 18, 240, 0);
+const MAX_SIZE: usize = 10_000;
+const PORT: i32 = 80;
+const TARGET_PORT: i32 = 8080;
+const PORT_NAME: &str = "http";
+/// Concurrent API writes while creating synthetic objects.
+const WRITE_CONCURRENCY: usize = 32;
+/// Names served for the DNS runs.
+const DNS_NAMES: usize = 100;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct CompareOptions {
+    /// Route counts for full sync and one-backend changes (ascending).
+    pub sizes: Vec<usize>,
+    /// Backend changes for the programming latency.
+    pub changes: usize,
+    /// One-backend changes per size and side.
+    pub change_rounds: usize,
+    /// Connections per connection-rate run.
+    pub connections: usize,
+    /// Seconds per dnsperf run.
+    pub dns_seconds: u64,
+    /// Where the SVG plots and the DNS answer comparison go (`None`: nowhere).
+    pub out_dir: Option<PathBuf>,
+    /// Run Switchyard's agent and operator from a release build (the incumbents are
+    /// optimised Go builds; the lab's own binaries are debug builds).
+    pub release: bool,
+}
+
+impl Default for CompareOptions {
+    fn default() -> Self {
+        Self {
+            sizes: vec![1_000, 5_000, 10_000],
+            changes: 200,
+            change_rounds: 10,
+            connections: 20_000,
+            dns_seconds: 10,
+            out_dir: None,
+            release: true,
+        }
+    }
+}
+
+/// Latency figures of one series.
+#[derive(Clone, Debug, Default)]
+pub struct Latencies {
+    /// Sorted samples.
+    pub samples: Vec<Duration>,
+}
+
+impl Latencies {
+    fn from(mut v: Vec<Duration>) -> Self {
+        v.sort();
+        Self { samples: v }
+    }
+    /// The `q` quantile (nearest rank); zero without samples.
+    pub fn q(&self, q: f64) -> Duration {
+        if self.samples.is_empty() {
+            return Duration::ZERO;
+        }
+        let i = ((self.samples.len() - 1) as f64 * q).round() as usize;
+        self.samples[i.min(self.samples.len() - 1)]
+    }
+    fn ms(&self, q: f64) -> f64 {
+        self.q(q).as_secs_f64() * 1e3
+    }
+}
+
+/// Full sync and change latency at one size.
+#[derive(Clone, Debug)]
+pub struct SizeResult {
+    /// Synthetic routes (each side).
+    pub routes: usize,
+    /// Switchyard agent: start to every route in the kernel.
+    pub sy_sync: Duration,
+    /// kube-proxy: start to the end of its first sync (its own timestamp).
+    pub kp_sync: Duration,
+    /// Switchyard: one-backend changes.
+    pub sy_change: Latencies,
+    /// kube-proxy: one-backend changes.
+    pub kp_change: Latencies,
+}
+
+/// One connection-rate run.
+#[derive(Clone, Debug)]
+pub struct ConnResult {
+    /// Connections that completed.
+    pub done: usize,
+    /// Connections that failed.
+    pub failed: usize,
+    /// Wall time.
+    pub secs: f64,
+    /// Per-connection latency (connect, 1-line echo, close).
+    pub latency: Latencies,
+}
+
+impl ConnResult {
+    /// Connections per second.
+    pub fn rate(&self) -> f64 {
+        if self.secs > 0.0 {
+            self.done as f64 / self.secs
+        } else {
+            0.0
+        }
+    }
+}
+
+/// One dnsperf run.
+#[derive(Clone, Debug)]
+pub struct DnsResult {
+    /// Queries per second.
+    pub qps: f64,
+    /// Queries sent.
+    pub sent: u64,
+    /// Queries that got no answer.
+    pub lost: u64,
+    /// Answers by rcode.
+    pub rcodes: BTreeMap<String, u64>,
+    /// Per-query latency.
+    pub latency: Latencies,
+}
+
+/// Everything one run measured.
+#[derive(Clone, Debug, Default)]
+pub struct CompareReport {
+    /// Full sync and change latency per size.
+    pub sizes: Vec<SizeResult>,
+    /// Programming latency, Switchyard.
+    pub sy_programming: Latencies,
+    /// Programming latency, kube-proxy.
+    pub kp_programming: Latencies,
+    /// Connection runs: (label, services installed, Switchyard, kube-proxy).
+    pub conns: Vec<(String, usize, ConnResult, ConnResult)>,
+    /// DNS runs: (query set, Switchyard (None: not there), CoreDNS).
+    pub dns: Vec<(String, Option<DnsResult>, DnsResult)>,
+    /// RSS in KiB at the largest size: agent, kube-proxy, Switchyard DNS process, CoreDNS.
+    pub rss: Option<(u64, u64, Option<u64>, u64)>,
+    /// Whether Switchyard's DNS answered at all.
+    pub switchyard_dns: bool,
+    /// The DNS answer comparison (markdown), if run.
+    pub dns_diff: Option<String>,
+    /// Notes (what could not be measured and why).
+    pub notes: Vec<String>,
+    /// Wall time of the whole run.
+    pub wall: Duration,
+}
+
+fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    let what = what.into();
+    move |e| Error::Kube {
+        what,
+        source: Box::new(e),
+    }
+}
+
+fn from_json<T: DeserializeOwned>(what: &str, v: serde_json::Value) -> Result<T> {
+    serde_json::from_value(v).map_err(|e| Error::Invalid {
+        what: what.into(),
+        message: e.to_string(),
+    })
+}
+
+fn nth(base: Ipv4Addr, i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(base) + 1 + u32::try_from(i).unwrap_or(0))
+}
+
+fn backend_ip(i: usize, j: usize) -> Ipv4Addr {
+    nth(BACKEND_BASE, (i * BACKENDS + j) % 4_000)
+}
+
+fn log(msg: impl AsRef<str>) {
+    eprintln!("compare: {}", msg.as_ref());
+}
+
+/// Runs the whole comparison on a lab of its own (2 nodes) and takes the lab down.
+pub async fn run(opts: &CompareOptions) -> Result<CompareReport> {
+    if opts.sizes.iter().any(|s| *s == 0 || *s > MAX_SIZE) {
+        return Err(Error::Invalid {
+            what: "--sizes".into(),
+            message: format!(
+                "every size must be between 1 and {MAX_SIZE}: {:?}",
+                opts.sizes
+            ),
+        });
+    }
+    let started = Instant::now();
+    log("bringing a 2-node lab up (with examples/)");
+    let options = LabOptions {
+        nodes: 2,
+        examples: true,
+        operators: 1,
+        webhook: false,
+    };
+    // One more attempt when the lab does not come up (each attempt removes what it made).
+    let lab = match Lab::up(options.clone()).await {
+        Ok(lab) => lab,
+        Err(e) => {
+            log(format!("the lab did not come up ({e}); one more attempt"));
+            Lab::up(options).await?
+        }
+    };
+    let mut inc = match Incumbents::new(&lab).await {
+        Ok(i) => i,
+        Err(e) => {
+            lab.down().await;
+            return Err(e);
+        }
+    };
+    let mut lab = lab;
+    let res = match if opts.release {
+        use_release_build(&mut lab).await
+    } else {
+        Ok(())
+    } {
+        Ok(()) => run_on(&mut lab, &mut inc, opts).await,
+        Err(e) => Err(e),
+    };
+    inc.stop_all().await;
+    if res.is_err() {
+        // The lab's folder goes with it: keep its logs for the post-mortem.
+        let keep = std::env::temp_dir().join(format!("switchyard-compare-{}-logs", lab.run));
+        let _ = std::fs::create_dir_all(&keep);
+        for sub in ["logs", "incumbents"] {
+            if let Ok(entries) = std::fs::read_dir(lab.dir.join(sub)) {
+                for e in entries.flatten() {
+                    let _ = std::fs::copy(e.path(), keep.join(e.file_name()));
+                }
+            }
+        }
+        log(format!("logs kept in {}", keep.display()));
+    }
+    lab.down().await;
+    let mut report = res?;
+    report.wall = started.elapsed();
+    Ok(report)
+}
+
+/// Builds the agent and the operator with `--release` (into the lab's target folder) and
+/// restarts them from that build.
+async fn use_release_build(lab: &mut Lab) -> Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = root.join("target").join("lab");
+    log("building switchyard-agent and switchyard-operator with --release");
+    let out = tokio::process::Command::new("cargo")
+        .current_dir(&root)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "switchyard-agent",
+            "-p",
+            "switchyard-operator",
+            "--target-dir",
+        ])
+        .arg(&target)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::inherit())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .status()
+        .await
+        .map_err(|source| Error::Spawn {
+            what: "cargo build --release".into(),
+            source,
+        })?;
+    if !out.success() {
+        return Err(Error::Command {
+            command: "cargo build --release -p switchyard-agent -p switchyard-operator".into(),
+            status: out.to_string(),
+            stderr: "see the build output above".into(),
+        });
+    }
+    let release = target.join("release");
+    for (bin, slot) in [
+        ("switchyard-agent", &mut lab.bins.agent),
+        ("switchyard-operator", &mut lab.bins.operator),
+    ] {
+        let path = release.join(bin);
+        if !path.is_file() {
+            return Err(Error::Missing {
+                what: path.display().to_string(),
+                hint: "cargo build --release did not produce it".into(),
+            });
+        }
+        *slot = path;
+    }
+    lab.stop_operator(0).await;
+    lab.start_operator(0)?;
+    let nodes: Vec<String> = lab.topology.nodes.iter().map(|n| n.name.clone()).collect();
+    for n in &nodes {
+        lab.kill_agent(n).await;
+        lab.start_agent(n)?;
+    }
+    lab.wait_agents_ready(Duration::from_secs(120)).await
+}
+
+/// The comparison on a running lab with the incumbents prepared (not started).
+pub async fn run_on(
+    lab: &mut Lab,
+    inc: &mut Incumbents,
+    opts: &CompareOptions,
+) -> Result<CompareReport> {
+    let mut report = CompareReport::default();
+    let nodes: Vec<String> = lab.topology.nodes.iter().map(|n| n.name.clone()).collect();
+    let (Some(n0), Some(n1)) = (nodes.first().cloned(), nodes.get(1).cloned()) else {
+        return Err(Error::Invalid {
+            what: "lab".into(),
+            message: "the comparison needs 2 nodes".into(),
+        });
+    };
+    let ns0 = lab
+        .topology
+        .node(&n0)
+        .map(|n| n.netns.clone())
+        .unwrap_or_default();
+    let client = lab.client.clone();
+
+    log("starting kube-proxy on every node and CoreDNS on the first");
+    for n in &nodes {
+        inc.start_kube_proxy(n)?;
+    }
+    for n in &nodes {
+        inc.wait_kube_proxy_synced(n, Duration::from_secs(60))
+            .await?;
+    }
+    inc.start_coredns(&n0, Duration::from_secs(60)).await?;
+
+    // Fixed objects: namespaces, the bench ServiceCIDR, backends, Services and routes.
+    crate::check::fresh_namespace(&client, NS_FIX).await?;
+    crate::check::fresh_namespace(&client, NS_KP).await?;
+    crate::check::fresh_namespace(&client, NS_SY).await?;
+    create_service_cidr(&client).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS_FIX);
+    for (name, node, app) in [
+        ("conn-backend", &n1, "conn"),
+        ("conn-client", &n0, "client"),
+        ("prog-anchor", &n1, "prog"),
+        ("dns-backend", &n1, "dnsb"),
+    ] {
+        pods.create(&PostParams::default(), &test_pod(name, node, app)?)
+            .await
+            .map_err(kube_err(format!("create pod {NS_FIX}/{name}")))?;
+    }
+    let services: Api<Service> = Api::namespaced(client.clone(), NS_FIX);
+    let routes: Api<ServiceRoute> = Api::namespaced(client.clone(), NS_FIX);
+    for (name, app) in [("conn", "conn"), ("prog", "prog")] {
+        services
+            .create(&PostParams::default(), &native_service(name, app)?)
+            .await
+            .map_err(kube_err(format!("create Service {NS_FIX}/{name}")))?;
+        routes
+            .create(&PostParams::default(), &route(&format!("{name}-sr"), app)?)
+            .await
+            .map_err(kube_err(format!("create ServiceRoute {NS_FIX}/{name}-sr")))?;
+    }
+    log(format!(
+        "creating {DNS_NAMES} Services and {DNS_NAMES} ServiceRoutes for the DNS runs"
+    ));
+    let c2 = client.clone();
+    futures::stream::iter(0..DNS_NAMES)
+        .map(|i| {
+            let (services, routes) = (
+                Api::<Service>::namespaced(c2.clone(), NS_FIX),
+                Api::<ServiceRoute>::namespaced(c2.clone(), NS_FIX),
+            );
+            async move {
+                services
+                    .create(
+                        &PostParams::default(),
+                        &native_service(&format!("svc-dns-{i}"), "dnsb")?,
+                    )
+                    .await
+                    .map_err(kube_err(format!("create Service {NS_FIX}/svc-dns-{i}")))?;
+                routes
+                    .create(
+                        &PostParams::default(),
+                        &route(&format!("sr-dns-{i}"), "dnsb")?,
+                    )
+                    .await
+                    .map_err(kube_err(format!("create ServiceRoute {NS_FIX}/sr-dns-{i}")))?;
+                Ok::<_, Error>(())
+            }
+        })
+        .buffer_unordered(8)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let conn_backend = wait_pod_ready(&pods, "conn-backend", Duration::from_secs(60)).await?;
+    let client_pod = wait_pod_ready(&pods, "conn-client", Duration::from_secs(60)).await?;
+    wait_pod_ready(&pods, "prog-anchor", Duration::from_secs(60)).await?;
+    wait_pod_ready(&pods, "dns-backend", Duration::from_secs(60)).await?;
+    let client_netns = pod_netns(
+        &lab.run,
+        client_pod.metadata.uid.as_deref().unwrap_or_default(),
+    );
+    let conn_ip = pod_ip(&conn_backend)?;
+    let conn_cluster_ip = cluster_ip(&services, "conn").await?;
+    let conn_vip = wait_route_vip(&routes, "conn-sr", Duration::from_secs(60)).await?;
+    wait_route_vip(&routes, "prog-sr", Duration::from_secs(60)).await?;
+    // Both sides have the backend before anything is measured.
+    let conn_chain = kp_service_chain(&ns0, NS_FIX, "conn").await?;
+    let prog_chain = kp_service_chain(&ns0, NS_FIX, "prog").await?;
+    let (ns0c, chain) = (ns0.clone(), conn_chain.clone());
+    if let Err(e) = wait_until_value(
+        Duration::from_secs(60),
+        &format!("backend {conn_ip} in inet switchyard backends_v4 on {n0}"),
+        || {
+            let ns0c = ns0c.clone();
+            async move { sy_has_backend(&ns0c, conn_ip).await.then_some(()) }
+        },
+    )
+    .await
+    {
+        let map = nft_out(&ns0, &["list", "map", "inet", "switchyard", "backends_v4"])
+            .await
+            .unwrap_or_default();
+        return Err(Error::Invalid {
+            what: e.to_string(),
+            message: map,
+        });
+    }
+    if let Err(e) = wait_until_value(
+        Duration::from_secs(60),
+        &format!("endpoint {conn_ip} in kube-proxy chain {chain} on {n0}"),
+        || {
+            let (ns0c, chain) = (ns0c.clone(), chain.clone());
+            async move { kp_has_backend(&ns0c, &chain, conn_ip).await.then_some(()) }
+        },
+    )
+    .await
+    {
+        let text = nft_out(&ns0, &["list", "chain", "ip", "kube-proxy", &conn_chain])
+            .await
+            .unwrap_or_default();
+        return Err(Error::Invalid {
+            what: e.to_string(),
+            message: text,
+        });
+    }
+
+    // Programming latency.
+    log(format!(
+        "programming latency over {} backend changes",
+        opts.changes
+    ));
+    let (sy_p, kp_p) = programming(&client, &ns0, &prog_chain, &n1, opts.changes).await?;
+    report.sy_programming = sy_p;
+    report.kp_programming = kp_p;
+
+    // Connections with the lab's few services.
+    let few = count_dispatch(&ns0).await;
+    log(format!(
+        "connections through the virtual IP, {few} services installed"
+    ));
+    let (sy_c, kp_c) =
+        conn_pair(&client_netns, conn_vip, conn_cluster_ip, opts.connections).await?;
+    report.conns.push(("few".into(), few, sy_c, kp_c));
+
+    // DNS answers, side by side (needs nothing big installed).
+    let sy_dns_up = dns_answers(
+        &ns0,
+        SWITCHYARD_DNS_ADDR,
+        "kubernetes.default.svc.cluster.local",
+    )
+    .await;
+    report.switchyard_dns = sy_dns_up;
+    match dnsdiff::run(&client, &ns0, &n1, sy_dns_up).await {
+        Ok(md) => report.dns_diff = Some(md),
+        Err(e) => report
+            .notes
+            .push(format!("DNS answer comparison failed: {e}")),
+    }
+
+    // Full sync and change latency per size.
+    let sy_base = count_dispatch(&ns0).await;
+    let kp_base = count_kp_services(&ns0).await;
+    let agent_bin = lab.bins.agent.display().to_string();
+    let mut created = 0usize;
+    let mut sizes = opts.sizes.clone();
+    sizes.sort_unstable();
+    sizes.dedup();
+    for &size in &sizes {
+        log(format!(
+            "size {size}: stopping agents and kube-proxies, creating objects"
+        ));
+        for n in &nodes {
+            lab.kill_agent(n).await;
+            inc.stop_kube_proxy(n).await;
+        }
+        create_synthetic(&client, created, size).await?;
+        created = size;
+        // From an empty table on both sides.
+        let _ = netns::exec(&ns0, "nft", ["delete", "table", "inet", "switchyard"]).await;
+        let _ = netns::exec(&ns0, "nft", ["delete", "table", "ip", "kube-proxy"]).await;
+        let _ = netns::exec(&ns0, "nft", ["delete", "table", "ip6", "kube-proxy"]).await;
+        log(format!("size {size}: Switchyard agent full sync"));
+        let t0 = Instant::now();
+        lab.start_agent(&n0)?;
+        let agent = lab.agent_addr(&n0).ok_or_else(|| Error::Invalid {
+            what: "node".into(),
+            message: format!("no agent address for {n0}"),
+        })?;
+        let want = sy_base + size;
+        let sy_sync = wait_until_value(
+            Duration::from_secs(300),
+            &format!("agent on {n0} to program {want} dispatch entries"),
+            || async move {
+                let text = http_get(agent, "/metrics").await.ok()?;
+                metric_with(
+                    &text,
+                    "switchyard_agent_service_elements",
+                    Some("map=\"dispatch\""),
+                )
+                .filter(|v| *v as usize >= want)
+                .map(|_| ())
+            },
+        )
+        .await
+        .map(|()| t0.elapsed())?;
+        if !sy_has_element(&ns0, nth(VIP_BASE, size - 1), BACKENDS - 1).await {
+            return Err(Error::Invalid {
+                what: format!("inet switchyard on {n0} after the full sync"),
+                message: format!("no backend {} for route-{}", BACKENDS - 1, size - 1),
+            });
+        }
+        log(format!("size {size}: kube-proxy full sync"));
+        let wall0 = now_secs();
+        inc.start_kube_proxy(&n0)?;
+        let synced_at = inc
+            .wait_kube_proxy_synced(&n0, Duration::from_secs(600))
+            .await?;
+        let kp_sync = Duration::from_secs_f64((synced_at - wall0).max(0.0));
+        let kp_want = kp_base + size;
+        let kp_count = count_kp_services(&ns0).await;
+        if kp_count < kp_want {
+            return Err(Error::Invalid {
+                what: format!("ip kube-proxy service-ips on {n0} after its first sync"),
+                message: format!("{kp_count} entries, {kp_want} expected"),
+            });
+        }
+        // The other node's agent and kube-proxy come back for the later phases.
+        lab.start_agent(&n1)?;
+        inc.start_kube_proxy(&n1)?;
+        lab.wait_agents_ready(Duration::from_secs(120)).await?;
+        inc.wait_kube_proxy_synced(&n1, Duration::from_secs(600))
+            .await?;
+        log(format!(
+            "size {size}: one-backend changes ({} per side)",
+            opts.change_rounds
+        ));
+        let (sy_change, kp_change) =
+            one_backend_changes(&client, &ns0, size, opts.change_rounds).await?;
+        report.sizes.push(SizeResult {
+            routes: size,
+            sy_sync,
+            kp_sync,
+            sy_change,
+            kp_change,
+        });
+    }
+
+    // Memory at the largest size, after a moment of quiet.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let agent_pid = find_pid(&[&agent_bin, "--node-name", &n0]);
+    let kp_pid = inc.kube_proxy_pid(&n0);
+    let dns_pid = udp_listener_pid(&ns0, SWITCHYARD_DNS_ADDR, 53).await;
+    let coredns_pid = inc.coredns_pid(&n0);
+    match (
+        agent_pid.and_then(rss_kib),
+        kp_pid.and_then(rss_kib),
+        coredns_pid.and_then(rss_kib),
+    ) {
+        (Some(a), Some(k), Some(c)) => {
+            report.rss = Some((a, k, dns_pid.and_then(rss_kib), c));
+        }
+        other => report.notes.push(format!(
+            "memory not read: agent/kube-proxy/CoreDNS RSS {other:?} (pids {agent_pid:?}, {kp_pid:?}, {coredns_pid:?})"
+        )),
+    }
+
+    // Connections with the largest size installed.
+    let many = count_dispatch(&ns0).await;
+    log(format!(
+        "connections through the virtual IP, {many} services installed"
+    ));
+    let (sy_c, kp_c) =
+        conn_pair(&client_netns, conn_vip, conn_cluster_ip, opts.connections).await?;
+    report.conns.push(("many".into(), many, sy_c, kp_c));
+
+    // DNS load.
+    let dir = lab.dir.join("dnsperf");
+    std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+        op: "create",
+        path: dir.clone(),
+        source,
+    })?;
+    let sy_dns_up = report.switchyard_dns
+        || dns_answers(
+            &ns0,
+            SWITCHYARD_DNS_ADDR,
+            "kubernetes.default.svc.cluster.local",
+        )
+        .await;
+    report.switchyard_dns = sy_dns_up;
+    for set in ["cluster names", "search-path misses"] {
+        let (sy_file, cd_file) = dns_query_files(&dir, set)?;
+        log(format!("dnsperf: {set} against CoreDNS"));
+        let cd = dnsperf(&ns0, COREDNS_ADDR, &cd_file, opts.dns_seconds).await?;
+        let sy = if sy_dns_up {
+            log(format!("dnsperf: {set} against Switchyard's DNS"));
+            Some(dnsperf(&ns0, SWITCHYARD_DNS_ADDR, &sy_file, opts.dns_seconds).await?)
+        } else {
+            None
+        };
+        report.dns.push((set.to_string(), sy, cd));
+    }
+    if !sy_dns_up {
+        report.notes.push(format!(
+            "Switchyard's DNS did not answer on {SWITCHYARD_DNS_ADDR}:53 in {ns0}: its DNS figures are pending (the harness runs them as soon as it answers)"
+        ));
+    }
+    Ok(report)
+}
+
+fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn test_pod(name: &str, node: &str, app: &str) -> Result<Pod> {
+    from_json(
+        &format!("pod {name}"),
+        json!({"metadata": {"name": name, "namespace": NS_FIX, "labels": {"app": app}},
+        "spec": {"nodeName": node, "containers": [{"name": "main", "image": TESTPOD_IMAGE,
+            "command": ["switchyard-testpod", "serve", "--tcp", "8080"],
+            "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}]}}),
+    )
+}
+
+fn native_service(name: &str, app: &str) -> Result<Service> {
+    from_json(
+        &format!("Service {name}"),
+        json!({"metadata": {"name": name, "namespace": NS_FIX},
+        "spec": {"selector": {"app": app},
+            "ports": [{"name": PORT_NAME, "port": PORT, "targetPort": TARGET_PORT, "protocol": "TCP"}]}}),
+    )
+}
+
+fn route(name: &str, app: &str) -> Result<ServiceRoute> {
+    from_json(
+        &format!("ServiceRoute {name}"),
+        json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "ServiceRoute",
+        "metadata": {"name": name, "namespace": NS_FIX},
+        "spec": {"selector": {"matchLabels": {"app": app}},
+            "ports": [{"name": PORT_NAME, "port": PORT, "targetPort": TARGET_PORT}]}}),
+    )
+}
+
+async fn create_service_cidr(client: &Client) -> Result<()> {
+    use k8s_openapi::api::networking::v1::ServiceCIDR;
+    let api: Api<ServiceCIDR> = Api::all(client.clone());
+    let obj: ServiceCIDR = from_json(
+        "ServiceCIDR cmp-bench",
+        json!({"metadata": {"name": "cmp-bench"}, "spec": {"cidrs": [BENCH_SERVICE_CIDR]}}),
+    )?;
+    match api.create(&PostParams::default(), &obj).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => return Err(kube_err("create ServiceCIDR cmp-bench")(e)),
+    }
+    wait_until(
+        Duration::from_secs(30),
+        "ServiceCIDR cmp-bench Ready",
+        || {
+            let api = api.clone();
+            async move {
+                let c = api.get("cmp-bench").await.ok();
+                Ok(c.and_then(|c| c.status)
+                    .and_then(|s| s.conditions)
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")))
+            }
+        },
+    )
+    .await
+}
+
+async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut f: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let end = Instant::now() + timeout;
+    loop {
+        if f().await? {
+            return Ok(());
+        }
+        if Instant::now() > end {
+            return Err(Error::Timeout {
+                what: what.into(),
+                after: timeout,
+                last: None,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_until_value<F, Fut, T>(timeout: Duration, what: &str, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() > end {
+            return Err(Error::Timeout {
+                what: what.into(),
+                after: timeout,
+                last: None,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn is_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn pod_ip(p: &Pod) -> Result<Ipv4Addr> {
+    p.status
+        .as_ref()
+        .and_then(|s| s.pod_ip.as_deref())
+        .and_then(|ip| ip.parse().ok())
+        .ok_or_else(|| Error::Invalid {
+            what: format!(
+                "pod {} status.podIP",
+                p.metadata.name.as_deref().unwrap_or_default()
+            ),
+            message: "no IPv4 address".into(),
+        })
+}
+
+async fn wait_pod_ready(pods: &Api<Pod>, name: &str, timeout: Duration) -> Result<Pod> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Ok(p) = pods.get(name).await
+            && is_ready(&p)
+        {
+            return Ok(p);
+        }
+        if Instant::now() > end {
+            return Err(Error::Timeout {
+                what: format!("pod {name} Ready"),
+                after: timeout,
+                last: None,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn cluster_ip(services: &Api<Service>, name: &str) -> Result<Ipv4Addr> {
+    let s = services
+        .get(name)
+        .await
+        .map_err(kube_err(format!("get Service {name}")))?;
+    s.spec
+        .and_then(|s| s.cluster_ip)
+        .and_then(|ip| ip.parse().ok())
+        .ok_or_else(|| Error::Invalid {
+            what: format!("Service {name} spec.clusterIP"),
+            message: "not an IPv4 address".into(),
+        })
+}
+
+async fn wait_route_vip(
+    routes: &Api<ServiceRoute>,
+    name: &str,
+    timeout: Duration,
+) -> Result<Ipv4Addr> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Ok(r) = routes.get(name).await
+            && let Some(ip) = r.status.as_ref().and_then(|s| {
+                s.virtual_ips
+                    .iter()
+                    .find_map(|v| v.parse::<Ipv4Addr>().ok())
+            })
+        {
+            return Ok(ip);
+        }
+        if Instant::now() > end {
+            return Err(Error::Timeout {
+                what: format!("ServiceRoute {name} status.virtualIPs"),
+                after: timeout,
+                last: None,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn nft_out(netns_name: &str, args: &[&str]) -> Option<String> {
+    netns::exec(netns_name, "nft", args)
+        .await
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// Whether Switchyard's backend map on the node holds `ip` as a backend.
+async fn sy_has_backend(netns_name: &str, ip: Ipv4Addr) -> bool {
+    nft_out(
+        netns_name,
+        &["list", "map", "inet", "switchyard", "backends_v4"],
+    )
+    .await
+    .is_some_and(|t| t.contains(&format!(": {ip} . ")))
+}
+
+/// Whether kube-proxy's service chain `chain` on the node sends to endpoint `ip` (endpoint
+/// chains are named `endpoint-<hash>-<ns>/<svc>/<proto>/<port>__<ip>/<port>`, and a stale one
+/// may outlive its use, so the service chain is what counts; kube-proxy 1.37 usually writes
+/// `dnat ip to numgen random mod N map { 0 : <ip> . <port>, ... }` or, for a lone endpoint,
+/// `dnat to <ip>:<port>` in the service chain itself).
+async fn kp_has_backend(netns_name: &str, chain: &str, ip: Ipv4Addr) -> bool {
+    nft_out(netns_name, &["list", "chain", "ip", "kube-proxy", chain])
+        .await
+        .is_some_and(|t| {
+            t.contains(&format!("__{ip}/"))
+                || t.contains(&format!(" to {ip}:"))
+                || t.contains(&format!(": {ip} . "))
+        })
+}
+
+/// Whether Switchyard's backend map holds index `j` of virtual IP `vip`, port 80/TCP.
+async fn sy_has_element(netns_name: &str, vip: Ipv4Addr, j: usize) -> bool {
+    netns::exec(
+        netns_name,
+        "nft",
+        [
+            "get",
+            "element",
+            "inet",
+            "switchyard",
+            "backends_v4",
+            &format!("{{ {vip} . tcp . {PORT} . {j} }}"),
+        ],
+    )
+    .await
+    .is_ok()
+}
+
+async fn count_dispatch(netns_name: &str) -> usize {
+    nft_out(
+        netns_name,
+        &["list", "map", "inet", "switchyard", "service_dispatch_v4"],
+    )
+    .await
+    .map(|t| t.matches("goto ").count() + t.matches("jump ").count())
+    .unwrap_or(0)
+}
+
+async fn count_kp_services(netns_name: &str) -> usize {
+    nft_out(
+        netns_name,
+        &["list", "map", "ip", "kube-proxy", "service-ips"],
+    )
+    .await
+    .map(|t| t.matches("goto ").count())
+    .unwrap_or(0)
+}
+
+/// Creates synthetic objects `from..to` on both sides.
+async fn create_synthetic(client: &Client, from: usize, to: usize) -> Result<()> {
+    let t = Instant::now();
+    let c = client.clone();
+    futures::stream::iter(from..to)
+        .map(|i| {
+            let c = c.clone();
+            async move { create_one(&c, i).await }
+        })
+        .buffer_unordered(WRITE_CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await?;
+    log(format!(
+        "created {} Services + slices and {} claims + slices in {:.1} s",
+        to - from,
+        to - from,
+        t.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+fn endpoints(i: usize, n: usize) -> serde_json::Value {
+    json!((0..n)
+        .map(|j| json!({"addresses": [backend_ip(i, j).to_string()], "conditions": {"ready": true}}))
+        .collect::<Vec<_>>())
+}
+
+fn kp_slice(i: usize, n: usize) -> Result<EndpointSlice> {
+    from_json(
+        "synthetic Service slice",
+        json!({"metadata": {"name": format!("svc-{i}"), "namespace": NS_KP,
+            "labels": {"kubernetes.io/service-name": format!("svc-{i}"),
+                       "endpointslice.kubernetes.io/managed-by": "switchyard-lab-compare"}},
+        "addressType": "IPv4",
+        "ports": [{"name": PORT_NAME, "port": TARGET_PORT, "protocol": "TCP"}],
+        "endpoints": endpoints(i, n)}),
+    )
+}
+
+fn sy_slice(i: usize, n: usize) -> Result<EndpointSlice> {
+    let params = RouteParams {
+        ports: vec![ParamPort {
+            key: PORT_NAME.into(),
+            port: PORT,
+            protocol: Protocol::Tcp,
+        }],
+        traffic_policy: TrafficPolicy::Cluster,
+        affinity: None,
+        publish_not_ready: false,
+        access: false,
+    };
+    from_json(
+        "synthetic route slice",
+        json!({"metadata": {"name": format!("route-{i}"), "namespace": NS_SY,
+            "labels": {"endpointslice.kubernetes.io/managed-by": "switchyard.dev",
+                       "switchyard.dev/route": format!("route-{i}"),
+                       // The standard label that tells kube-proxy a slice belongs to another proxy.
+                       "service.kubernetes.io/service-proxy-name": "switchyard"},
+            "annotations": {ROUTE_PARAMS_ANNOTATION: params.to_annotation(), ROUTE_GENERATION_ANNOTATION: "1"}},
+        "addressType": "IPv4",
+        "ports": [{"name": PORT_NAME, "port": TARGET_PORT, "protocol": "TCP"}],
+        "endpoints": endpoints(i, n)}),
+    )
+}
+
+async fn create_ok<K>(api: &Api<K>, obj: &K, what: String) -> Result<()>
+where
+    K: Resource + Clone + DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    for attempt in 0..5 {
+        match api.create(&PostParams::default(), obj).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => return Ok(()),
+            Err(e) if attempt < 4 => {
+                tracing::debug!(error = %e, %what, "retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(kube_err(what)(e)),
+        }
+    }
+    Ok(())
+}
+
+async fn create_one(client: &Client, i: usize) -> Result<()> {
+    let services: Api<Service> = Api::namespaced(client.clone(), NS_KP);
+    let kslices: Api<EndpointSlice> = Api::namespaced(client.clone(), NS_KP);
+    let vips: Api<VirtualIP> = Api::all(client.clone());
+    let sslices: Api<EndpointSlice> = Api::namespaced(client.clone(), NS_SY);
+    let svc: Service = from_json(
+        "synthetic Service",
+        json!({"metadata": {"name": format!("svc-{i}"), "namespace": NS_KP},
+        "spec": {"clusterIP": nth(SERVICE_BASE, i).to_string(),
+            "ports": [{"name": PORT_NAME, "port": PORT, "targetPort": TARGET_PORT, "protocol": "TCP"}]}}),
+    )?;
+    create_ok(&services, &svc, format!("create Service {NS_KP}/svc-{i}")).await?;
+    create_ok(
+        &kslices,
+        &kp_slice(i, BACKENDS)?,
+        format!("create EndpointSlice {NS_KP}/svc-{i}"),
+    )
+    .await?;
+    let addr = IpAddr::V4(nth(VIP_BASE, i));
+    let vip: VirtualIP = from_json(
+        "synthetic VirtualIP",
+        json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "VirtualIP",
+        "metadata": {"name": switchyard_api::virtual_ip::virtual_ip_name(&addr)},
+        "spec": {"address": addr.to_string(), "network": "default",
+            "route": {"namespace": NS_SY, "name": format!("route-{i}"), "uid": format!("cmp-route-{i}")}}}),
+    )?;
+    create_ok(&vips, &vip, format!("create VirtualIP {addr}")).await?;
+    create_ok(
+        &sslices,
+        &sy_slice(i, BACKENDS)?,
+        format!("create EndpointSlice {NS_SY}/route-{i}"),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The name of kube-proxy's service chain for Service `ns/name`, port `http`.
+async fn kp_service_chain(netns_name: &str, ns: &str, name: &str) -> Result<String> {
+    let needle = format!("-{ns}/{name}/tcp/{PORT_NAME}");
+    wait_until_value(
+        Duration::from_secs(60),
+        &format!("kube-proxy's service chain for {ns}/{name} in {netns_name}"),
+        || {
+            let needle = needle.clone();
+            async move {
+                let text = nft_out(netns_name, &["list", "chains", "ip"]).await?;
+                text.lines()
+                    .filter_map(|l| l.trim().strip_prefix("chain "))
+                    .map(|l| l.trim_end_matches('{').trim())
+                    .find(|c| c.starts_with("service-") && c.ends_with(&needle))
+                    .map(str::to_string)
+            }
+        },
+    )
+    .await
+}
+
+async fn kp_endpoint_count(netns_name: &str, chain: &str) -> Option<usize> {
+    nft_out(netns_name, &["list", "chain", "ip", "kube-proxy", chain])
+        .await
+        .map(|t| {
+            // `dnat ip to numgen random mod N map { 0 : <ip> . <port>, ... }`, or one endpoint
+            // chain per endpoint (`goto endpoint-...`), or a lone `dnat to <ip>:<port>`.
+            let mapped = t.matches(&format!(" . {TARGET_PORT}")).count();
+            let chains = t.matches("goto endpoint-").count();
+            let lone = usize::from(t.contains(&format!(":{TARGET_PORT}")) && mapped == 0);
+            mapped.max(chains).max(lone)
+        })
+}
+
+/// One backend of route/Service `size/2` removed and added back, `rounds` times per side.
+async fn one_backend_changes(
+    client: &Client,
+    ns0: &str,
+    size: usize,
+    rounds: usize,
+) -> Result<(Latencies, Latencies)> {
+    let i = size / 2;
+    let sslices: Api<EndpointSlice> = Api::namespaced(client.clone(), NS_SY);
+    let kslices: Api<EndpointSlice> = Api::namespaced(client.clone(), NS_KP);
+    let vip = nth(VIP_BASE, i);
+    let limit = Duration::from_secs(30);
+    let mut sy = Vec::new();
+    for r in 0..rounds {
+        let n = if r % 2 == 0 { BACKENDS - 1 } else { BACKENDS };
+        let mut s = sy_slice(i, n)?;
+        let cur = sslices
+            .get(&format!("route-{i}"))
+            .await
+            .map_err(kube_err(format!("get EndpointSlice {NS_SY}/route-{i}")))?;
+        s.metadata.resource_version = cur.metadata.resource_version;
+        let t0 = Instant::now();
+        sslices
+            .replace(&format!("route-{i}"), &PostParams::default(), &s)
+            .await
+            .map_err(kube_err(format!("replace EndpointSlice {NS_SY}/route-{i}")))?;
+        let want = n == BACKENDS;
+        wait_until_value(
+            limit,
+            &format!("Switchyard to hold {n} backends of route-{i}"),
+            || async move { (sy_has_element(ns0, vip, BACKENDS - 1).await == want).then_some(()) },
+        )
+        .await?;
+        sy.push(t0.elapsed());
+    }
+    let chain = kp_service_chain(ns0, NS_KP, &format!("svc-{i}")).await?;
+    let mut kp = Vec::new();
+    for r in 0..rounds {
+        let n = if r % 2 == 0 { BACKENDS - 1 } else { BACKENDS };
+        let mut s = kp_slice(i, n)?;
+        let cur = kslices
+            .get(&format!("svc-{i}"))
+            .await
+            .map_err(kube_err(format!("get EndpointSlice {NS_KP}/svc-{i}")))?;
+        s.metadata.resource_version = cur.metadata.resource_version;
+        let t0 = Instant::now();
+        kslices
+            .replace(&format!("svc-{i}"), &PostParams::default(), &s)
+            .await
+            .map_err(kube_err(format!("replace EndpointSlice {NS_KP}/svc-{i}")))?;
+        let chain = chain.as_str();
+        wait_until_value(
+            limit,
+            &format!("kube-proxy to hold {n} endpoints of svc-{i}"),
+            || async move { (kp_endpoint_count(ns0, chain).await == Some(n)).then_some(()) },
+        )
+        .await?;
+        kp.push(t0.elapsed());
+    }
+    Ok((Latencies::from(sy), Latencies::from(kp)))
+}
+
+/// Programming latency: a new backend Pod Ready (or a backend deleted) to the client node's
+/// kernel holding the change, for a Service and a ServiceRoute selecting the same pods.
+async fn programming(
+    client: &Client,
+    ns0: &str,
+    chain: &str,
+    backend_node: &str,
+    changes: usize,
+) -> Result<(Latencies, Latencies)> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS_FIX);
+    let limit = Duration::from_secs(30);
+    let mut sy = Vec::with_capacity(changes);
+    let mut kp = Vec::with_capacity(changes);
+    let mut ip = Ipv4Addr::UNSPECIFIED;
+    let bench_end = Instant::now() + Duration::from_secs(15 * 60);
+    for c in 0..changes {
+        if Instant::now() > bench_end {
+            return Err(Error::Timeout {
+                what: format!("{changes} programming changes"),
+                after: Duration::from_secs(15 * 60),
+                last: Some(format!("{c} done")),
+            });
+        }
+        let adding = c % 2 == 0;
+        let t0 = if adding {
+            pods.create(
+                &PostParams::default(),
+                &test_pod("prog-flip", backend_node, "prog")?,
+            )
+            .await
+            .map_err(kube_err(format!("create pod {NS_FIX}/prog-flip")))?;
+            let p = wait_pod_ready(&pods, "prog-flip", limit).await?;
+            let t0 = Instant::now();
+            ip = pod_ip(&p)?;
+            t0
+        } else {
+            let t0 = Instant::now();
+            pods.delete("prog-flip", &DeleteParams::default())
+                .await
+                .map_err(kube_err(format!("delete pod {NS_FIX}/prog-flip")))?;
+            t0
+        };
+        let (sy_what, kp_what) = (
+            format!("Switchyard backend {ip} present={adding}"),
+            format!("kube-proxy endpoint {ip} present={adding}"),
+        );
+        let (a, b) = tokio::join!(
+            wait_until_value(limit, &sy_what, || async move {
+                (sy_has_backend(ns0, ip).await == adding).then_some(t0.elapsed())
+            }),
+            wait_until_value(limit, &kp_what, || async move {
+                (kp_has_backend(ns0, chain, ip).await == adding).then_some(t0.elapsed())
+            }),
+        );
+        sy.push(a?);
+        match b {
+            Ok(d) => kp.push(d),
+            Err(e) => {
+                let text = nft_out(ns0, &["list", "chain", "ip", "kube-proxy", chain])
+                    .await
+                    .unwrap_or_default();
+                return Err(Error::Invalid {
+                    what: e.to_string(),
+                    message: text,
+                });
+            }
+        }
+        if !adding {
+            let end = Instant::now() + limit;
+            while pods.get_opt("prog-flip").await.ok().flatten().is_some() && Instant::now() < end {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    if changes % 2 == 1 {
+        let _ = pods.delete("prog-flip", &DeleteParams::default()).await;
+    }
+    Ok((Latencies::from(sy), Latencies::from(kp)))
+}
+
+async fn conn_pair(
+    client_netns: &str,
+    vip: Ipv4Addr,
+    cluster_ip: Ipv4Addr,
+    n: usize,
+) -> Result<(ConnResult, ConnResult)> {
+    let _ = netns::exec(
+        client_netns,
+        "sysctl",
+        [
+            "-qw",
+            "net.ipv4.tcp_tw_reuse=1",
+            "net.ipv4.ip_local_port_range=10000 65000",
+        ],
+    )
+    .await;
+    // A discarded warm-up each, then Switchyard and kube-proxy.
+    connections(client_netns, SocketAddr::new(vip.into(), 80), 200).await?;
+    connections(client_netns, SocketAddr::new(cluster_ip.into(), 80), 200).await?;
+    let sy = connections(client_netns, SocketAddr::new(vip.into(), 80), n).await?;
+    let kp = connections(client_netns, SocketAddr::new(cluster_ip.into(), 80), n).await?;
+    Ok((sy, kp))
+}
+
+/// `n` short TCP connections (connect, one line echoed, close) to `addr` from inside
+/// `netns_name`, 4 at a time, bounded at 30 s.
+async fn connections(netns_name: &str, addr: SocketAddr, n: usize) -> Result<ConnResult> {
+    let name = netns_name.to_string();
+    tokio::task::spawn_blocking(move || {
+        netns::in_netns(&name, move || {
+            use std::io::{BufRead, Write};
+            let next = Arc::new(AtomicUsize::new(0));
+            let failed = Arc::new(AtomicUsize::new(0));
+            let start = Instant::now();
+            let limit = Duration::from_secs(30);
+            let lat: Vec<Duration> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..4)
+                    .map(|_| {
+                        let (next, failed) = (next.clone(), failed.clone());
+                        s.spawn(move || {
+                            let mut lat = Vec::new();
+                            while next.fetch_add(1, Ordering::Relaxed) < n
+                                && start.elapsed() < limit
+                            {
+                                let t = Instant::now();
+                                let ok = (|| -> std::io::Result<()> {
+                                    let mut c = std::net::TcpStream::connect_timeout(
+                                        &addr,
+                                        Duration::from_secs(2),
+                                    )?;
+                                    c.set_read_timeout(Some(Duration::from_secs(2)))?;
+                                    c.write_all(b"x\n")?;
+                                    let mut line = String::new();
+                                    std::io::BufReader::new(&c).read_line(&mut line)?;
+                                    if line.is_empty() {
+                                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+                                    }
+                                    Ok(())
+                                })();
+                                match ok {
+                                    Ok(()) => lat.push(t.elapsed()),
+                                    Err(_) => {
+                                        failed.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                }
+                            }
+                            lat
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().unwrap_or_default())
+                    .collect()
+            });
+            let secs = start.elapsed().as_secs_f64();
+            ConnResult {
+                done: lat.len(),
+                failed: failed.load(Ordering::Relaxed),
+                secs,
+                latency: Latencies::from(lat),
+            }
+        })
+    })
+    .await
+    .map_err(|e| Error::Invalid {
+        what: "connection client thread".into(),
+        message: e.to_string(),
+    })?
+}
+
+/// Whether a DNS server at `addr` in `netns_name` answers `name` at all (1 s, one try).
+pub async fn dns_answers(netns_name: &str, addr: Ipv4Addr, name: &str) -> bool {
+    netns::exec(
+        netns_name,
+        "dig",
+        [
+            &format!("@{addr}"),
+            "+time=1",
+            "+tries=1",
+            "+short",
+            name,
+            "A",
+        ],
+    )
+    .await
+    .is_ok()
+}
+
+fn dns_query_files(dir: &Path, set: &str) -> Result<(PathBuf, PathBuf)> {
+    let (mut sy, mut cd) = (String::new(), String::new());
+    for i in 0..DNS_NAMES {
+        if set == "cluster names" {
+            let _ = writeln!(sy, "sr-dns-{i}.{NS_FIX}.svc.cluster.local A");
+            let _ = writeln!(cd, "svc-dns-{i}.{NS_FIX}.svc.cluster.local A");
+        } else {
+            // What a pod's resolver sends first for an outside name (ndots:5, search list):
+            // every one is NXDOMAIN at the cluster server.
+            for suffix in [
+                format!("{NS_FIX}.svc.cluster.local"),
+                "svc.cluster.local".into(),
+                "cluster.local".into(),
+            ] {
+                let line = format!("www.example{i}.com.{suffix} A\n");
+                sy.push_str(&line);
+                cd.push_str(&line);
+            }
+        }
+    }
+    let slug = set.replace(' ', "-");
+    let (a, b) = (
+        dir.join(format!("{slug}-switchyard.txt")),
+        dir.join(format!("{slug}-coredns.txt")),
+    );
+    for (p, t) in [(&a, &sy), (&b, &cd)] {
+        std::fs::write(p, t).map_err(|source| Error::Io {
+            op: "write",
+            path: p.clone(),
+            source,
+        })?;
+    }
+    Ok((a, b))
+}
+
+/// `dnsperf` in `netns_name` against `server` for `secs` seconds (1 thread, 4 clients, 100
+/// outstanding), with per-query latencies from its verbose output.
+async fn dnsperf(netns_name: &str, server: Ipv4Addr, file: &Path, secs: u64) -> Result<DnsResult> {
+    let out = tokio::time::timeout(
+        Duration::from_secs(secs + 30),
+        netns::exec(
+            netns_name,
+            "dnsperf",
+            [
+                "-s".to_string(),
+                server.to_string(),
+                "-d".into(),
+                file.display().to_string(),
+                "-l".into(),
+                secs.to_string(),
+                "-c".into(),
+                "4".into(),
+                "-T".into(),
+                "1".into(),
+                "-q".into(),
+                "100".into(),
+                "-t".into(),
+                "2".into(),
+                "-v".into(),
+            ],
+        ),
+    )
+    .await
+    .map_err(|_| Error::Timeout {
+        what: format!("dnsperf against {server}"),
+        after: Duration::from_secs(secs + 30),
+        last: None,
+    })??;
+    let text = String::from_utf8_lossy(&out.stdout);
+    parse_dnsperf(&text).ok_or_else(|| Error::Invalid {
+        what: format!("dnsperf output (server {server})"),
+        message: text.lines().rev().take(20).collect::<Vec<_>>().join(" | "),
+    })
+}
+
+/// Parses dnsperf 2.x `-v` output: `> RCODE name type latency` per query plus the summary.
+pub fn parse_dnsperf(text: &str) -> Option<DnsResult> {
+    let mut lat = Vec::new();
+    let mut rcodes = BTreeMap::new();
+    let (mut qps, mut sent, mut lost) = (None, 0u64, 0u64);
+    for l in text.lines() {
+        let l = l.trim();
+        if let Some(rest) = l.strip_prefix("> ") {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            if let (Some(code), Some(v)) = (f.first(), f.last())
+                && let Ok(secs) = v.parse::<f64>()
+            {
+                *rcodes.entry((*code).to_string()).or_insert(0) += 1;
+                lat.push(Duration::from_secs_f64(secs.max(0.0)));
+            }
+        } else if let Some(v) = l.strip_prefix("Queries per second:") {
+            qps = v.trim().parse().ok();
+        } else if let Some(v) = l.strip_prefix("Queries sent:") {
+            sent = v.trim().parse().unwrap_or(0);
+        } else if let Some(v) = l.strip_prefix("Queries lost:") {
+            lost = v
+                .split_whitespace()
+                .next()
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(0);
+        }
+    }
+    Some(DnsResult {
+        qps: qps?,
+        sent,
+        lost,
+        rcodes,
+        latency: Latencies::from(lat),
+    })
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 && a.is_finite() {
+        format!("{:.2}", a / b)
+    } else {
+        "n/a".into()
+    }
+}
+
+/// The report as markdown: a ratio table (Switchyard / incumbent; below 1 is better for times
+/// and memory, above 1 for rates) and the raw figures.
+pub fn markdown(r: &CompareReport, command: &str) -> String {
+    let mut s = String::new();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let _ = writeln!(
+        s,
+        "| measure | Switchyard | incumbent | ratio (Switchyard / incumbent) |"
+    );
+    let _ = writeln!(s, "| --- | --- | --- | --- |");
+    for z in &r.sizes {
+        let _ = writeln!(
+            s,
+            "| full sync, {} routes × {BACKENDS} backends (start to all rules) | {:.0} ms | {:.0} ms (kube-proxy) | {} |",
+            z.routes,
+            ms(z.sy_sync),
+            ms(z.kp_sync),
+            ratio(ms(z.sy_sync), ms(z.kp_sync))
+        );
+    }
+    for z in &r.sizes {
+        let _ = writeln!(
+            s,
+            "| one-backend change at {} routes, median (max) of {} | {:.1} ms ({:.1}) | {:.1} ms ({:.1}) (kube-proxy) | {} |",
+            z.routes,
+            z.sy_change.samples.len(),
+            z.sy_change.ms(0.5),
+            z.sy_change.ms(1.0),
+            z.kp_change.ms(0.5),
+            z.kp_change.ms(1.0),
+            ratio(z.sy_change.ms(0.5), z.kp_change.ms(0.5))
+        );
+    }
+    let n = r.sy_programming.samples.len();
+    for (q, label) in [(0.5, "p50"), (0.99, "p99")] {
+        let _ = writeln!(
+            s,
+            "| programming latency {label}, Pod Ready / deleted to rules on the client node, {n} changes | {:.0} ms | {:.0} ms (kube-proxy) | {} |",
+            r.sy_programming.ms(q),
+            r.kp_programming.ms(q),
+            ratio(r.sy_programming.ms(q), r.kp_programming.ms(q))
+        );
+    }
+    for (label, installed, sy, kp) in &r.conns {
+        let _ = writeln!(
+            s,
+            "| connections/s through the virtual IP, {label} ({installed} Switchyard dispatch entries) | {:.0} | {:.0} (kube-proxy) | {} |",
+            sy.rate(),
+            kp.rate(),
+            ratio(sy.rate(), kp.rate())
+        );
+        let _ = writeln!(
+            s,
+            "| connection latency p50 / p99, {label} | {:.2} / {:.2} ms | {:.2} / {:.2} ms (kube-proxy) | {} / {} |",
+            sy.latency.ms(0.5),
+            sy.latency.ms(0.99),
+            kp.latency.ms(0.5),
+            kp.latency.ms(0.99),
+            ratio(sy.latency.ms(0.5), kp.latency.ms(0.5)),
+            ratio(sy.latency.ms(0.99), kp.latency.ms(0.99))
+        );
+    }
+    for (set, sy, cd) in &r.dns {
+        match sy {
+            Some(sy) => {
+                let _ = writeln!(
+                    s,
+                    "| DNS QPS, {set} | {:.0} | {:.0} (CoreDNS) | {} |",
+                    sy.qps,
+                    cd.qps,
+                    ratio(sy.qps, cd.qps)
+                );
+                let _ = writeln!(
+                    s,
+                    "| DNS latency p99, {set} | {:.2} ms | {:.2} ms (CoreDNS) | {} |",
+                    sy.latency.ms(0.99),
+                    cd.latency.ms(0.99),
+                    ratio(sy.latency.ms(0.99), cd.latency.ms(0.99))
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "| DNS QPS, {set} | pending | {:.0} (CoreDNS) | pending |",
+                    cd.qps
+                );
+                let _ = writeln!(
+                    s,
+                    "| DNS latency p99, {set} | pending | {:.2} ms (CoreDNS) | pending |",
+                    cd.latency.ms(0.99)
+                );
+            }
+        }
+    }
+    if let Some((a, k, d, c)) = r.rss {
+        let size = r.sizes.last().map(|z| z.routes).unwrap_or(0);
+        let _ = writeln!(
+            s,
+            "| RSS at {size} routes: agent vs kube-proxy | {:.1} MiB | {:.1} MiB | {} |",
+            a as f64 / 1024.0,
+            k as f64 / 1024.0,
+            ratio(a as f64, k as f64)
+        );
+        match d {
+            Some(d) => {
+                let _ = writeln!(
+                    s,
+                    "| RSS at {size} routes: DNS process vs CoreDNS | {:.1} MiB | {:.1} MiB | {} |",
+                    d as f64 / 1024.0,
+                    c as f64 / 1024.0,
+                    ratio(d as f64, c as f64)
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "| RSS at {size} routes: DNS process vs CoreDNS | pending | {:.1} MiB | pending |",
+                    c as f64 / 1024.0
+                );
+            }
+        }
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(s, "Raw figures:");
+    let _ = writeln!(s);
+    for z in &r.sizes {
+        let f = |l: &Latencies| {
+            l.samples
+                .iter()
+                .map(|d| format!("{:.1}", ms(*d)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            s,
+            "- {} routes: change samples (ms) Switchyard [{}]; kube-proxy [{}]",
+            z.routes,
+            f(&z.sy_change),
+            f(&z.kp_change)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "- programming ({n} changes): Switchyard p50 {:.0} / p90 {:.0} / p99 {:.0} / max {:.0} ms; kube-proxy p50 {:.0} / p90 {:.0} / p99 {:.0} / max {:.0} ms",
+        r.sy_programming.ms(0.5),
+        r.sy_programming.ms(0.9),
+        r.sy_programming.ms(0.99),
+        r.sy_programming.ms(1.0),
+        r.kp_programming.ms(0.5),
+        r.kp_programming.ms(0.9),
+        r.kp_programming.ms(0.99),
+        r.kp_programming.ms(1.0)
+    );
+    for (label, installed, sy, kp) in &r.conns {
+        let _ = writeln!(
+            s,
+            "- connections, {label} ({installed} dispatch entries): Switchyard {} done / {} failed in {:.2} s; kube-proxy {} done / {} failed in {:.2} s",
+            sy.done, sy.failed, sy.secs, kp.done, kp.failed, kp.secs
+        );
+    }
+    for (set, sy, cd) in &r.dns {
+        let one = |d: &DnsResult| {
+            format!(
+                "{:.0} QPS, {} sent, {} lost, rcodes {:?}, p50 {:.2} ms, p99 {:.2} ms",
+                d.qps,
+                d.sent,
+                d.lost,
+                d.rcodes,
+                d.latency.ms(0.5),
+                d.latency.ms(0.99)
+            )
+        };
+        let _ = writeln!(
+            s,
+            "- dnsperf, {set}: Switchyard {}; CoreDNS {}",
+            sy.as_ref().map(one).unwrap_or_else(|| "pending".into()),
+            one(cd)
+        );
+    }
+    if let Some((a, k, d, c)) = r.rss {
+        let _ = writeln!(
+            s,
+            "- VmRSS (KiB): agent {a}, kube-proxy {k}, Switchyard DNS process {}, CoreDNS {c}",
+            d.map(|d| d.to_string()).unwrap_or_else(|| "pending".into())
+        );
+    }
+    for note in &r.notes {
+        let _ = writeln!(s, "- note: {note}");
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "Command: `{command}`; whole run {:.1} min.",
+        r.wall.as_secs_f64() / 60.0
+    );
+    s
+}
+
+/// Writes the SVG plots (and the DNS answer comparison) into `dir`; returns the files.
+pub fn write_plots(r: &CompareReport, dir: &Path) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        op: "create",
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let kp = ["Switchyard", "kube-proxy"];
+    let cd = ["Switchyard DNS", "CoreDNS"];
+    let charts = vec![
+        (
+            "full-sync.svg",
+            svg::Chart {
+                title: "Full sync, start to all rules (routes × 10 backends)",
+                unit: "ms",
+                series: &kp,
+                groups: r
+                    .sizes
+                    .iter()
+                    .map(|z| {
+                        (
+                            format!("{}", z.routes),
+                            vec![Some(ms(z.sy_sync)), Some(ms(z.kp_sync))],
+                        )
+                    })
+                    .collect(),
+            },
+        ),
+        (
+            "change-latency.svg",
+            svg::Chart {
+                title: "One-backend change, API write to kernel (median)",
+                unit: "ms",
+                series: &kp,
+                groups: r
+                    .sizes
+                    .iter()
+                    .map(|z| {
+                        (
+                            format!("{}", z.routes),
+                            vec![Some(z.sy_change.ms(0.5)), Some(z.kp_change.ms(0.5))],
+                        )
+                    })
+                    .collect(),
+            },
+        ),
+        (
+            "programming.svg",
+            svg::Chart {
+                title: "Programming latency, Pod Ready to rules on the client node",
+                unit: "ms",
+                series: &kp,
+                groups: [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)]
+                    .iter()
+                    .map(|(l, q)| {
+                        (
+                            (*l).to_string(),
+                            vec![Some(r.sy_programming.ms(*q)), Some(r.kp_programming.ms(*q))],
+                        )
+                    })
+                    .collect(),
+            },
+        ),
+        (
+            "connections.svg",
+            svg::Chart {
+                title: "Connections per second through the virtual IP",
+                unit: "connections/s",
+                series: &kp,
+                groups: r
+                    .conns
+                    .iter()
+                    .map(|(l, n, a, b)| {
+                        (format!("{l} ({n})"), vec![Some(a.rate()), Some(b.rate())])
+                    })
+                    .collect(),
+            },
+        ),
+        (
+            "dns-qps.svg",
+            svg::Chart {
+                title: "DNS queries per second (dnsperf)",
+                unit: "QPS",
+                series: &cd,
+                groups: r
+                    .dns
+                    .iter()
+                    .map(|(l, a, b)| (l.clone(), vec![a.as_ref().map(|a| a.qps), Some(b.qps)]))
+                    .collect(),
+            },
+        ),
+        (
+            "memory.svg",
+            svg::Chart {
+                title: "Resident memory at the largest size",
+                unit: "MiB",
+                series: &["Switchyard", "incumbent"],
+                groups: r
+                    .rss
+                    .map(|(a, k, d, c)| {
+                        vec![
+                            (
+                                "agent vs kube-proxy".to_string(),
+                                vec![Some(a as f64 / 1024.0), Some(k as f64 / 1024.0)],
+                            ),
+                            (
+                                "DNS vs CoreDNS".to_string(),
+                                vec![d.map(|d| d as f64 / 1024.0), Some(c as f64 / 1024.0)],
+                            ),
+                        ]
+                    })
+                    .unwrap_or_default(),
+            },
+        ),
+    ];
+    let mut written = Vec::new();
+    for (file, chart) in charts {
+        let path = dir.join(file);
+        std::fs::write(&path, svg::render(&chart)).map_err(|source| Error::Io {
+            op: "write",
+            path: path.clone(),
+            source,
+        })?;
+        written.push(path);
+    }
+    if let Some(md) = &r.dns_diff {
+        let path = dir.join("dns-answers.md");
+        std::fs::write(&path, md).map_err(|source| Error::Io {
+            op: "write",
+            path: path.clone(),
+            source,
+        })?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dnsperf_verbose_output_parses() {
+        let out = "> NOERROR a.b.svc.cluster.local A 0.000210\n> NXDOMAIN x.cluster.local A 0.000400\n  Queries sent:         2\n  Queries lost:         0 (0.00%)\n  Queries per second:   1234.5\n";
+        let r = parse_dnsperf(out).unwrap();
+        assert_eq!(r.qps, 1234.5);
+        assert_eq!(r.sent, 2);
+        assert_eq!(r.rcodes.get("NXDOMAIN"), Some(&1));
+        assert_eq!(r.latency.samples.len(), 2);
+    }
+
+    #[test]
+    fn addresses_stay_in_their_ranges() {
+        assert_eq!(nth(SERVICE_BASE, 0), Ipv4Addr::new(198, 19, 128, 1));
+        assert_eq!(
+            nth(SERVICE_BASE, MAX_SIZE - 1),
+            Ipv4Addr::new(198, 19, 167, 16)
+        );
+        assert_eq!(nth(VIP_BASE, MAX_SIZE - 1), Ipv4Addr::new(198, 19, 239, 16));
+        assert_eq!(backend_ip(MAX_SIZE, 9), Ipv4Addr::new(198, 18, 240, 10));
+    }
+}

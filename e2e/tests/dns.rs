@@ -1,0 +1,466 @@
+//! Cluster DNS from inside pods: `dig` over UDP and TCP against the node-local server
+//! (169.254.20.10), and `getent`/`curl` through the system resolver (the pod's resolv.conf,
+//! search path and ndots:5). Every record kind: A/AAAA of a route's virtual IPs (IPv4 and
+//! dual-stack), hostnames, headless answers with ready backends only and per-backend names,
+//! SRV for named ports and none for unnamed ones, PTR for virtual IPs and backends, pod A
+//! records, `dns-version` TXT; NXDOMAIN versus NODATA with the SOA; a route change and a
+//! backend change answered within a second; and a name of the lab's own upstream resolver.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, ListParams};
+use switchyard_api::ServiceRoute;
+use switchyard_e2e::lab::{Lab, LabOptions, UPSTREAM_WWW, UPSTREAM_ZONE};
+
+const NS: &str = "dnst";
+const SERVER: &str = "169.254.20.10";
+const ZONE: &str = "cluster.local";
+
+fn pod(ns: &str, name: &str, node: &str, labels: &str, ready: bool) -> String {
+    // A pod that never becomes ready serves HTTP on another port than its probe checks.
+    let http = if ready { "8082" } else { "8083" };
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels: {{{labels}}}\nspec:\n  nodeName: {node}\n  containers:\n  - name: main\n    image: switchyard-testpod\n    command: [switchyard-testpod, serve, --tcp, \"8080\", --http, \"{http}\", --name, {name}]\n    readinessProbe:\n      httpGet: {{path: /ready, port: 8082}}\n"
+    )
+}
+
+fn route(ns: &str, name: &str, selector: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: switchyard.dev/v1alpha1\nkind: ServiceRoute\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  selector: {{matchLabels: {{{selector}}}}}\n{extra}"
+    )
+}
+
+/// `dig` inside pod `ns/client` against the node-local server; the whole output.
+async fn dig(lab: &Lab, ns: &str, args: &[&str]) -> String {
+    let mut argv = vec!["dig", "+time=2", "+tries=1", "@169.254.20.10"];
+    argv.extend_from_slice(args);
+    let out = lab.exec(ns, "client", &argv).await.unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The answers of `dig +short`, sorted.
+async fn short(lab: &Lab, ns: &str, args: &[&str]) -> Vec<String> {
+    let mut a = vec!["+short"];
+    a.extend_from_slice(args);
+    let mut v: Vec<String> = dig(lab, ns, &a)
+        .await
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty() && !l.starts_with(';'))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Asserts the same answers over UDP and over TCP.
+async fn both(lab: &Lab, ns: &str, name: &str, qtype: &str) -> Vec<String> {
+    let udp = short(lab, ns, &["+notcp", name, qtype]).await;
+    let tcp = short(lab, ns, &["+tcp", name, qtype]).await;
+    assert_eq!(udp, tcp, "{name} {qtype}: UDP and TCP differ");
+    udp
+}
+
+fn status_of(out: &str) -> String {
+    out.split("status: ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Asserts a negative answer of `kind` (`NXDOMAIN` or `NODATA`) with the zone's SOA, over UDP
+/// and TCP.
+async fn negative(lab: &Lab, ns: &str, name: &str, qtype: &str, kind: &str) {
+    for t in ["+notcp", "+tcp"] {
+        let out = dig(lab, ns, &[t, name, qtype]).await;
+        let want = if kind == "NODATA" { "NOERROR" } else { kind };
+        assert_eq!(status_of(&out), want, "{name} {qtype} ({t}):\n{out}");
+        assert!(out.contains("ANSWER: 0,"), "{name} {qtype} ({t}):\n{out}");
+        assert!(
+            out.contains("IN\tSOA\tns.dns.cluster.local. hostmaster.cluster.local.")
+                || out.contains("IN\tSOA\tns.dns."),
+            "{name} {qtype} ({t}) has no SOA:\n{out}"
+        );
+    }
+}
+
+async fn vips(lab: &Lab, ns: &str, name: &str, count: usize) -> Vec<String> {
+    let api = Api::<ServiceRoute>::namespaced(lab.client.clone(), ns);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Some(s) = api.get(name).await.ok().and_then(|r| r.status)
+            && s.virtual_ips.len() >= count
+        {
+            return s.virtual_ips;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    panic!("route {ns}/{name} got no {count} virtual IPs");
+}
+
+async fn slice_addresses(lab: &Lab, ns: &str, route: &str) -> Vec<String> {
+    let lp = ListParams::default().labels(&format!("switchyard.dev/route={route}"));
+    let mut v: Vec<String> = Api::<EndpointSlice>::namespaced(lab.client.clone(), ns)
+        .list(&lp)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .flat_map(|s| s.endpoints)
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false))
+        .flat_map(|e| e.addresses)
+        .collect();
+    v.sort();
+    v
+}
+
+/// Polls `dig` until `pred` holds; the time it took from `t0`.
+async fn answered_within<F>(lab: &Lab, name: &str, qtype: &str, t0: Instant, pred: F) -> Duration
+where
+    F: Fn(&[String]) -> bool,
+{
+    let deadline = t0 + Duration::from_secs(10);
+    loop {
+        let a = short(lab, NS, &["+notcp", name, qtype]).await;
+        if pred(&a) {
+            return t0.elapsed();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} {qtype} never changed: {a:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_dns_end_to_end() {
+    if !prerequisites() {
+        return;
+    }
+    run_lab(LabOptions::default(), |lab| Box::pin(steps(lab))).await;
+}
+
+async fn steps(lab: &mut Lab) {
+    apply(lab, &example("01-podnetwork-default.yaml")).await;
+    apply(lab, &example("02-podnetwork-tenant.yaml")).await;
+    wait_condition(lab, "podnetwork/default", "Ready", 60).await;
+    wait_condition(lab, "podnetwork/blue", "Ready", 60).await;
+    create_namespace(lab, NS).await;
+    wait_service_account(lab, "blue").await;
+
+    step("pods and routes");
+    apply(lab, &pod(NS, "client", "node-1", "app: client", true)).await;
+    apply(lab, &pod(NS, "web-0", "node-2", "app: web", true)).await;
+    apply(lab, &pod(NS, "db-0", "node-2", "role: db", true)).await;
+    apply(lab, &pod(NS, "db-1", "node-1", "role: db", false)).await;
+    apply(lab, &pod("blue", "client", "node-2", "app: client", true)).await;
+    apply(lab, &pod("blue", "bweb", "node-1", "app: bweb", true)).await;
+    apply(
+        lab,
+        &route(
+            NS,
+            "web",
+            "app: web",
+            "  ports: [{name: http, port: 80, targetPort: 8082}]\n  hostnames: [web.dnst.example.internal]\n",
+        ),
+    )
+    .await;
+    apply(
+        lab,
+        &route(
+            NS,
+            "plain",
+            "app: web",
+            "  ports: [{port: 8080, targetPort: 8080}]\n",
+        ),
+    )
+    .await;
+    apply(
+        lab,
+        &route(
+            NS,
+            "db",
+            "role: db",
+            "  headless: true\n  ports: [{name: tcp, port: 8080, targetPort: 8080}]\n",
+        ),
+    )
+    .await;
+    apply(
+        lab,
+        &route(
+            "blue",
+            "dual",
+            "app: bweb",
+            "  ports: [{name: http, port: 80, targetPort: 8082}]\n",
+        ),
+    )
+    .await;
+    wait_pods_ready(lab, NS, 3, 90).await;
+    wait_pods_ready(lab, "blue", 2, 90).await;
+    for r in ["web", "plain", "db"] {
+        wait_condition(lab, &format!("serviceroute/{r} -n {NS}"), "Programmed", 60).await;
+    }
+    wait_condition(lab, "serviceroute/dual -n blue", "Programmed", 60).await;
+    let web_vip = vips(lab, NS, "web", 1).await[0].clone();
+    let plain_vip = vips(lab, NS, "plain", 1).await[0].clone();
+    let dual_vips = vips(lab, "blue", "dual", 2).await;
+    let db0 = pod_ip(lab, NS, "db-0").await;
+    let db1 = pod_ip(lab, NS, "db-1").await;
+    let client_ip = pod_ip(lab, NS, "client").await;
+
+    step("the pod's resolv.conf points at its node's server");
+    let out = lab
+        .exec(NS, "client", &["cat", "/etc/resolv.conf"])
+        .await
+        .unwrap();
+    let rc = String::from_utf8_lossy(&out.stdout);
+    assert!(rc.contains(&format!("nameserver {SERVER}")), "{rc}");
+    assert!(
+        rc.contains(&format!("search {NS}.svc.{ZONE} svc.{ZONE} {ZONE}")),
+        "{rc}"
+    );
+    assert!(rc.contains("ndots:5"), "{rc}");
+
+    step("A for a route with a virtual IP, its hostname, case-insensitively");
+    let fq = format!("web.{NS}.svc.{ZONE}");
+    // The snapshot may still be catching up with the route's status.
+    wait_until(10, || async {
+        short(lab, NS, &["+notcp", &fq, "A"]).await == vec![web_vip.clone()]
+    })
+    .await;
+    assert_eq!(both(lab, NS, &fq, "A").await, vec![web_vip.clone()]);
+    assert_eq!(
+        both(lab, NS, &fq.to_uppercase(), "A").await,
+        vec![web_vip.clone()]
+    );
+    assert_eq!(
+        both(lab, NS, "web.dnst.example.internal", "A").await,
+        vec![web_vip.clone()]
+    );
+
+    step("dual-stack route: A and AAAA");
+    let dual = format!("dual.blue.svc.{ZONE}");
+    let mut want_dual = dual_vips.clone();
+    want_dual.sort();
+    let mut got = both(lab, NS, &dual, "A").await;
+    got.extend(both(lab, NS, &dual, "AAAA").await);
+    got.sort();
+    assert_eq!(got, want_dual);
+    // From the dual-stack network's own pod too.
+    assert_eq!(short(lab, "blue", &["+tcp", &dual, "AAAA"]).await.len(), 1);
+
+    step("SRV for named ports, none for unnamed ones");
+    let srv = both(lab, NS, &format!("_http._tcp.web.{NS}.svc.{ZONE}"), "SRV").await;
+    assert_eq!(srv, vec![format!("0 100 80 web.{NS}.svc.{ZONE}.")]);
+    negative(
+        lab,
+        NS,
+        &format!("_http._tcp.plain.{NS}.svc.{ZONE}"),
+        "SRV",
+        "NXDOMAIN",
+    )
+    .await;
+    assert_eq!(
+        both(lab, NS, &format!("plain.{NS}.svc.{ZONE}"), "A").await,
+        vec![plain_vip.clone()]
+    );
+
+    step("PTR for virtual IPs (in-addr.arpa and ip6.arpa) and headless backends");
+    for v in &dual_vips {
+        let out = short(lab, NS, &["+notcp", "-x", v]).await;
+        assert_eq!(out, vec![format!("dual.blue.svc.{ZONE}.")], "PTR {v}");
+        let out = short(lab, NS, &["+tcp", "-x", v]).await;
+        assert_eq!(
+            out,
+            vec![format!("dual.blue.svc.{ZONE}.")],
+            "PTR {v} over TCP"
+        );
+    }
+    assert_eq!(
+        short(lab, NS, &["-x", &web_vip]).await,
+        vec![format!("web.{NS}.svc.{ZONE}.")]
+    );
+    let db0_name = format!("{}.db.{NS}.svc.{ZONE}", db0.replace('.', "-"));
+    assert_eq!(
+        short(lab, NS, &["-x", &db0]).await,
+        vec![format!("{db0_name}.")]
+    );
+
+    step("headless: ready backends only, per-backend names, SRV per backend");
+    let db = format!("db.{NS}.svc.{ZONE}");
+    assert_eq!(both(lab, NS, &db, "A").await, vec![db0.clone()]);
+    assert_eq!(both(lab, NS, &db0_name, "A").await, vec![db0.clone()]);
+    negative(
+        lab,
+        NS,
+        &format!("{}.db.{NS}.svc.{ZONE}", db1.replace('.', "-")),
+        "A",
+        "NXDOMAIN",
+    )
+    .await;
+    assert_eq!(
+        both(lab, NS, &format!("_tcp._tcp.db.{NS}.svc.{ZONE}"), "SRV").await,
+        vec![format!("0 100 8080 {db0_name}.")]
+    );
+
+    step("pod A records and dns-version");
+    let pod_name = format!("{}.{NS}.pod.{ZONE}", client_ip.replace('.', "-"));
+    assert_eq!(both(lab, NS, &pod_name, "A").await, vec![client_ip.clone()]);
+    assert_eq!(
+        both(lab, NS, &format!("dns-version.{ZONE}"), "TXT").await,
+        vec!["\"1.1.0\"".to_string()]
+    );
+
+    step("negative answers: NODATA for another type, NXDOMAIN for no name, search-path misses");
+    negative(lab, NS, &fq, "AAAA", "NODATA").await;
+    negative(lab, NS, &fq, "TXT", "NODATA").await;
+    negative(lab, NS, &format!("{NS}.svc.{ZONE}"), "A", "NODATA").await;
+    negative(lab, NS, &format!("nope.{NS}.svc.{ZONE}"), "A", "NXDOMAIN").await;
+    negative(
+        lab,
+        NS,
+        &format!("www.{UPSTREAM_ZONE}.{NS}.svc.{ZONE}"),
+        "A",
+        "NXDOMAIN",
+    )
+    .await;
+    negative(
+        lab,
+        NS,
+        &format!("{fq}.{NS}.svc.{ZONE}"),
+        "AAAA",
+        "NXDOMAIN",
+    )
+    .await;
+    negative(
+        lab,
+        NS,
+        &format!("10-1-2-3.{NS}.pod.{ZONE}"),
+        "A",
+        "NXDOMAIN",
+    )
+    .await;
+
+    step("an upstream name (the lab's own resolver), over UDP and TCP");
+    assert_eq!(
+        both(lab, NS, &format!("www.{UPSTREAM_ZONE}"), "A").await,
+        vec![UPSTREAM_WWW.0.to_string()],
+        "is dnsmasq installed (Debian package dnsmasq-base)? see the lab's logs/dnsmasq.log"
+    );
+    assert_eq!(
+        both(lab, NS, &format!("www.{UPSTREAM_ZONE}"), "AAAA").await,
+        vec![UPSTREAM_WWW.1.to_string()]
+    );
+    let out = dig(lab, NS, &[&format!("nope.{UPSTREAM_ZONE}"), "A"]).await;
+    assert_eq!(status_of(&out), "NXDOMAIN", "{out}");
+
+    step("the system resolver: getent through the search path, curl by short name");
+    let out = lab
+        .exec(NS, "client", &["getent", "hosts", "web"])
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with(&web_vip), "getent hosts web: {text}");
+    let out = lab
+        .exec(NS, "client", &["getent", "ahostsv4", "db"])
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&db0),
+        "getent ahostsv4 db"
+    );
+    let out = lab
+        .exec(
+            NS,
+            "client",
+            &["getent", "ahosts", &format!("www.{UPSTREAM_ZONE}")],
+        )
+        .await
+        .unwrap();
+    // Through the whole search path (three NXDOMAINs under the zone), then upstream.
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(UPSTREAM_WWW.0) && text.contains(UPSTREAM_WWW.1),
+        "getent ahosts www.{UPSTREAM_ZONE}: {text}"
+    );
+    let out = lab
+        .exec(
+            NS,
+            "client",
+            &["curl", "-sS", "--max-time", "5", "http://web/"],
+        )
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("web-0"),
+        "curl http://web/: {} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    step("a route change is answered within a second");
+    let t0 = Instant::now();
+    apply(
+        lab,
+        &route(
+            NS,
+            "web",
+            "app: web",
+            "  ports: [{name: http, port: 80, targetPort: 8082}]\n  hostnames: [web.dnst.example.internal, www.dnst.example.internal]\n",
+        ),
+    )
+    .await;
+    let took = answered_within(lab, "www.dnst.example.internal", "A", t0, |a| {
+        a == [web_vip.clone()]
+    })
+    .await;
+    eprintln!("route change answered after {took:?}");
+    assert!(took < Duration::from_secs(1), "route change took {took:?}");
+
+    step("a backend change is answered within a second of its EndpointSlice");
+    apply(lab, &pod(NS, "db-2", "node-1", "role: db", true)).await;
+    wait_pods_ready(lab, NS, 4, 90).await;
+    let db2 = pod_ip(lab, NS, "db-2").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !slice_addresses(lab, NS, "db").await.contains(&db2) {
+        assert!(Instant::now() < deadline, "db-2 never reached the slices");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let t0 = Instant::now();
+    let took = answered_within(lab, &db, "A", t0, |a| a.contains(&db2)).await;
+    eprintln!("backend change answered after {took:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "backend change took {took:?}"
+    );
+
+    step("the agent's DNS metrics count queries by type and rcode");
+    let addr = lab.agent_addr("node-1").unwrap();
+    let out = lab
+        .exec(
+            NS,
+            "client",
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                &format!("http://{addr}/metrics"),
+            ],
+        )
+        .await
+        .unwrap();
+    let m = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        m.contains("switchyard_agent_dns_queries_total{qtype=\"A\",rcode=\"NXDOMAIN\"}"),
+        "{m}"
+    );
+    assert!(m.contains("switchyard_agent_dns_programming_latency_seconds"));
+}

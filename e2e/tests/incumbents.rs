@@ -1,0 +1,183 @@
+//! The incumbents in the lab: kube-proxy (nftables mode, built from the pinned Kubernetes
+//! module) in each node's namespace carries a pod's connection to a native Service's ClusterIP
+//! to a pod on the other node, and CoreDNS (built from its pinned module) answers the Service's
+//! name with that ClusterIP. Then `switchyard-lab bench --compare` runs at a tiny size on a lab
+//! of its own and prints its table of ratios.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use switchyard_e2e::compare::incumbents::{COREDNS_ADDR, Incumbents};
+use switchyard_e2e::lab::LabOptions;
+use switchyard_e2e::netns;
+
+const NS: &str = "incumbents";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kube_proxy_and_coredns_work_in_the_lab_and_the_comparison_runs() {
+    if !prerequisites() {
+        return;
+    }
+    run_lab(
+        LabOptions {
+            nodes: 2,
+            examples: true,
+            ..Default::default()
+        },
+        |lab| {
+            Box::pin(async move {
+                let n0 = lab.topology.nodes[0].clone();
+                let n1 = lab.topology.nodes[1].clone();
+                let mut inc = Incumbents::new(lab).await.unwrap();
+                step("kube-proxy on both nodes, CoreDNS on the first");
+                for n in [&n0, &n1] {
+                    inc.start_kube_proxy(&n.name).unwrap();
+                }
+                for n in [&n0, &n1] {
+                    inc.wait_kube_proxy_synced(&n.name, Duration::from_secs(60))
+                        .await
+                        .unwrap();
+                }
+                inc.start_coredns(&n0.name, Duration::from_secs(60))
+                    .await
+                    .unwrap();
+
+                step("a native Service in front of a pod on the second node");
+                create_namespace(lab, NS).await;
+                apply(lab, &pod_yaml(NS, "backend", &n1.name, false)).await;
+                apply(lab, &pod_yaml(NS, "client", &n0.name, false)).await;
+                apply(
+                    lab,
+                    &format!(
+                        "apiVersion: v1\nkind: Service\nmetadata:\n  name: echo\n  namespace: {NS}\nspec:\n  selector: {{app: backend}}\n  ports:\n  - {{name: tcp, port: 80, targetPort: 8080, protocol: TCP}}\n"
+                    ),
+                )
+                .await;
+                wait_pods_ready(lab, NS, 2, 60).await;
+                let cluster_ip = kubectl(
+                    lab,
+                    &["get", "svc", "echo", "-n", NS, "-o", "jsonpath={.spec.clusterIP}"],
+                )
+                .await;
+                assert!(
+                    cluster_ip.starts_with("198.19.255."),
+                    "ClusterIP {cluster_ip:?} is not from the lab's service range"
+                );
+                let backend_ip = pod_ip(lab, NS, "backend").await;
+
+                step("kube-proxy programs the endpoint and carries the connection");
+                let ns0 = n0.netns.clone();
+                // A lone endpoint is a `dnat to <ip>:<port>` in the service's chain.
+                let want = format!(" to {backend_ip}:8080");
+                wait_until(60, || {
+                    let (ns0, want) = (ns0.clone(), want.clone());
+                    async move {
+                        netns::exec(&ns0, "nft", ["list", "table", "ip", "kube-proxy"])
+                            .await
+                            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&want))
+                    }
+                })
+                .await;
+                let reply = send(lab, NS, "client", "tcp", &format!("{cluster_ip}:80"), "hello")
+                    .await
+                    .unwrap_or_else(|e| panic!("client to ClusterIP {cluster_ip}:80: {e}"));
+                assert_eq!(reply, "backend hello", "the backend answers through kube-proxy's DNAT");
+
+                step("CoreDNS answers the Service's name with its ClusterIP");
+                let name = format!("echo.{NS}.svc.cluster.local");
+                let out = netns::exec(
+                    &n0.netns,
+                    "dig",
+                    [&format!("@{COREDNS_ADDR}"), "+short", "+time=2", "+tries=2", &name, "A"],
+                )
+                .await
+                .unwrap();
+                assert_eq!(
+                    String::from_utf8_lossy(&out.stdout).trim(),
+                    cluster_ip,
+                    "dig @{COREDNS_ADDR} {name}"
+                );
+                let out = netns::exec(
+                    &n0.netns,
+                    "dig",
+                    [&format!("@{COREDNS_ADDR}"), "+time=2", "+tries=2", &format!("nope.{NS}.svc.cluster.local"), "A"],
+                )
+                .await
+                .unwrap();
+                assert!(
+                    String::from_utf8_lossy(&out.stdout).contains("status: NXDOMAIN"),
+                    "an unknown name is NXDOMAIN: {}",
+                    String::from_utf8_lossy(&out.stdout)
+                );
+                inc.stop_all().await;
+            })
+        },
+    )
+    .await;
+
+    step("switchyard-lab bench --compare at a tiny size");
+    let out_dir = std::env::temp_dir().join(format!("switchyard-compare-{}", std::process::id()));
+    let out = tokio::time::timeout(
+        Duration::from_secs(300),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard-lab"))
+            .args([
+                "bench",
+                "--compare",
+                "--sizes",
+                "50",
+                "--changes",
+                "6",
+                "--connections",
+                "500",
+                "--dns-seconds",
+                "2",
+                "--out",
+            ])
+            .arg(&out_dir)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the comparison finishes within 5 minutes")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench --compare failed:\n{stdout}\n{stderr}"
+    );
+    for row in [
+        "| measure | Switchyard | incumbent | ratio (Switchyard / incumbent) |",
+        "| full sync, 50 routes × 10 backends",
+        "| one-backend change at 50 routes",
+        "| programming latency p99",
+        "| connections/s through the virtual IP, few",
+        "| connections/s through the virtual IP, many",
+        "| DNS QPS, cluster names |",
+        "| DNS QPS, search-path misses |",
+        "| RSS at 50 routes: agent vs kube-proxy |",
+    ] {
+        assert!(
+            stdout.contains(row),
+            "no row {row:?} in:\n{stdout}\n{stderr}"
+        );
+    }
+    for file in [
+        "full-sync.svg",
+        "change-latency.svg",
+        "programming.svg",
+        "connections.svg",
+        "dns-qps.svg",
+        "memory.svg",
+        "dns-answers.md",
+    ] {
+        let text =
+            std::fs::read_to_string(out_dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(!text.is_empty(), "{file} is empty");
+    }
+    let _ = std::fs::remove_dir_all(&out_dir);
+}
