@@ -803,6 +803,7 @@ pub async fn preflight() -> Result<()> {
         ("nft", "nftables"),
         ("nsenter", "util-linux"),
         ("conntrack", "conntrack"),
+        ("dnsmasq", "dnsmasq-base"),
     ];
     let missing: Vec<&str> = packages
         .iter()

@@ -76,16 +76,18 @@ pub fn udp_limit(req: &Message) -> usize {
 
 /// The zone's SOA record.
 pub fn soa(snap: &Snapshot, owner: &Name) -> Record {
-    let ns = Name::from_ascii("ns.dns")
-        .and_then(|n| n.append_domain(&snap.zone))
-        .unwrap_or_else(|_| snap.zone.clone());
-    let mbox = Name::from_ascii("hostmaster")
-        .and_then(|n| n.append_domain(&snap.zone))
-        .unwrap_or_else(|_| snap.zone.clone());
     Record::from_rdata(
         owner.clone(),
         snap.ttl,
-        RData::SOA(SOA::new(ns, mbox, snap.serial, 7200, 1800, 86400, snap.ttl)),
+        RData::SOA(SOA::new(
+            snap.soa_mname.clone(),
+            snap.soa_rname.clone(),
+            snap.serial,
+            7200,
+            1800,
+            86400,
+            snap.ttl,
+        )),
     )
 }
 

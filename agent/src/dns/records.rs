@@ -98,6 +98,10 @@ pub struct Snapshot {
     pod_cidrs: Vec<IpNet>,
     /// Routes served, for metrics.
     pub routes: usize,
+    /// The SOA's primary server, `ns.dns.<zone>` (built once, not per negative answer).
+    pub soa_mname: Name,
+    /// The SOA's mailbox, `hostmaster.<zone>`.
+    pub soa_rname: Name,
 }
 
 /// The inputs of one build.
@@ -417,8 +421,9 @@ pub fn build(input: &Inputs<'_>) -> Snapshot {
         n.srv.sort_by_key(|x| (key_of(&x.target), x.port));
     }
     let pod_cidrs: BTreeSet<IpNet> = input.pod_cidrs.iter().copied().collect();
+    let soa_mname = name_of(&format!("ns.dns.{zone_key}")).unwrap_or_else(|| zone.clone());
+    let soa_rname = name_of(&format!("hostmaster.{zone_key}")).unwrap_or_else(|| zone.clone());
     Snapshot {
-        zone,
         zone_suffix: format!(".{zone_key}"),
         pod_suffix: format!(".pod.{zone_key}"),
         zone_key,
@@ -427,6 +432,9 @@ pub fn build(input: &Inputs<'_>) -> Snapshot {
         names: b.names,
         pod_cidrs: pod_cidrs.into_iter().collect(),
         routes,
+        soa_mname,
+        soa_rname,
+        zone,
     }
 }
 

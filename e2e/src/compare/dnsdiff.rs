@@ -382,7 +382,7 @@ mod tests {
         assert_eq!(
             a.authority,
             vec![
-                "cluster.local. 30 IN SOA ns.dns.cluster.local. hostmaster.cluster.local. <serial> 7200 1800 86400 30"
+                "cluster.local. <ttl> IN SOA ns.dns.cluster.local. hostmaster.cluster.local. <serial> 7200 1800 86400 <ttl>"
             ]
         );
     }

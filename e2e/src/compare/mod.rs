@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, PostParams};
@@ -39,7 +40,8 @@ use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use switchyard_api::dataplane::{
-    ParamPort, ROUTE_GENERATION_ANNOTATION, ROUTE_PARAMS_ANNOTATION, RouteParams,
+    AGENT_LEASE_NAMESPACE, APPLIED_SLICES_ANNOTATION, ParamPort, ROUTE_GENERATION_ANNOTATION,
+    ROUTE_PARAMS_ANNOTATION, RouteParams, Rv, agent_lease_name,
 };
 use switchyard_api::service_route::{Protocol, TrafficPolicy};
 use switchyard_api::{ServiceRoute, VirtualIP};
@@ -402,7 +404,6 @@ pub async fn run_on(
     crate::check::fresh_namespace(&client, NS_FIX).await?;
     crate::check::fresh_namespace(&client, NS_KP).await?;
     crate::check::fresh_namespace(&client, NS_SY).await?;
-    create_service_cidr(&client).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS_FIX);
     for (name, node, app) in [
         ("conn-backend", &n1, "conn"),
@@ -543,7 +544,9 @@ pub async fn run_on(
             .push(format!("DNS answer comparison failed: {e}")),
     }
 
-    // Full sync and change latency per size.
+    // Full sync and change latency per size. The extra service range only now, so that no
+    // Service above took one of its addresses (the allocator picks from every ServiceCIDR).
+    create_service_cidr(&client).await?;
     let sy_base = count_dispatch(&ns0).await;
     let kp_base = count_kp_services(&ns0).await;
     let agent_bin = lab.bins.agent.display().to_string();
@@ -621,7 +624,7 @@ pub async fn run_on(
             opts.change_rounds
         ));
         let (sy_change, kp_change) =
-            one_backend_changes(&client, &ns0, size, opts.change_rounds).await?;
+            one_backend_changes(&client, &ns0, &n0, size, opts.change_rounds).await?;
         report.sizes.push(SizeResult {
             routes: size,
             sy_sync,
@@ -1045,7 +1048,16 @@ async fn create_one(client: &Client, i: usize) -> Result<()> {
         "spec": {"clusterIP": nth(SERVICE_BASE, i).to_string(),
             "ports": [{"name": PORT_NAME, "port": PORT, "targetPort": TARGET_PORT, "protocol": "TCP"}]}}),
     )?;
-    create_ok(&services, &svc, format!("create Service {NS_KP}/svc-{i}")).await?;
+    if let Err(e) = create_ok(&services, &svc, format!("create Service {NS_KP}/svc-{i}")).await {
+        // Taken by something else in the meantime: let the API server pick one.
+        let mut auto = svc.clone();
+        if let Some(spec) = auto.spec.as_mut() {
+            spec.cluster_ip = None;
+            spec.cluster_ips = None;
+        }
+        tracing::warn!(error = %e, "synthetic Service svc-{i}: address taken, letting the API server pick");
+        create_ok(&services, &auto, format!("create Service {NS_KP}/svc-{i}")).await?;
+    }
     create_ok(
         &kslices,
         &kp_slice(i, BACKENDS)?,
@@ -1108,10 +1120,12 @@ async fn kp_endpoint_count(netns_name: &str, chain: &str) -> Option<usize> {
 async fn one_backend_changes(
     client: &Client,
     ns0: &str,
+    node: &str,
     size: usize,
     rounds: usize,
 ) -> Result<(Latencies, Latencies)> {
     let i = size / 2;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), AGENT_LEASE_NAMESPACE);
     let sslices: Api<EndpointSlice> = Api::namespaced(client.clone(), NS_SY);
     let kslices: Api<EndpointSlice> = Api::namespaced(client.clone(), NS_KP);
     let vip = nth(VIP_BASE, i);
@@ -1126,18 +1140,51 @@ async fn one_backend_changes(
             .map_err(kube_err(format!("get EndpointSlice {NS_SY}/route-{i}")))?;
         s.metadata.resource_version = cur.metadata.resource_version;
         let t0 = Instant::now();
-        sslices
+        let written = sslices
             .replace(&format!("route-{i}"), &PostParams::default(), &s)
             .await
             .map_err(kube_err(format!("replace EndpointSlice {NS_SY}/route-{i}")))?;
-        let want = n == BACKENDS;
+        // Done when the node's agent reports (on its Lease, after the transaction) that it
+        // applied this slice version. Polling the kernel instead would measure `nft`: its
+        // `get element` first fetches every element of the table, seconds at 10,000 routes.
+        let want = written
+            .metadata
+            .resource_version
+            .as_deref()
+            .and_then(Rv::parse)
+            .ok_or_else(|| Error::Invalid {
+                what: format!("EndpointSlice {NS_SY}/route-{i}"),
+                message: "the API server returned no resourceVersion".into(),
+            })?;
+        let leases = leases.clone();
+        let want = &want;
         wait_until_value(
             limit,
-            &format!("Switchyard to hold {n} backends of route-{i}"),
-            || async move { (sy_has_element(ns0, vip, BACKENDS - 1).await == want).then_some(()) },
+            &format!("Switchyard's agent on {node} to report route-{i} with {n} backends applied"),
+            || {
+                let leases = leases.clone();
+                async move {
+                    let l = leases.get(&agent_lease_name(node)).await.ok()?;
+                    let applied = l
+                        .metadata
+                        .annotations
+                        .as_ref()?
+                        .get(APPLIED_SLICES_ANNOTATION)
+                        .and_then(|a| Rv::parse(a))?;
+                    (applied >= *want).then_some(())
+                }
+            },
         )
         .await?;
         sy.push(t0.elapsed());
+    }
+    // The kernel holds the last change (checked once, outside the timing).
+    let want_last = rounds.is_multiple_of(2);
+    if rounds > 0 && sy_has_element(ns0, vip, BACKENDS - 1).await != want_last {
+        return Err(Error::Invalid {
+            what: format!("route-{i} on {node}"),
+            message: "the agent reported the change but the kernel does not hold it".into(),
+        });
     }
     let chain = kp_service_chain(ns0, NS_KP, &format!("svc-{i}")).await?;
     let mut kp = Vec::new();
