@@ -148,6 +148,17 @@ fn route_params(slices: &[&EndpointSlice]) -> Option<RouteParams> {
         .map(|(_, p)| p)
 }
 
+/// The target port slice `s` gives the route port keyed `key` (the operator names each slice
+/// port after its route port's key).
+fn target_port(s: &EndpointSlice, key: &str) -> Option<u16> {
+    s.ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some(key))
+        .and_then(|p| p.port)
+        .and_then(|p| u16::try_from(p).ok())
+}
+
 /// What a guarded route guards (every backend address the backend slices list, for each route
 /// port, at its target port) and the sources its access slices allow.
 fn route_access(
@@ -159,14 +170,7 @@ fn route_access(
     for rp in &params.ports {
         let proto = Proto::from(rp.protocol);
         for s in backend_slices {
-            let Some(target) = s
-                .ports
-                .iter()
-                .flatten()
-                .find(|p| p.name.as_deref() == Some(rp.key.as_str()))
-                .and_then(|p| p.port)
-                .and_then(|p| u16::try_from(p).ok())
-            else {
+            let Some(target) = target_port(s, &rp.key) else {
                 continue;
             };
             for ip in s
@@ -283,14 +287,7 @@ pub fn route_desired(
         let proto = Proto::from(rp.protocol);
         let mut backends: BTreeSet<Backend> = BTreeSet::new();
         for s in &backend_slices {
-            let Some(target) = s
-                .ports
-                .iter()
-                .flatten()
-                .find(|p| p.name.as_deref() == Some(rp.key.as_str()))
-                .and_then(|p| p.port)
-                .and_then(|p| u16::try_from(p).ok())
-            else {
+            let Some(target) = target_port(s, &rp.key) else {
                 continue;
             };
             for e in &s.endpoints {
