@@ -47,6 +47,28 @@ where
         + Sync
         + 'static,
 {
+    cached_with(api, wc, fingerprint, trigger, true)
+}
+
+/// [`cached`], where `on_new` says whether an object appearing triggers (false for objects
+/// the reconcilers create themselves and already account for: only their changes and
+/// deletions matter).
+fn cached_with<K>(
+    api: Api<K>,
+    wc: watcher::Config,
+    fingerprint: fn(&K) -> u64,
+    trigger: mpsc::Sender<()>,
+    on_new: bool,
+) -> (Store<K>, impl std::future::Future<Output = ()>)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
     let (store, writer) = reflector::store();
     let stream = reflector::reflector(writer, watcher(api, wc).default_backoff());
     let driver = async move {
@@ -56,7 +78,10 @@ where
             let changed = match ev {
                 Ok(Event::Apply(o)) | Ok(Event::InitApply(o)) => {
                     let f = fingerprint(&o);
-                    seen.insert(o.name_any(), f) != Some(f)
+                    match seen.insert(o.name_any(), f) {
+                        None => on_new,
+                        Some(old) => old != f,
+                    }
                 }
                 Ok(Event::Delete(o)) => seen.remove(&o.name_any()).is_some(),
                 Ok(Event::Init) => false,
@@ -149,9 +174,45 @@ fn vip_fingerprint(v: &VirtualIP) -> u64 {
     hash_of((&v.spec.address, &v.spec.route.uid))
 }
 
-/// Every change of an agent Lease (renewal or report) may change which nodes count.
+/// What routes read of an agent Lease: its holder and what it reports applied. Renewals
+/// alone do not wake every route; [`watch_liveness`] notices agents coming and going.
 fn lease_fingerprint(l: &Lease) -> u64 {
-    hash_of(l.resource_version())
+    let a = l.annotations();
+    hash_of((
+        l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()),
+        a.get(switchyard_api::dataplane::APPLIED_SLICES_ANNOTATION),
+        a.get(switchyard_api::dataplane::APPLIED_VIPS_ANNOTATION),
+    ))
+}
+
+/// Triggers every route when the set of ready agents changes: a Lease that stops being renewed
+/// sends no event, so this looks at the cached Leases once a second (sooner when a report is
+/// about to go stale).
+async fn watch_liveness(leases: Store<Lease>, trigger: mpsc::Sender<()>) {
+    use service_route::programmed::{AgentReport, next_expiry};
+    let mut last: Option<std::collections::BTreeSet<String>> = None;
+    loop {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let reports: Vec<AgentReport> = leases
+            .state()
+            .iter()
+            .filter_map(|l| AgentReport::from_lease(l))
+            .collect();
+        let ready: std::collections::BTreeSet<String> = reports
+            .iter()
+            .filter(|r| r.is_ready(now))
+            .map(|r| r.node.clone())
+            .collect();
+        if last.as_ref().is_some_and(|l| *l != ready) {
+            let _ = trigger.try_send(());
+        }
+        last = Some(ready);
+        let wait = next_expiry(&reports, now)
+            .map(|d| d + Duration::from_millis(50))
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1));
+        tokio::time::sleep(wait).await;
+    }
 }
 
 fn no_trigger<K>(_: &K) -> u64 {
@@ -236,11 +297,14 @@ pub async fn run_controllers(
         service_fingerprint,
         sr_tx.clone(),
     );
-    let (vips, d6) = cached(
+    // A claim appears when a route's own reconcile creates it; changes and releases concern
+    // other routes too (one waiting for the address).
+    let (vips, d6) = cached_with(
         Api::<VirtualIP>::all(client.clone()),
         all(),
         vip_fingerprint,
         sr_tx.clone(),
+        false,
     );
     let (pods, d7) = cached(
         Api::<Pod>::all(client.clone()),
@@ -281,13 +345,14 @@ pub async fn run_controllers(
         ns_tx,
     );
     let fan = sr_tx.clone();
+    let liveness = watch_liveness(leases.clone(), sr_tx.clone());
     let drivers = tokio::spawn(async move {
         let forward = async move {
             while ns_rx.recv().await.is_some() {
                 let _ = fan.try_send(());
             }
         };
-        tokio::join!(d1, d2, d3, d4, d5, d6, d7, d8, d9, d10, forward);
+        tokio::join!(d1, d2, d3, d4, d5, d6, d7, d8, d9, d10, forward, liveness);
     });
 
     // Never plan with half a picture: a node missing from an unsynced cache looks deleted.

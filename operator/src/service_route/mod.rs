@@ -46,14 +46,22 @@ const RESYNC: Duration = Duration::from_secs(300);
 pub async fn reconcile(route: Arc<ServiceRoute>, ctx: Arc<Context>) -> Result<Action> {
     let ns = route.namespace().unwrap_or_default();
     let api: Api<ServiceRoute> = Api::namespaced(ctx.client.clone(), &ns);
-    finalizer(&api, FINALIZER, route, |event| async {
+    let done = finalizer(&api, FINALIZER, route, |event| async {
         match event {
             Finalizer::Apply(r) => apply(r, ctx.clone()).await,
             Finalizer::Cleanup(r) => cleanup(r, ctx.clone()).await,
         }
     })
-    .await
-    .map_err(|e| match e {
+    .await;
+    // The finalizer helper tests the cached finalizer list before adding ours; a 422 means the
+    // cache was behind the server (usually: our own earlier add, whose watch event is on its
+    // way and triggers the route again). Not a failure: look again shortly.
+    if let Err(kube::runtime::finalizer::Error::AddFinalizer(kube::Error::Api(s))) = &done
+        && s.code == 422
+    {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    done.map_err(|e| match e {
         kube::runtime::finalizer::Error::ApplyFailed(e)
         | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
         kube::runtime::finalizer::Error::AddFinalizer(e)
@@ -546,14 +554,12 @@ async fn apply(route: Arc<ServiceRoute>, ctx: Arc<Context>) -> Result<Action> {
         .await
         .map_err(|e| Error::kube(format!("patch ServiceRoute {ns}/{name} status"), e))?;
     }
+    // Reports going stale (no event) are noticed by the controller's liveness watch, which
+    // triggers every route when the set of ready agents changes.
     Ok(if lost_race {
         Action::requeue(Duration::from_secs(1))
     } else {
-        // A report going stale changes the counts without any event: look again then.
-        let expiry = programmed::next_expiry(&reports, now)
-            .map(|d| d + Duration::from_secs(1))
-            .unwrap_or(RESYNC);
-        Action::requeue(expiry.min(RESYNC))
+        Action::requeue(RESYNC)
     })
 }
 

@@ -1,6 +1,13 @@
 //! Virtual-IP allocation (sans I/O): one address per family of the network's serviceCIDRs,
-//! the requested one when the route asks, else the lowest free one; never the pool's first or
-//! last address; stable for the route's life.
+//! the requested one when the route asks, else a free one found by walking the pool from a
+//! point derived from the route's UID; never the pool's first or last address; stable for the
+//! route's life.
+//!
+//! Why not the lowest free address: routes created together are reconciled concurrently from
+//! the same cache, and each would try the same lowest address; all but one lose the claim
+//! (409), look again before the cache shows the winner, and try it again: a burst of N routes
+//! cost O(N²) refused creates. Starting from the UID's point (as kube-apiserver's ClusterIP
+//! allocator starts from a random offset) spreads concurrent claims over the pool.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -49,12 +56,40 @@ fn same_family(ip: &IpAddr, net: &IpNet) -> bool {
 /// IPv6 pool from costing a long walk (the held set is small next to any real pool).
 const MAX_WALK: usize = 1 << 20;
 
-/// The lowest usable address of `pool` not in `held`.
-pub fn lowest_free(pool: &IpNet, held: &BTreeMap<IpAddr, Holder>) -> Option<IpAddr> {
-    let (first, last) = (pool.network(), pool.broadcast());
-    pool.hosts()
-        .filter(|a| *a != first && *a != last)
-        .take(MAX_WALK)
+/// FNV-1a of `s`: stable across builds and replicas (unlike `DefaultHasher`).
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn to_u128(a: IpAddr) -> u128 {
+    match a {
+        IpAddr::V4(v) => u128::from(u32::from(v)),
+        IpAddr::V6(v) => u128::from(v),
+    }
+}
+
+fn from_u128(v: u128, like: IpAddr) -> Option<IpAddr> {
+    match like {
+        IpAddr::V4(_) => u32::try_from(v).ok().map(|x| IpAddr::V4(x.into())),
+        IpAddr::V6(_) => Some(IpAddr::V6(v.into())),
+    }
+}
+
+/// A usable address of `pool` (neither its first nor its last) not in `held`: the first free
+/// one walking up (and around) from the point `uid` hashes to.
+pub fn free_address(pool: &IpNet, held: &BTreeMap<IpAddr, Holder>, uid: &str) -> Option<IpAddr> {
+    let first = to_u128(pool.network()).checked_add(1)?;
+    let last = to_u128(pool.broadcast()).checked_sub(1)?;
+    if last < first {
+        return None;
+    }
+    let size = last - first + 1;
+    let start = u128::from(fnv1a(uid)) % size;
+    let walk = size.min(MAX_WALK as u128);
+    (0..walk)
+        .filter_map(|i| from_u128(first + (start + i) % size, pool.network()))
         .find(|a| !held.contains_key(a))
 }
 
@@ -101,7 +136,7 @@ pub fn plan(
                 }
             }
             (None, Some(h)) => out.keep.push(h),
-            (None, None) => match lowest_free(pool, held) {
+            (None, None) => match free_address(pool, held, uid) {
                 Some(a) => out.claim.push(a),
                 None => out.problems.push((
                     "spec.virtualIPs".into(),
@@ -152,9 +187,15 @@ mod tests {
     }
 
     #[test]
-    fn one_address_per_family_lowest_first_never_network_or_broadcast() {
+    fn one_address_per_family_never_network_or_broadcast() {
         let p = plan("a", false, &[], &pools(), &BTreeMap::new());
-        assert_eq!(p.claim, vec![ip("198.19.0.1"), ip("fd00:20::1")]);
+        assert_eq!(p.claim.len(), 2, "{p:?}");
+        assert!(pools()[0].contains(&p.claim[0]) && pools()[1].contains(&p.claim[1]));
+        // Stable: the same route gets the same address.
+        assert_eq!(
+            plan("a", false, &[], &pools(), &BTreeMap::new()).claim,
+            p.claim
+        );
         let held: BTreeMap<IpAddr, Holder> = (1..=6)
             .map(|i| (ip(&format!("198.19.0.{i}")), holder("x")))
             .collect();
@@ -187,6 +228,28 @@ mod tests {
         assert!(p.problems[0].1.contains("not a usable address"), "{p:?}");
         let p = plan("a", true, &[], &pools()[..1], &held);
         assert_eq!(p.release, vec![ip("198.19.0.3")]);
+    }
+
+    #[test]
+    fn concurrent_routes_start_at_different_addresses() {
+        let pool: IpNet = "198.19.0.0/16".parse().unwrap();
+        let picks: std::collections::BTreeSet<IpAddr> = (0..100)
+            .filter_map(|i| free_address(&pool, &BTreeMap::new(), &format!("uid-{i}")))
+            .collect();
+        // 100 routes planned from the same (empty) cache: nearly all pick distinct addresses.
+        assert!(picks.len() >= 95, "{}", picks.len());
+        for a in &picks {
+            assert!(pool.contains(a) && *a != pool.network() && *a != pool.broadcast());
+        }
+        let tiny: IpNet = "198.19.0.0/31".parse().unwrap();
+        assert_eq!(free_address(&tiny, &BTreeMap::new(), "x"), None);
+        let wrap: IpNet = "198.19.0.0/29".parse().unwrap();
+        let held: BTreeMap<IpAddr, Holder> = (1..=5)
+            .map(|i| (ip(&format!("198.19.0.{i}")), holder("x")))
+            .collect();
+        for u in ["a", "b", "c", "d"] {
+            assert_eq!(free_address(&wrap, &held, u), Some(ip("198.19.0.6")));
+        }
     }
 
     proptest! {
