@@ -78,6 +78,13 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A DNS serving thread (or its runtime) could not be started.
+    #[error("DNS serving thread: {source}")]
+    DnsThread {
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// A flag value the agent cannot use.
     #[error("flag {flag}: {value:?}: {reason}")]
     Flag {
@@ -102,6 +109,7 @@ impl Error {
             Error::Netlink { .. } => "netlink",
             Error::Upstream { .. } => "upstream",
             Error::DnsSocket { .. } => "dns_socket",
+            Error::DnsThread { .. } => "dns_thread",
             Error::Flag { .. } => "flag",
         }
     }

@@ -157,6 +157,16 @@ pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Drops what the agent never reads before an object is cached: `managedFields` (often the
+/// larger part of a small object) and kubectl's last-applied copy of the whole object.
+pub fn trim<K: Resource>(o: &mut K) {
+    let meta = o.meta_mut();
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
 /// A reflector store of `K` plus its route index: every event updates both, marks the routes
 /// it touches dirty, records its resourceVersion in `seen` and triggers a pass.
 pub fn indexed_cache<K>(
@@ -183,7 +193,7 @@ where
 {
     let (store, writer) = reflector::store();
     let index: SharedIndex<K> = Arc::default();
-    let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
+    let stream = reflector::reflector(writer, watcher(api, config).default_backoff().modify(trim));
     let idx = index.clone();
     let driver = async move {
         let mut stream = std::pin::pin!(stream);

@@ -147,7 +147,12 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, config)
+            .default_backoff()
+            .modify(crate::route_index::trim),
+    );
     let driver = async move {
         let mut stream = std::pin::pin!(stream.touched_objects());
         while let Some(ev) = stream.next().await {
@@ -349,7 +354,7 @@ pub async fn run(
                 svc_kernel::apply_change(&mut nl, &table.take_change()).await
             } else {
                 table.settle();
-                svc_kernel::apply(None, &table.elements()).await
+                svc_kernel::apply(&mut nl, None, &table.elements()).await
             };
             services_synced = false;
             if let Err(e) = done {

@@ -74,8 +74,9 @@ fn incremental_changes_leave_exactly_the_tables_elements() {
                 table.set_route(&format!("ns/r{i}"), Some(route(i, 3, None, i % 2 == 0)));
             }
             table.settle();
-            ksvc::apply(None, &table.elements()).await.unwrap();
+            // From an empty table: skeleton and chains by nft, elements over netlink.
             let mut nl = netlink::Socket::open().unwrap();
+            ksvc::apply(&mut nl, None, &table.elements()).await.unwrap();
             assert_eq!(ksvc::read().await.unwrap(), table.elements());
             // Element-only changes (netlink): fewer backends, affinity, access, no backends,
             // a route gone, back again.

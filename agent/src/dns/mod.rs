@@ -189,5 +189,5 @@ pub async fn start(
     ensure_address(config).await?;
     let sockets = server::bind(config.listen, config.sockets)?;
     info!(addr = %config.listen, sockets = config.sockets, upstreams = ?config.upstreams, "DNS server listening");
-    Ok(server::serve(dns, sockets))
+    server::spawn(dns, sockets)
 }

@@ -1,6 +1,7 @@
-//! The DNS server's I/O: several UDP sockets on one address (SO_REUSEPORT, one receive loop
-//! each) and a TCP listener, all answering from the current snapshot; forwarded questions run
-//! in their own tasks (bounded), so a slow upstream never holds up cluster names.
+//! The DNS server's I/O: several UDP sockets on one address (SO_REUSEPORT), each served by a
+//! thread of its own with a single-threaded runtime, and a TCP listener, all answering from
+//! the current snapshot; forwarded questions run in their own tasks (bounded), so a slow
+//! upstream never holds up cluster names.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -272,10 +273,11 @@ fn tcp_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(s.into())
 }
 
-/// The bound sockets of one server.
+/// The bound sockets of one server (plain std sockets: each serving thread registers its own
+/// with its own runtime).
 pub struct Sockets {
-    udp: Vec<Arc<UdpSocket>>,
-    tcp: TcpListener,
+    udp: Vec<std::net::UdpSocket>,
+    tcp: std::net::TcpListener,
 }
 
 /// Binds `sockets` UDP sockets and one TCP listener on `addr`.
@@ -287,19 +289,24 @@ pub fn bind(addr: SocketAddr, sockets: usize) -> Result<Sockets> {
     };
     let mut udp = Vec::new();
     for _ in 0..sockets.max(1) {
-        let s = udp_socket(addr).map_err(udp_err)?;
-        udp.push(Arc::new(UdpSocket::from_std(s).map_err(udp_err)?));
+        udp.push(udp_socket(addr).map_err(udp_err)?);
     }
-    let tcp_err = |source| Error::DnsSocket {
+    let tcp = tcp_listener(addr).map_err(|source| Error::DnsSocket {
         addr,
         transport: "tcp",
         source,
-    };
-    let tcp = TcpListener::from_std(tcp_listener(addr).map_err(tcp_err)?).map_err(tcp_err)?;
+    })?;
     Ok(Sockets { udp, tcp })
 }
 
-async fn udp_loop(dns: Arc<Dns>, sock: Arc<UdpSocket>) {
+async fn udp_loop(dns: Arc<Dns>, sock: std::net::UdpSocket) {
+    let sock = match UdpSocket::from_std(sock) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            warn!(error = %e, "DNS UDP socket not served");
+            return;
+        }
+    };
     let mut buf = vec![0u8; 65535];
     loop {
         let (n, peer) = match sock.recv_from(&mut buf).await {
@@ -363,7 +370,14 @@ async fn tcp_conn(dns: Arc<Dns>, mut s: TcpStream) {
     }
 }
 
-async fn tcp_loop(dns: Arc<Dns>, listener: TcpListener) {
+async fn tcp_loop(dns: Arc<Dns>, listener: std::net::TcpListener) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(error = %e, "DNS TCP listener not served");
+            return;
+        }
+    };
     let slots = Arc::new(Semaphore::new(MAX_TCP));
     loop {
         let Ok((s, _)) = listener.accept().await else {
@@ -382,12 +396,38 @@ async fn tcp_loop(dns: Arc<Dns>, listener: TcpListener) {
     }
 }
 
-/// Serves on the bound sockets until dropped.
-pub async fn serve(dns: Arc<Dns>, sockets: Sockets) {
-    let mut tasks = tokio::task::JoinSet::new();
-    for s in sockets.udp {
-        tasks.spawn(udp_loop(dns.clone(), s));
+/// Serves on threads of their own, one per UDP socket (the first also takes TCP), each with a
+/// single-threaded runtime: queries never wait behind the agent's other work, and no task
+/// hops between threads. The returned future ends when every serving thread has ended.
+pub fn spawn(dns: Arc<Dns>, sockets: Sockets) -> Result<impl Future<Output = ()> + use<>> {
+    let mut tcp = Some(sockets.tcp);
+    let mut done = Vec::new();
+    for (i, udp) in sockets.udp.into_iter().enumerate() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| Error::DnsThread { source })?;
+        let (dns, tcp) = (dns.clone(), tcp.take());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name(format!("dns-{i}"))
+            .spawn(move || {
+                rt.block_on(async move {
+                    let mut tasks = tokio::task::JoinSet::new();
+                    tasks.spawn(udp_loop(dns.clone(), udp));
+                    if let Some(l) = tcp {
+                        tasks.spawn(tcp_loop(dns, l));
+                    }
+                    while tasks.join_next().await.is_some() {}
+                });
+                let _ = tx.send(());
+            })
+            .map_err(|source| Error::DnsThread { source })?;
+        done.push(rx);
     }
-    tasks.spawn(tcp_loop(dns.clone(), sockets.tcp));
-    while tasks.join_next().await.is_some() {}
+    Ok(async move {
+        for rx in done {
+            let _ = rx.await;
+        }
+    })
 }

@@ -97,6 +97,28 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The additions in batches of at most `n` elements, in order (deletions are not split:
+    /// they come with the first batch).
+    pub fn chunks(&self, n: usize) -> Vec<Batch> {
+        let mut out: Vec<Batch> = self
+            .add
+            .chunks(n.max(1))
+            .map(|c| Batch {
+                delete: Vec::new(),
+                add: c.to_vec(),
+            })
+            .collect();
+        match out.first_mut() {
+            Some(first) => first.delete = self.delete.clone(),
+            None if !self.delete.is_empty() => out.push(Batch {
+                delete: self.delete.clone(),
+                add: Vec::new(),
+            }),
+            None => {}
+        }
+        out
+    }
 }
 
 fn fam(ip: &IpAddr) -> &'static str {
@@ -178,7 +200,20 @@ pub fn batch(d: &Diff) -> Batch {
         ip_bytes(ip, &mut key);
         b.delete.push(el("access_allowed", ip, key, Data::None));
     }
-    // Additions.
+    // Additions: access guards first, so that a transaction split into several (a first
+    // programming, see `Batch::chunks`) never shows a guarded destination without its guard.
+    for ((id, ip), _) in &d.access_allowed.add {
+        let mut key = Vec::with_capacity(20);
+        mark_bytes(*id, &mut key);
+        ip_bytes(ip, &mut key);
+        b.add.push(el("access_allowed", ip, key, Data::None));
+    }
+    for (k, id) in &d.access_route.add {
+        let mut data = Vec::with_capacity(4);
+        mark_bytes(*id, &mut data);
+        b.add
+            .push(el("access_route", &k.vip, key_bytes(k), Data::Value(data)));
+    }
     for ((k, i), (ip, port)) in &d.backends.add {
         let mut key = key_bytes(k);
         mark_bytes(*i, &mut key);
@@ -212,18 +247,6 @@ pub fn batch(d: &Diff) -> Batch {
         ip_bytes(ip, &mut key);
         ip_bytes(ip, &mut key);
         b.add.push(el("hairpin", ip, key, Data::None));
-    }
-    for ((id, ip), _) in &d.access_allowed.add {
-        let mut key = Vec::with_capacity(20);
-        mark_bytes(*id, &mut key);
-        ip_bytes(ip, &mut key);
-        b.add.push(el("access_allowed", ip, key, Data::None));
-    }
-    for (k, id) in &d.access_route.add {
-        let mut data = Vec::with_capacity(4);
-        mark_bytes(*id, &mut data);
-        b.add
-            .push(el("access_route", &k.vip, key_bytes(k), Data::Value(data)));
     }
     b
 }
@@ -473,6 +496,31 @@ mod tests {
             proto: Proto::Udp,
             port,
         }
+    }
+
+    #[test]
+    fn chunks_keep_order_and_put_deletions_first() {
+        let el = |i: u8| Element {
+            set: "backends_v4".into(),
+            key: vec![i],
+            data: Data::None,
+        };
+        let b = Batch {
+            delete: vec![el(0)],
+            add: (1..=5).map(el).collect(),
+        };
+        let c = b.chunks(2);
+        assert_eq!(c.len(), 3);
+        assert_eq!(c[0].delete, vec![el(0)]);
+        assert!(c[1].delete.is_empty() && c[2].delete.is_empty());
+        let adds: Vec<Element> = c.iter().flat_map(|b| b.add.clone()).collect();
+        assert_eq!(adds, b.add);
+        let only_delete = Batch {
+            delete: vec![el(0)],
+            add: Vec::new(),
+        };
+        assert_eq!(only_delete.chunks(2).len(), 1);
+        assert!(Batch::default().chunks(2).is_empty());
     }
 
     #[test]
