@@ -440,7 +440,8 @@ async fn measure_size(routes: usize) -> Result<SizeResult> {
     }
     table.settle();
     let full = table.elements();
-    ksvc::apply(None, &full).await?;
+    let mut nl = netlink::Socket::open()?;
+    ksvc::apply(&mut nl, None, &full).await?;
     let sync_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let back = ksvc::read().await?;
@@ -572,7 +573,8 @@ async fn router(args: &[String]) -> Result<()> {
     nft_delete_table().await;
     let small = target(10);
     let big = target(10_000);
-    ksvc::apply(None, &small).await?;
+    let mut nl = netlink::Socket::open()?;
+    ksvc::apply(&mut nl, None, &small).await?;
     // A discarded first run: right after the 10,000-route table was deleted above, the
     // kernel is still releasing it, and the first run also warms caches and neighbours.
     eprintln!("dataplane: connection rate, warm-up (discarded)");
@@ -589,7 +591,7 @@ async fn router(args: &[String]) -> Result<()> {
         ("baseline 3", 10),
     ] {
         let want = if routes == 10 { &small } else { &big };
-        ksvc::apply(Some(installed), want).await?;
+        ksvc::apply(&mut nl, Some(installed), want).await?;
         installed = want;
         eprintln!("dataplane: connection rate, {label}, {routes} routes");
         rates.push(measure_rate(&client_ns, label, routes).await?);

@@ -680,10 +680,26 @@ pub async fn run_on(
     for set in ["cluster names", "search-path misses"] {
         let (sy_file, cd_file) = dns_query_files(&dir, set)?;
         log(format!("dnsperf: {set} against CoreDNS"));
-        let cd = dnsperf(&ns0, COREDNS_ADDR, &cd_file, opts.dns_seconds).await?;
+        // Each server gets CPU 0 to itself while it is measured; the rest of the lab and
+        // dnsperf share CPU 1.
+        let cd_pid = inc.coredns_pid(&n0);
+        let cd = pinned(
+            &lab.run,
+            cd_pid,
+            dnsperf(&ns0, COREDNS_ADDR, &cd_file, opts.dns_seconds),
+        )
+        .await?;
         let sy = if sy_dns_up {
             log(format!("dnsperf: {set} against Switchyard's DNS"));
-            Some(dnsperf(&ns0, SWITCHYARD_DNS_ADDR, &sy_file, opts.dns_seconds).await?)
+            let sy_pid = udp_listener_pid(&ns0, SWITCHYARD_DNS_ADDR, 53).await;
+            Some(
+                pinned(
+                    &lab.run,
+                    sy_pid,
+                    dnsperf(&ns0, SWITCHYARD_DNS_ADDR, &sy_file, opts.dns_seconds),
+                )
+                .await?,
+            )
         } else {
             None
         };
@@ -1437,6 +1453,18 @@ fn dns_query_files(dir: &Path, set: &str) -> Result<(PathBuf, PathBuf)> {
     Ok((a, b))
 }
 
+/// Runs `f` with `pid` alone on CPU 0 (see [`crate::bench::isolate_on_cpu0`]); unpinned when
+/// the pid is unknown.
+async fn pinned<T>(run: &str, pid: Option<u32>, f: impl Future<Output = Result<T>>) -> Result<T> {
+    let Some(pid) = pid else {
+        return f.await;
+    };
+    let pins = crate::bench::isolate_on_cpu0(run, pid).await?;
+    let out = f.await;
+    crate::bench::unpin(&pins).await;
+    out
+}
+
 /// `dnsperf` in `netns_name` against `server` for `secs` seconds (1 thread, 4 clients, 100
 /// outstanding), with per-query latencies from its verbose output.
 async fn dnsperf(netns_name: &str, server: Ipv4Addr, file: &Path, secs: u64) -> Result<DnsResult> {
@@ -1444,9 +1472,12 @@ async fn dnsperf(netns_name: &str, server: Ipv4Addr, file: &Path, secs: u64) -> 
         Duration::from_secs(secs + 30),
         netns::exec(
             netns_name,
-            "dnsperf",
+            "taskset",
             [
-                "-s".to_string(),
+                "-c".to_string(),
+                "1".into(),
+                "dnsperf".into(),
+                "-s".into(),
                 server.to_string(),
                 "-d".into(),
                 file.display().to_string(),
