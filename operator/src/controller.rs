@@ -367,7 +367,11 @@ pub async fn run_controllers(
     let _ = leases.wait_until_ready().await;
     info!("caches synced; reconciling");
 
-    let cfg = || ControllerConfig::default().debounce(Duration::from_millis(100));
+    // No debounce: kube-runtime's debounce restarts its timer on every new trigger of an
+    // object, so a route woken again and again (pod updates, agent reports) waited until the
+    // triggers paused. A request for a route whose reconcile is running is held and merged
+    // anyway.
+    let cfg = ControllerConfig::default;
     let pn_controller =
         Controller::new(Api::<PodNetwork>::all(client.clone()), all()).with_config(cfg());
     let sr_controller =
