@@ -367,15 +367,16 @@ pub async fn run_controllers(
     let _ = leases.wait_until_ready().await;
     info!("caches synced; reconciling");
 
-    // No debounce: kube-runtime's debounce restarts its timer on every new trigger of an
-    // object, so a route woken again and again (pod updates, agent reports) waited until the
-    // triggers paused. A request for a route whose reconcile is running is held and merged
-    // anyway.
-    let cfg = ControllerConfig::default;
-    let pn_controller =
-        Controller::new(Api::<PodNetwork>::all(client.clone()), all()).with_config(cfg());
-    let sr_controller =
-        Controller::new(Api::<ServiceRoute>::all(client.clone()), all()).with_config(cfg());
+    // PodNetworks keep a 100 ms debounce: two overlapping networks created at the same instant
+    // are then both in the cache when either is first planned, so the loser never allocates
+    // a block. Routes have none: kube-runtime's debounce restarts its timer on every new
+    // trigger of an object, so a route woken again and again (pod updates, agent reports)
+    // waited until the triggers paused. A request for an object whose reconcile is running
+    // is held and merged anyway.
+    let pn_controller = Controller::new(Api::<PodNetwork>::all(client.clone()), all())
+        .with_config(ControllerConfig::default().debounce(Duration::from_millis(100)));
+    let sr_controller = Controller::new(Api::<ServiceRoute>::all(client.clone()), all())
+        .with_config(ControllerConfig::default());
     let routes = sr_controller.store();
     let stores = Stores {
         networks,
