@@ -29,36 +29,24 @@ use crate::metrics::{ControllerLabels, ErrorLabels, Metrics};
 use crate::{pod_network, service_route};
 use switchyard_observe::Health;
 
+/// Whether an object appearing in a cache triggers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OnNew {
+    Trigger,
+    /// For objects the reconcilers create themselves and already account for: only their
+    /// changes and deletions matter.
+    Ignore,
+}
+
 /// Keeps a cache of `K` current and sends a trigger whenever `fingerprint` of an object
-/// changes (or one appears or goes): the fingerprint leaves out what the reconcilers do not
-/// read, so that node heartbeats do not wake every network.
+/// changes (or one appears, unless `on_new` says otherwise, or goes): the fingerprint leaves
+/// out what the reconcilers do not read, so that node heartbeats do not wake every network.
 fn cached<K>(
     api: Api<K>,
     wc: watcher::Config,
     fingerprint: fn(&K) -> u64,
     trigger: mpsc::Sender<()>,
-) -> (Store<K>, impl std::future::Future<Output = ()>)
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    cached_with(api, wc, fingerprint, trigger, true)
-}
-
-/// [`cached`], where `on_new` says whether an object appearing triggers (false for objects
-/// the reconcilers create themselves and already account for: only their changes and
-/// deletions matter).
-fn cached_with<K>(
-    api: Api<K>,
-    wc: watcher::Config,
-    fingerprint: fn(&K) -> u64,
-    trigger: mpsc::Sender<()>,
-    on_new: bool,
+    on_new: OnNew,
 ) -> (Store<K>, impl std::future::Future<Output = ()>)
 where
     K: Resource<DynamicType = ()>
@@ -79,7 +67,7 @@ where
                 Ok(Event::Apply(o)) | Ok(Event::InitApply(o)) => {
                     let f = fingerprint(&o);
                     match seen.insert(o.name_any(), f) {
-                        None => on_new,
+                        None => on_new == OnNew::Trigger,
                         Some(old) => old != f,
                     }
                 }
@@ -272,45 +260,51 @@ pub async fn run_controllers(
         all(),
         node_fingerprint,
         pn_tx.clone(),
+        OnNew::Trigger,
     );
     let (namespaces, d2) = cached(
         Api::<Namespace>::all(client.clone()),
         all(),
         namespace_fingerprint,
         pn_tx.clone(),
+        OnNew::Trigger,
     );
     let (blocks, d3) = cached(
         Api::<NodeBlock>::all(client.clone()),
         all(),
         block_fingerprint,
         pn_tx.clone(),
+        OnNew::Trigger,
     );
     let (networks, d4) = cached(
         Api::<PodNetwork>::all(client.clone()),
         all(),
         network_fingerprint,
         sr_tx.clone(),
+        OnNew::Trigger,
     );
     let (services, d5) = cached(
         Api::<Service>::all(client.clone()),
         all(),
         service_fingerprint,
         sr_tx.clone(),
+        OnNew::Trigger,
     );
     // A claim appears when a route's own reconcile creates it; changes and releases concern
     // other routes too (one waiting for the address).
-    let (vips, d6) = cached_with(
+    let (vips, d6) = cached(
         Api::<VirtualIP>::all(client.clone()),
         all(),
         vip_fingerprint,
         sr_tx.clone(),
-        false,
+        OnNew::Ignore,
     );
     let (pods, d7) = cached(
         Api::<Pod>::all(client.clone()),
         all(),
         no_trigger,
         mpsc::channel(1).0,
+        OnNew::Trigger,
     );
     let slice_wc = all().labels(&format!(
         "endpointslice.kubernetes.io/managed-by={}",
@@ -321,6 +315,7 @@ pub async fn run_controllers(
         slice_wc,
         no_trigger,
         mpsc::channel(1).0,
+        OnNew::Trigger,
     );
     let lease_wc = all().labels(&format!(
         "{}={}",
@@ -335,6 +330,7 @@ pub async fn run_controllers(
         lease_wc,
         lease_fingerprint,
         sr_tx.clone(),
+        OnNew::Trigger,
     );
     // Namespace changes concern routes too (consent, membership).
     let (ns_tx, mut ns_rx) = mpsc::channel::<()>(1);
@@ -343,6 +339,7 @@ pub async fn run_controllers(
         all(),
         namespace_fingerprint_and_annotations,
         ns_tx,
+        OnNew::Trigger,
     );
     let fan = sr_tx.clone();
     let liveness = watch_liveness(leases.clone(), sr_tx.clone());
