@@ -13,6 +13,7 @@
 //! pure `desired` computation; `kernel` only applies differences.
 #![forbid(unsafe_code)]
 
+pub mod attachment;
 pub mod cni_config;
 pub mod cni_server;
 pub mod desired;

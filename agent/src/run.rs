@@ -22,14 +22,15 @@ use prometheus_client::registry::Registry;
 use serde::de::DeserializeOwned;
 use switchyard_api::{NodeBlock, PodNetwork, ServiceRoute, VirtualIP};
 use switchyard_observe::Health;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 use tracing::{Instrument, info, warn};
 
 use crate::desired::{DesiredNode, desired};
 use crate::dns::{self, DnsConfig, server::DnsMetrics};
 use crate::kernel::{links, netlink, nft, services as svc_kernel};
 use crate::report::{Report, Seen};
-use crate::route_index::{SharedDirty, indexed_cache, lock};
+use crate::route_index::{SharedDirty, SharedIndex, indexed_cache, lock};
 use crate::service_table::ServiceTable;
 use crate::services::{SLICE_SELECTOR, route_desired, slice_route, vip_route};
 use crate::state::{View, is_accepted};
@@ -181,111 +182,17 @@ pub async fn run(
     metrics: Arc<Metrics>,
     health: Arc<Health>,
 ) -> crate::Result<()> {
-    let (tx, mut rx) = mpsc::channel::<Instant>(1);
+    // Held here for the whole run, so neither trigger channel ever closes.
+    let (pass_tx, pass_rx) = mpsc::channel::<Instant>(1);
     // DNS rebuilds its snapshot on its own trigger, so a slow kernel pass never delays it.
     let (dns_tx, dns_rx) = mpsc::channel::<Instant>(1);
-    let all = watcher::Config::default;
-    let (networks, d1) = cache(
-        Api::<PodNetwork>::all(client.clone()),
-        all(),
-        tx.clone(),
-        None,
-        Some(dns_tx.clone()),
-    );
-    let (blocks, d2) = cache(
-        Api::<NodeBlock>::all(client.clone()),
-        all(),
-        tx.clone(),
-        None,
-        None,
-    );
-    let (namespaces, d3) = cache(
-        Api::<Namespace>::all(client.clone()),
-        all(),
-        tx.clone(),
-        None,
-        Some(dns_tx.clone()),
-    );
-    let seen_vips = Arc::new(Seen::default());
-    let seen_slices = Arc::new(Seen::default());
-    let dirty: SharedDirty = Arc::default();
-    let (vips, vip_index, d4) = indexed_cache(
-        Api::<VirtualIP>::all(client.clone()),
-        all(),
-        tx.clone(),
-        seen_vips.clone(),
-        |v| Some(vip_route(v)),
-        dirty.clone(),
-        None,
-    );
-    let (slices, slice_index, d5) = indexed_cache(
-        Api::<EndpointSlice>::all(client.clone()),
-        all().labels(SLICE_SELECTOR),
-        tx.clone(),
-        seen_slices.clone(),
-        slice_route,
-        dirty.clone(),
-        Some(dns_tx.clone()),
-    );
-    // ServiceRoutes feed DNS only (names, virtual IPs, ports, hostnames).
-    let (routes, d6) = cache(
-        Api::<ServiceRoute>::all(client.clone()),
-        all(),
-        dns_tx.clone(),
-        None,
-        None,
-    );
-    let drivers = tokio::spawn(async move {
-        tokio::join!(d1, d2, d3, d4, d5, d6);
-    });
-    let mut pod_routes = config.pod_routes.clone();
-    let mut dns_tasks = Vec::new();
-    let (dns_synced_tx, dns_synced_rx) = tokio::sync::oneshot::channel::<()>();
-    if let Some(dc) = &config.dns {
-        // Pods reach the node-local server through their gateway, whatever else they route.
-        let host = IpNet::from(dc.listen.ip());
-        if !dc.listen.ip().is_unspecified() && !pod_routes.iter().any(|r| r.contains(&host)) {
-            pod_routes.push(host);
-        }
-        let forwarder =
-            dns::forward::Forwarder::new(dc.upstreams.clone(), dc.upstream_timeout, dc.cache_size);
-        let server = Arc::new(dns::server::Dns::new(forwarder, metrics.dns.clone()));
-        // DNS failing to start must not take pod networking down with it: log and go on.
-        match dns::start(dc, server.clone()).await {
-            Ok(serving) => dns_tasks.push(tokio::spawn(serving)),
-            Err(e) => warn!(error = %e, "cluster DNS is not served on this node"),
-        }
-        dns_tasks.push(tokio::spawn(dns::keep_snapshot(
-            server,
-            dc.clone(),
-            dns::Sources {
-                routes: routes.clone(),
-                slices: slices.clone(),
-                namespaces: namespaces.clone(),
-                networks: networks.clone(),
-            },
-            dns_rx,
-            config.resync,
-            dns_synced_rx,
-        )));
-    }
-    let view = Arc::new(View {
-        node: config.node.clone(),
-        pod_routes,
-        networks: networks.clone(),
-        blocks: blocks.clone(),
-        namespaces: namespaces.clone(),
-        ready: Default::default(),
-    });
-    let socket = config.cni_socket.clone();
-    let server_view = view.clone();
-    let server = tokio::spawn(async move { crate::cni_server::serve(&socket, server_view).await });
+    let (caches, drivers) = Caches::watch(&client, &pass_tx, &dns_tx);
+    let (dns_synced_tx, dns_synced_rx) = oneshot::channel::<()>();
+    let dns_tasks = start_dns(&config, &metrics, &caches, dns_rx, dns_synced_rx).await;
+    let view = Arc::new(caches.view(&config.node, pod_routes(&config)));
+    let server = serve_cni(&config, view.clone());
 
-    let _ = networks.wait_until_ready().await;
-    let _ = blocks.wait_until_ready().await;
-    let _ = namespaces.wait_until_ready().await;
-    let _ = vips.wait_until_ready().await;
-    let _ = slices.wait_until_ready().await;
+    caches.wait_until_ready().await;
     // DNS builds its first snapshot from these stores once they are synced.
     let _ = dns_synced_tx.send(());
     links::enable_forwarding().await?;
@@ -298,132 +205,256 @@ pub async fn run(
         report_rx,
     ));
 
-    let mut applied_isolation: Option<Vec<Vec<IpNet>>> = None;
-    // What the service maps hold; `None` = unknown (at start, after a failure): read it back.
-    // Every route's desired elements, updated route by route; `services_synced` says whether
-    // the kernel held them before this pass's change (false at start and after a failure: the
-    // table is then read back and reconciled as a whole).
-    let mut table = ServiceTable::new(&config.node);
-    let mut nl = netlink::Socket::open()?;
-    let mut services_synced = false;
-    let mut since = Instant::now();
-    loop {
-        // What this pass covers: every event up to these versions is in the caches (the
-        // reflector stores an event before it reaches `seen`).
-        let covers = Report {
-            slices: seen_slices.get(),
-            vips: seen_vips.get(),
+    let passes = Passes {
+        config: &config,
+        metrics: &metrics,
+        health: &health,
+        caches: &caches,
+        view: &view,
+        report: report_tx,
+    };
+    passes.until_stopped(pass_rx, &server).await?;
+    stop(drivers, reporter, dns_tasks, server).await
+}
+
+/// The stores the agent programs and answers from, and what their watches note for it.
+struct Caches {
+    networks: Store<PodNetwork>,
+    blocks: Store<NodeBlock>,
+    namespaces: Store<Namespace>,
+    vips: Store<VirtualIP>,
+    vip_index: SharedIndex<VirtualIP>,
+    slices: Store<EndpointSlice>,
+    slice_index: SharedIndex<EndpointSlice>,
+    /// ServiceRoutes feed DNS only (names, virtual IPs, ports, hostnames).
+    routes: Store<ServiceRoute>,
+    /// Routes whose slices or claims changed since the last pass.
+    dirty: SharedDirty,
+    /// Highest VirtualIP event version stored, for the report.
+    seen_vips: Arc<Seen>,
+    /// Highest EndpointSlice event version stored, for the report.
+    seen_slices: Arc<Seen>,
+}
+
+impl Caches {
+    /// Starts every watch: an event triggers a pass (`pass`) and, for what DNS serves, a
+    /// snapshot rebuild (`dns`). Returns the caches and the task driving the watches.
+    fn watch(
+        client: &Client,
+        pass: &mpsc::Sender<Instant>,
+        dns: &mpsc::Sender<Instant>,
+    ) -> (Self, JoinHandle<()>) {
+        let all = watcher::Config::default;
+        let (networks, d1) = cache(
+            Api::<PodNetwork>::all(client.clone()),
+            all(),
+            pass.clone(),
+            None,
+            Some(dns.clone()),
+        );
+        let (blocks, d2) = cache(
+            Api::<NodeBlock>::all(client.clone()),
+            all(),
+            pass.clone(),
+            None,
+            None,
+        );
+        let (namespaces, d3) = cache(
+            Api::<Namespace>::all(client.clone()),
+            all(),
+            pass.clone(),
+            None,
+            Some(dns.clone()),
+        );
+        let seen_vips = Arc::new(Seen::default());
+        let seen_slices = Arc::new(Seen::default());
+        let dirty: SharedDirty = Arc::default();
+        let (vips, vip_index, d4) = indexed_cache(
+            Api::<VirtualIP>::all(client.clone()),
+            all(),
+            pass.clone(),
+            seen_vips.clone(),
+            |v| Some(vip_route(v)),
+            dirty.clone(),
+            None,
+        );
+        let (slices, slice_index, d5) = indexed_cache(
+            Api::<EndpointSlice>::all(client.clone()),
+            all().labels(SLICE_SELECTOR),
+            pass.clone(),
+            seen_slices.clone(),
+            slice_route,
+            dirty.clone(),
+            Some(dns.clone()),
+        );
+        let (routes, d6) = cache(
+            Api::<ServiceRoute>::all(client.clone()),
+            all(),
+            dns.clone(),
+            None,
+            None,
+        );
+        let drivers = tokio::spawn(async move {
+            tokio::join!(d1, d2, d3, d4, d5, d6);
+        });
+        let caches = Caches {
+            networks,
+            blocks,
+            namespaces,
+            vips,
+            vip_index,
+            slices,
+            slice_index,
+            routes,
+            dirty,
+            seen_vips,
+            seen_slices,
         };
-        let nets = networks.state();
+        (caches, drivers)
+    }
+
+    /// What the CNI server answers from; not ready until the first pass succeeds.
+    fn view(&self, node: &str, pod_routes: Vec<IpNet>) -> View {
+        View {
+            node: node.to_owned(),
+            pod_routes,
+            networks: self.networks.clone(),
+            blocks: self.blocks.clone(),
+            namespaces: self.namespaces.clone(),
+            ready: Default::default(),
+        }
+    }
+
+    /// The caches DNS builds its snapshot from.
+    fn dns_sources(&self) -> dns::Sources {
+        dns::Sources {
+            routes: self.routes.clone(),
+            slices: self.slices.clone(),
+            namespaces: self.namespaces.clone(),
+            networks: self.networks.clone(),
+        }
+    }
+
+    /// Waits for the stores a pass reads (DNS waits for the routes' store itself).
+    async fn wait_until_ready(&self) {
+        let _ = self.networks.wait_until_ready().await;
+        let _ = self.blocks.wait_until_ready().await;
+        let _ = self.namespaces.wait_until_ready().await;
+        let _ = self.vips.wait_until_ready().await;
+        let _ = self.slices.wait_until_ready().await;
+    }
+
+    /// What a pass starting now covers: every event up to these versions is in the caches
+    /// (the reflector stores an event before it reaches `seen`).
+    fn covers(&self) -> Report {
+        Report {
+            slices: self.seen_slices.get(),
+            vips: self.seen_vips.get(),
+        }
+    }
+
+    /// This node's bridges, routes and isolation, from the networks and blocks held now.
+    fn desired_node(&self, node: &str) -> DesiredNode {
+        let nets = self.networks.state();
         let net_refs: Vec<&PodNetwork> = nets.iter().map(|n| n.as_ref()).collect();
         let accepted: BTreeSet<String> = net_refs
             .iter()
             .filter(|n| is_accepted(n))
             .filter_map(|n| n.metadata.name.clone())
             .collect();
-        let all_blocks = blocks.state();
+        let all_blocks = self.blocks.state();
         let block_refs: Vec<&NodeBlock> = all_blocks.iter().map(|b| b.as_ref()).collect();
-        let want: DesiredNode = desired(&config.node, &net_refs, &accepted, &block_refs);
-        // Recompute the routes whose slices or claims changed (all of them after a relist).
-        let changed = lock(&dirty).take();
+        desired(node, &net_refs, &accepted, &block_refs)
+    }
+
+    /// Recomputes in `table` the routes whose slices or claims changed (all of them after a
+    /// relist); returns how many it recomputed.
+    fn refresh_routes(&self, node: &str, table: &mut ServiceTable) -> usize {
+        let changed = lock(&self.dirty).take();
         let ids: Vec<String> = match changed {
             Some(ids) => ids.into_iter().collect(),
             None => {
                 let mut ids: BTreeSet<String> = table.routes().cloned().collect();
-                ids.extend(lock(&slice_index).routes().cloned());
-                ids.extend(lock(&vip_index).routes().cloned());
+                ids.extend(lock(&self.slice_index).routes().cloned());
+                ids.extend(lock(&self.vip_index).routes().cloned());
                 ids.into_iter().collect()
             }
         };
         for id in &ids {
-            let slice_refs = lock(&slice_index).refs(id);
-            let vip_refs = lock(&vip_index).refs(id);
-            let route_slices: Vec<_> = slice_refs.iter().filter_map(|r| slices.get(r)).collect();
-            let route_vips: Vec<_> = vip_refs.iter().filter_map(|r| vips.get(r)).collect();
+            let slice_refs = lock(&self.slice_index).refs(id);
+            let vip_refs = lock(&self.vip_index).refs(id);
+            let route_slices: Vec<_> = slice_refs
+                .iter()
+                .filter_map(|r| self.slices.get(r))
+                .collect();
+            let route_vips: Vec<_> = vip_refs.iter().filter_map(|r| self.vips.get(r)).collect();
             let s: Vec<&EndpointSlice> = route_slices.iter().map(|s| s.as_ref()).collect();
             let v: Vec<&VirtualIP> = route_vips.iter().map(|v| v.as_ref()).collect();
-            table.set_route(id, route_desired(&config.node, id, &s, &v));
+            table.set_route(id, route_desired(node, id, &s, &v));
         }
-        let outcome: crate::Result<()> = async {
-            links::apply(&want).await?;
-            if applied_isolation.as_ref() != Some(&want.isolated) {
-                nft::apply(&want).await?;
-                applied_isolation = Some(want.isolated.clone());
-            }
-            let done = if services_synced {
-                svc_kernel::apply_change(&mut nl, &table.take_change()).await
-            } else {
-                table.settle();
-                svc_kernel::apply(&mut nl, None, &table.elements()).await
-            };
-            services_synced = false;
-            if let Err(e) = done {
-                metrics.nft_failures.inc();
-                return Err(e);
-            }
-            services_synced = true;
-            svc_kernel::ensure_hairpin().await?;
-            Ok(())
-        }
-        .instrument(tracing::info_span!(
-            "programming pass",
-            node = %config.node,
-            routes_changed = ids.len()
-        ))
-        .await;
-        metrics.passes.inc();
-        match outcome {
-            Ok(()) => {
-                metrics.programming.observe(since.elapsed().as_secs_f64());
-                metrics
-                    .bridges
-                    .set(i64::try_from(want.bridges.len()).unwrap_or(i64::MAX));
-                metrics
-                    .routes
-                    .set(i64::try_from(want.routes.len()).unwrap_or(i64::MAX));
-                metrics.set_elements(&table);
-                report_tx.send_if_modified(|cur| {
-                    let changed = cur.as_ref() != Some(&covers);
-                    *cur = Some(covers.clone());
-                    changed
-                });
-                if !view.is_ready() {
-                    let path = crate::cni_config::install(
-                        &config.cni_conf_dir,
-                        &config.cni_socket,
-                        &config.cni_state_dir,
-                    )
-                    .await?;
-                    info!(path = %path.display(), "CNI configuration installed; node ready");
-                    view.ready.store(true, Ordering::Relaxed);
-                    health.ready.store(true, Ordering::Relaxed);
-                }
-            }
-            Err(e) => {
-                metrics.failures.inc();
-                // Keep what is programmed and retry soon; a failed pass never tears down.
-                warn!(error = %e, "programming failed; retrying");
-                applied_isolation = None;
-                services_synced = false;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        }
-        tokio::select! {
-            t = rx.recv() => match t {
-                Some(t) => since = t,
-                None => break,
-            },
-            _ = tokio::time::sleep(config.resync) => {
-                since = Instant::now();
-                lock(&dirty).mark_all();
-                table.release_unused_chains();
-            }
-        }
-        if server.is_finished() {
-            break;
+        ids.len()
+    }
+}
+
+/// The routes pods get via their gateway: the configured ones plus the node-local DNS
+/// address, which pods reach through their gateway whatever else they route.
+fn pod_routes(config: &AgentConfig) -> Vec<IpNet> {
+    let mut pod_routes = config.pod_routes.clone();
+    if let Some(dc) = &config.dns {
+        let host = IpNet::from(dc.listen.ip());
+        if !dc.listen.ip().is_unspecified() && !pod_routes.iter().any(|r| r.contains(&host)) {
+            pod_routes.push(host);
         }
     }
+    pod_routes
+}
+
+/// Starts the node-local DNS server and the task keeping its snapshot (none without DNS);
+/// the snapshot waits for `synced`.
+async fn start_dns(
+    config: &AgentConfig,
+    metrics: &Metrics,
+    caches: &Caches,
+    trigger: mpsc::Receiver<Instant>,
+    synced: oneshot::Receiver<()>,
+) -> Vec<JoinHandle<()>> {
+    let Some(dc) = &config.dns else {
+        return Vec::new();
+    };
+    let mut tasks = Vec::new();
+    let forwarder =
+        dns::forward::Forwarder::new(dc.upstreams.clone(), dc.upstream_timeout, dc.cache_size);
+    let server = Arc::new(dns::server::Dns::new(forwarder, metrics.dns.clone()));
+    // DNS failing to start must not take pod networking down with it: log and go on.
+    match dns::start(dc, server.clone()).await {
+        Ok(serving) => tasks.push(tokio::spawn(serving)),
+        Err(e) => warn!(error = %e, "cluster DNS is not served on this node"),
+    }
+    tasks.push(tokio::spawn(dns::keep_snapshot(
+        server,
+        dc.clone(),
+        caches.dns_sources(),
+        trigger,
+        config.resync,
+        synced,
+    )));
+    tasks
+}
+
+/// Serves the CNI plugin's socket from `view`.
+fn serve_cni(config: &AgentConfig, view: Arc<View>) -> JoinHandle<crate::Result<()>> {
+    let socket = config.cni_socket.clone();
+    tokio::spawn(async move { crate::cni_server::serve(&socket, view).await })
+}
+
+/// Stops the watches, the report and DNS; the CNI server's error, if it ended with one, is
+/// the agent's.
+async fn stop(
+    drivers: JoinHandle<()>,
+    reporter: JoinHandle<()>,
+    dns_tasks: Vec<JoinHandle<()>>,
+    server: JoinHandle<crate::Result<()>>,
+) -> crate::Result<()> {
     drivers.abort();
     reporter.abort();
     for t in dns_tasks {
@@ -432,5 +463,171 @@ pub async fn run(
     match server.await {
         Ok(Err(e)) => Err(e),
         _ => Ok(()),
+    }
+}
+
+/// What every programming pass reads from and reports to.
+struct Passes<'a> {
+    config: &'a AgentConfig,
+    metrics: &'a Metrics,
+    health: &'a Health,
+    caches: &'a Caches,
+    view: &'a View,
+    report: watch::Sender<Option<Report>>,
+}
+
+impl Passes<'_> {
+    /// Programs the node, then again on every trigger and resync, until the CNI server stops.
+    async fn until_stopped(
+        &self,
+        mut triggers: mpsc::Receiver<Instant>,
+        server: &JoinHandle<crate::Result<()>>,
+    ) -> crate::Result<()> {
+        let node = &self.config.node;
+        let mut kernel = Programmed::new(node)?;
+        let mut since = Instant::now();
+        loop {
+            let covers = self.caches.covers();
+            let want = self.caches.desired_node(node);
+            let routes_changed = self.caches.refresh_routes(node, &mut kernel.table);
+            let outcome = kernel
+                .apply(&want, self.metrics)
+                .instrument(tracing::info_span!(
+                    "programming pass",
+                    node = %node,
+                    routes_changed
+                ))
+                .await;
+            self.metrics.passes.inc();
+            if let Err(e) = outcome {
+                self.metrics.failures.inc();
+                // Keep what is programmed and retry soon; a failed pass never tears down.
+                warn!(error = %e, "programming failed; retrying");
+                kernel.forget();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            self.succeeded(&want, &kernel.table, &covers, since).await?;
+            match self.next_trigger(&mut triggers, &mut kernel.table).await {
+                Some(t) => since = t,
+                None => break,
+            }
+            if server.is_finished() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a pass that left the kernel matching the caches: metrics, the report to the
+    /// operator and, the first time, the CNI configuration that makes the node ready.
+    async fn succeeded(
+        &self,
+        want: &DesiredNode,
+        table: &ServiceTable,
+        covers: &Report,
+        since: Instant,
+    ) -> crate::Result<()> {
+        let metrics = self.metrics;
+        metrics.programming.observe(since.elapsed().as_secs_f64());
+        metrics
+            .bridges
+            .set(i64::try_from(want.bridges.len()).unwrap_or(i64::MAX));
+        metrics
+            .routes
+            .set(i64::try_from(want.routes.len()).unwrap_or(i64::MAX));
+        metrics.set_elements(table);
+        self.report.send_if_modified(|cur| {
+            let changed = cur.as_ref() != Some(covers);
+            *cur = Some(covers.clone());
+            changed
+        });
+        if !self.view.is_ready() {
+            let config = self.config;
+            let path = crate::cni_config::install(
+                &config.cni_conf_dir,
+                &config.cni_socket,
+                &config.cni_state_dir,
+            )
+            .await?;
+            info!(path = %path.display(), "CNI configuration installed; node ready");
+            self.view.ready.store(true, Ordering::Relaxed);
+            self.health.ready.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Waits for the next event's time or the resync, which marks every route changed;
+    /// `None` once the triggers end.
+    async fn next_trigger(
+        &self,
+        triggers: &mut mpsc::Receiver<Instant>,
+        table: &mut ServiceTable,
+    ) -> Option<Instant> {
+        tokio::select! {
+            t = triggers.recv() => t,
+            _ = tokio::time::sleep(self.config.resync) => {
+                let now = Instant::now();
+                lock(&self.caches.dirty).mark_all();
+                table.release_unused_chains();
+                Some(now)
+            }
+        }
+    }
+}
+
+/// What the kernel holds as far as the passes know.
+struct Programmed {
+    /// The isolation last applied; `None`: unknown (at start, after a failure), apply it.
+    isolation: Option<Vec<Vec<IpNet>>>,
+    /// Every route's desired service elements, updated route by route.
+    table: ServiceTable,
+    /// Whether the kernel held `table` before this pass's change; false at start and after a
+    /// failure, when the service maps are read back and reconciled as a whole.
+    services_synced: bool,
+    nl: netlink::Socket,
+}
+
+impl Programmed {
+    /// Nothing known yet: the first pass applies everything.
+    fn new(node: &str) -> crate::Result<Self> {
+        let table = ServiceTable::new(node);
+        let nl = netlink::Socket::open()?;
+        Ok(Programmed {
+            isolation: None,
+            table,
+            services_synced: false,
+            nl,
+        })
+    }
+
+    /// Applies `want` and the table's change: links, isolation when it changed, the service
+    /// maps (only the change while in sync, else the whole table), hairpin.
+    async fn apply(&mut self, want: &DesiredNode, metrics: &Metrics) -> crate::Result<()> {
+        links::apply(want).await?;
+        if self.isolation.as_ref() != Some(&want.isolated) {
+            nft::apply(want).await?;
+            self.isolation = Some(want.isolated.clone());
+        }
+        let done = if self.services_synced {
+            svc_kernel::apply_change(&mut self.nl, &self.table.take_change()).await
+        } else {
+            self.table.settle();
+            svc_kernel::apply(&mut self.nl, None, &self.table.elements()).await
+        };
+        self.services_synced = false;
+        if let Err(e) = done {
+            metrics.nft_failures.inc();
+            return Err(e);
+        }
+        self.services_synced = true;
+        svc_kernel::ensure_hairpin().await?;
+        Ok(())
+    }
+
+    /// After a failed pass: what it may have left half-applied is read back next time.
+    fn forget(&mut self) {
+        self.isolation = None;
+        self.services_synced = false;
     }
 }

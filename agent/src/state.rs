@@ -54,7 +54,7 @@ impl View {
         let labels = ns
             .as_ref()
             .map(|n| n.metadata.labels.clone().unwrap_or_default());
-        crate::cni_server::attachment(
+        crate::attachment::attachment(
             &self.node,
             namespace,
             labels.as_ref(),

@@ -27,7 +27,7 @@ use switchyard_agent::services::{
 use switchyard_agent::state::is_accepted;
 use switchyard_api::membership;
 use switchyard_api::service_route::{Protocol, TrafficPolicy};
-use switchyard_api::{PodNetwork, ServiceRoute};
+use switchyard_api::{PodNetwork, ServiceRoute, VirtualIP};
 
 use crate::cluster::{Cluster, key};
 use crate::{Error, Result};
@@ -662,15 +662,58 @@ pub fn trace(
     input: &str,
     protocol: Protocol,
 ) -> Result<Trace> {
-    let pod = c
-        .pods
+    let pod = find_pod(c, namespace, name)?;
+    let source = source_of(c, pod, namespace, name)?;
+    // The source address of the destination's family.
+    let src_for = |dst: IpAddr| {
+        source
+            .ips
+            .iter()
+            .copied()
+            .find(|i| i.is_ipv4() == dst.is_ipv4())
+    };
+    let plane = Plane::new(c, &source.node);
+    let (resolved, paths) = match dest {
+        Destination::Route { namespace, name } => {
+            let route = find_route(c, namespace, name)?;
+            route_paths(&plane, c, route, pod, input, &src_for)
+        }
+        Destination::DnsName(_) => {
+            let route = route_by_dns(c, input)?;
+            route_paths(&plane, c, route, pod, input, &src_for)
+        }
+        Destination::Address(addr) => {
+            address_paths(&plane, c, *addr, protocol, pod, input, &src_for)
+        }
+    };
+    let verdict = paths
+        .iter()
+        .map(|p| p.verdict)
+        .max_by_key(|v| v.rank())
+        .unwrap_or(Verdict::Unknown);
+    Ok(Trace {
+        source,
+        destination: resolved,
+        paths,
+        verdict,
+    })
+}
+
+/// The source pod by name; a missing pod is the user's error, named.
+fn find_pod<'c>(c: &'c Cluster, namespace: &str, name: &str) -> Result<&'c Pod> {
+    c.pods
         .iter()
         .find(|p| p.namespace().as_deref() == Some(namespace) && p.name_any() == name)
         .ok_or_else(|| Error::Object {
             object: format!("Pod {namespace}/{name}"),
             field: "metadata.name",
             message: "no such pod".into(),
-        })?;
+        })
+}
+
+/// The source pod's node, addresses and network; a pod without a node or an address has no
+/// path to trace yet.
+fn source_of(c: &Cluster, pod: &Pod, namespace: &str, name: &str) -> Result<Source> {
     let node = source_node(pod);
     if node.is_empty() {
         return Err(Error::Object {
@@ -701,121 +744,145 @@ pub fn trace(
             .find(|x| &x.name_any() == n)
             .map(|x| format!("{:?}", x.spec.isolation))
     });
-    let source = Source {
+    Ok(Source {
         pod: format!("{namespace}/{name}"),
-        node: node.clone(),
-        ips: ips.clone(),
+        node,
+        ips,
         network,
         isolation,
-    };
-    let src_for = |dst: IpAddr| ips.iter().copied().find(|i| i.is_ipv4() == dst.is_ipv4());
-    let plane = Plane::new(c, &node);
+    })
+}
 
-    let route_by_dns = |n: &str| {
-        c.routes.iter().find(|r| {
+/// The route `namespace/name`; a missing route is the user's error, named.
+fn find_route<'c>(c: &'c Cluster, namespace: &str, name: &str) -> Result<&'c ServiceRoute> {
+    c.routes
+        .iter()
+        .find(|r| r.namespace().as_deref() == Some(namespace) && r.name_any() == name)
+        .ok_or_else(|| Error::Object {
+            object: format!("ServiceRoute {namespace}/{name}"),
+            field: "metadata.name",
+            message: "no such route".into(),
+        })
+}
+
+/// The route whose `status.dnsNames` holds `input` (with or without the trailing dot).
+fn route_by_dns<'c>(c: &'c Cluster, input: &str) -> Result<&'c ServiceRoute> {
+    let n = input.trim_end_matches('.');
+    c.routes
+        .iter()
+        .find(|r| {
             r.status
                 .as_ref()
                 .is_some_and(|s| s.dns_names.iter().any(|d| d == n))
         })
+        .ok_or_else(|| Error::Argument {
+            argument: "DESTINATION",
+            value: input.into(),
+            message: "no ServiceRoute has this name in status.dnsNames".into(),
+        })
+}
+
+/// A route and its paths: straight to each backend when headless, else one per virtual IP
+/// and port.
+fn route_paths(
+    plane: &Plane<'_>,
+    c: &Cluster,
+    route: &ServiceRoute,
+    pod: &Pod,
+    input: &str,
+    src_for: &dyn Fn(IpAddr) -> Option<IpAddr>,
+) -> (Resolved, Vec<Path>) {
+    let paths = if route.spec.headless {
+        headless_paths(plane, c, route, pod, src_for)
+    } else {
+        plane
+            .services
+            .by_route
+            .get(&key(route))
+            .into_iter()
+            .flatten()
+            .map(|k| plane.via_vip(src_for(k.vip), *k, pod))
+            .collect()
     };
-    let (resolved, paths) = match dest {
-        Destination::Route { .. } | Destination::DnsName(_) => {
-            let route = match dest {
-                Destination::Route { namespace, name } => c
-                    .routes
-                    .iter()
-                    .find(|r| r.namespace().as_deref() == Some(namespace) && &r.name_any() == name)
-                    .ok_or_else(|| Error::Object {
-                        object: format!("ServiceRoute {namespace}/{name}"),
-                        field: "metadata.name",
-                        message: "no such route".into(),
-                    })?,
-                _ => route_by_dns(input.trim_end_matches('.')).ok_or_else(|| Error::Argument {
-                    argument: "DESTINATION",
-                    value: input.into(),
-                    message: "no ServiceRoute has this name in status.dnsNames".into(),
-                })?,
-            };
-            let id = key(route);
-            let paths = if route.spec.headless {
-                headless_paths(&plane, c, route, pod, &src_for)
-            } else {
-                plane
-                    .services
-                    .by_route
-                    .get(&id)
-                    .into_iter()
-                    .flatten()
-                    .map(|k| plane.via_vip(src_for(k.vip), *k, pod))
-                    .collect()
-            };
-            (route_resolved(input, route), paths)
-        }
-        Destination::Address(addr) => {
-            let k = Key {
-                vip: addr.ip(),
-                proto: Proto::from(protocol),
-                port: addr.port(),
-            };
-            let claim = c
-                .vips
-                .iter()
-                .find(|v| v.spec.address.parse::<IpAddr>().ok() == Some(addr.ip()));
-            if let Some(v) = claim {
-                let route = c.routes.iter().find(|r| {
-                    r.namespace().as_deref() == Some(v.spec.route.namespace.as_str())
-                        && r.name_any() == v.spec.route.name
-                });
-                let mut resolved = match route {
-                    Some(r) => route_resolved(input, r),
-                    None => Resolved {
-                        input: input.into(),
-                        kind: "virtualIP",
-                        route: Some(format!("{}/{}", v.spec.route.namespace, v.spec.route.name)),
-                        pod: None,
-                        virtual_ips: vec![v.spec.address.clone()],
-                        ports: vec![],
-                        dns_names: vec![],
-                        traffic_policy: None,
-                        session_affinity_seconds: None,
-                        headless: false,
-                    },
-                };
-                resolved.kind = "virtualIP";
-                (resolved, vec![plane.via_vip(src_for(k.vip), k, pod)])
-            } else {
-                let target = plane.pod_by_ip.get(&addr.ip()).map(|p| key(*p));
-                let resolved = Resolved {
-                    input: input.into(),
-                    kind: if target.is_some() { "pod" } else { "unknown" },
-                    route: plane
-                        .elements
-                        .access_route
-                        .get(&k)
-                        .and_then(|id| plane.id_route.get(id).cloned()),
-                    pod: target,
-                    virtual_ips: vec![],
-                    ports: vec![],
-                    dns_names: vec![],
-                    traffic_policy: None,
-                    session_affinity_seconds: None,
-                    headless: false,
-                };
-                (resolved, vec![plane.direct(src_for(k.vip), k, pod)])
-            }
-        }
+    (route_resolved(input, route), paths)
+}
+
+/// An address destination: a claimed virtual IP is traced through its route's DNAT,
+/// anything else (a pod address or an unknown one) directly.
+fn address_paths(
+    plane: &Plane<'_>,
+    c: &Cluster,
+    addr: SocketAddr,
+    protocol: Protocol,
+    pod: &Pod,
+    input: &str,
+    src_for: &dyn Fn(IpAddr) -> Option<IpAddr>,
+) -> (Resolved, Vec<Path>) {
+    let k = Key {
+        vip: addr.ip(),
+        proto: Proto::from(protocol),
+        port: addr.port(),
     };
-    let verdict = paths
+    let claim = c
+        .vips
         .iter()
-        .map(|p| p.verdict)
-        .max_by_key(|v| v.rank())
-        .unwrap_or(Verdict::Unknown);
-    Ok(Trace {
-        source,
-        destination: resolved,
-        paths,
-        verdict,
-    })
+        .find(|v| v.spec.address.parse::<IpAddr>().ok() == Some(addr.ip()));
+    match claim {
+        Some(v) => (
+            vip_resolved(c, v, input),
+            vec![plane.via_vip(src_for(k.vip), k, pod)],
+        ),
+        None => (
+            unclaimed_resolved(plane, k, input),
+            vec![plane.direct(src_for(k.vip), k, pod)],
+        ),
+    }
+}
+
+/// A claimed virtual IP: its route's description, or the claim's own when the route is gone.
+fn vip_resolved(c: &Cluster, v: &VirtualIP, input: &str) -> Resolved {
+    let route = c.routes.iter().find(|r| {
+        r.namespace().as_deref() == Some(v.spec.route.namespace.as_str())
+            && r.name_any() == v.spec.route.name
+    });
+    let mut resolved = match route {
+        Some(r) => route_resolved(input, r),
+        None => Resolved {
+            input: input.into(),
+            kind: "virtualIP",
+            route: Some(format!("{}/{}", v.spec.route.namespace, v.spec.route.name)),
+            pod: None,
+            virtual_ips: vec![v.spec.address.clone()],
+            ports: vec![],
+            dns_names: vec![],
+            traffic_policy: None,
+            session_affinity_seconds: None,
+            headless: false,
+        },
+    };
+    resolved.kind = "virtualIP";
+    resolved
+}
+
+/// An address no route claims: a pod's, or unknown; an access rule may still guard it.
+fn unclaimed_resolved(plane: &Plane<'_>, k: Key, input: &str) -> Resolved {
+    let target = plane.pod_by_ip.get(&k.vip).map(|p| key(*p));
+    Resolved {
+        input: input.into(),
+        kind: if target.is_some() { "pod" } else { "unknown" },
+        route: plane
+            .elements
+            .access_route
+            .get(&k)
+            .and_then(|id| plane.id_route.get(id).cloned()),
+        pod: target,
+        virtual_ips: vec![],
+        ports: vec![],
+        dns_names: vec![],
+        traffic_policy: None,
+        session_affinity_seconds: None,
+        headless: false,
+    }
 }
 
 /// A headless route: DNS answers with the backends' addresses, so each connection goes

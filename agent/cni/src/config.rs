@@ -10,15 +10,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use crate::error::Error;
+use crate::error::{Error, value_kind, wrong_type};
 use crate::protocol::{check_ifname, is_safe_name};
 use crate::result::CniResult;
-
-/// Spec versions this plugin speaks; both have the same result shape.
-pub const SUPPORTED_VERSIONS: [&str; 2] = ["1.0.0", "1.1.0"];
-
-/// The newest supported version: used where the input names none we can speak.
-pub const LATEST_VERSION: &str = "1.1.0";
+use crate::version::SUPPORTED_VERSIONS;
 
 /// Where the node agent listens unless the configuration says otherwise.
 pub const DEFAULT_AGENT_SOCKET: &str = "/run/switchyard/agent.sock";
@@ -266,7 +261,7 @@ pub fn decode(stdin: &[u8]) -> Result<Map<String, Value>, Error> {
         Ok(Value::Object(map)) => Ok(map),
         Ok(other) => Err(Error::InvalidConfig {
             field: "(top level)".into(),
-            problem: format!("must be a JSON object, not {}", kind(&other)),
+            problem: format!("must be a JSON object, not {}", value_kind(&other)),
         }),
         Err(source) => Err(Error::Decode { source }),
     }
@@ -397,25 +392,6 @@ fn absolute_path(map: &Map<String, Value>, field: &str, default: &str) -> Result
             problem: format!("has value {s:?}, which is not an absolute path"),
         }),
         Some(other) => Err(wrong_type(field, "a string", other)),
-    }
-}
-
-/// "field X must be a string, not the number 5".
-pub(crate) fn wrong_type(field: &str, expected: &str, got: &Value) -> Error {
-    Error::InvalidConfig {
-        field: field.into(),
-        problem: format!("must be {expected}, not {} {got}", kind(got)),
-    }
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "the boolean",
-        Value::Number(_) => "the number",
-        Value::String(_) => "the string",
-        Value::Array(_) => "the array",
-        Value::Object(_) => "the object",
     }
 }
 

@@ -4,6 +4,8 @@
 use std::io;
 use std::path::PathBuf;
 
+use serde_json::Value;
+
 /// Codes 0-99 are the spec's; 100+ are ours. Named so the mapping is visible in one place.
 pub mod code {
     /// The network configuration asks for a spec version we do not speak.
@@ -37,7 +39,7 @@ pub mod code {
 /// Everything that can go wrong in one plugin invocation.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// `cniVersion` names a version outside [`crate::config::SUPPORTED_VERSIONS`].
+    /// `cniVersion` names a version outside [`crate::version::SUPPORTED_VERSIONS`].
     #[error(
         "network configuration field \"cniVersion\" has unsupported value {version:?} (this plugin supports {supported})"
     )]
@@ -186,5 +188,25 @@ impl Error {
             Error::Incomplete { errors } => format!("{} failure(s)", errors.len()),
             _ => String::new(),
         }
+    }
+}
+
+/// "field X must be a string, not the number 5".
+pub(crate) fn wrong_type(field: &str, expected: &str, got: &Value) -> Error {
+    Error::InvalidConfig {
+        field: field.into(),
+        problem: format!("must be {expected}, not {} {got}", value_kind(got)),
+    }
+}
+
+/// A JSON value's kind as an error message names it ("the number").
+pub(crate) fn value_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "the boolean",
+        Value::Number(_) => "the number",
+        Value::String(_) => "the string",
+        Value::Array(_) => "the array",
+        Value::Object(_) => "the object",
     }
 }

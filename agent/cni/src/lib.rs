@@ -28,6 +28,7 @@ pub mod ipam;
 pub mod protocol;
 pub mod result;
 pub mod system;
+pub mod version;
 pub mod wire;
 
 #[cfg(test)]
@@ -36,9 +37,10 @@ mod fake;
 pub use config::Env;
 pub use error::Error;
 
-use config::{Command, LATEST_VERSION};
+use config::Command;
 use result::{ErrorResult, VersionResult, to_line};
 use system::{RealSystem, System};
+use version::LATEST_VERSION;
 
 /// What the process prints on stdout and exits with.
 #[derive(Debug, Clone, PartialEq, Eq)]

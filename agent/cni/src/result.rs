@@ -4,8 +4,8 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::config::{SUPPORTED_VERSIONS, wrong_type};
-use crate::error::Error;
+use crate::error::{Error, wrong_type};
+use crate::version::SUPPORTED_VERSIONS;
 
 /// The ADD success result. Also the typed view of a `prevResult`, of which CHECK reads
 /// `interfaces` and `ips`.

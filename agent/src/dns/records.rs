@@ -194,12 +194,220 @@ struct Backend {
     ports: Vec<(String, i32)>,
 }
 
+/// The names of a build in progress, under one zone.
 struct Builder {
+    /// The zone's apex, `Name::root()` if the cluster domain is not a name.
+    zone: Name,
     zone_key: String,
     names: HashMap<Box<str>, Node>,
+    /// Routes served, for metrics.
+    routes: usize,
 }
 
+/// The names one route is published under.
+struct RouteNames {
+    /// `<name>.<ns>.svc.<zone>.`, lowercase.
+    svc_key: String,
+    svc_name: Name,
+    /// The route's `hostnames`, lowercase, fully qualified, sorted, without duplicates.
+    hostnames: Vec<String>,
+}
+
+/// A named port of a route: name, protocol, port.
+type NamedPort<'a> = (&'a str, &'a str, i32);
+
 impl Builder {
+    /// A zone holding its apex (with the SOA) and `dns-version` only.
+    fn new(cluster_domain: &str) -> Self {
+        let domain = cluster_domain.trim_matches('.').to_ascii_lowercase();
+        let zone_key = format!("{domain}.");
+        let zone = name_of(&zone_key).unwrap_or_else(Name::root);
+        let mut b = Builder {
+            zone,
+            zone_key: zone_key.clone(),
+            names: HashMap::new(),
+            routes: 0,
+        };
+        b.names.insert(
+            zone_key.clone().into_boxed_str(),
+            Node {
+                apex: true,
+                ..Node::default()
+            },
+        );
+        b.node(&format!("dns-version.{zone_key}"))
+            .txt
+            .push(SCHEMA_VERSION.to_string());
+        b
+    }
+
+    /// `<ns>.svc.<zone>` and `<ns>.pod.<zone>` exist for every namespace, even without routes.
+    fn namespaces(&mut self, namespaces: &[&str]) {
+        for ns in namespaces {
+            let ns = ns.to_ascii_lowercase();
+            self.node(&format!("{ns}.svc.{}", self.zone_key));
+            self.node(&format!("{ns}.pod.{}", self.zone_key));
+        }
+    }
+
+    /// One accepted route's records; skipped if its name is not a DNS name.
+    fn route(&mut self, route: &ServiceRoute, slices: &[&EndpointSlice]) {
+        let Some(names) = self.route_names(route) else {
+            return;
+        };
+        self.routes += 1;
+        let named_ports: Vec<NamedPort<'_>> = route
+            .spec
+            .ports
+            .iter()
+            .filter_map(|p| {
+                let n = p.name.as_deref().filter(|n| !n.is_empty())?;
+                Some((n, p.protocol.as_str(), p.port))
+            })
+            .collect();
+        if route.spec.headless {
+            self.headless(route, slices, &names, &named_ports);
+        } else {
+            self.virtual_ips(route, &names, &named_ports);
+        }
+    }
+
+    /// The service name and hostnames of `route`; `None` if the service name is not a name.
+    fn route_names(&self, route: &ServiceRoute) -> Option<RouteNames> {
+        let (ns, name) = (
+            route.namespace().unwrap_or_default().to_ascii_lowercase(),
+            route.name_any().to_ascii_lowercase(),
+        );
+        let svc_key = format!("{name}.{ns}.svc.{}", self.zone_key);
+        let svc_name = name_of(&svc_key)?;
+        let mut hostnames: Vec<String> = route
+            .spec
+            .hostnames
+            .iter()
+            .map(|h| format!("{}.", h.trim_end_matches('.').to_ascii_lowercase()))
+            .filter(|h| name_of(h).is_some())
+            .collect();
+        hostnames.sort();
+        hostnames.dedup();
+        Some(RouteNames {
+            svc_key,
+            svc_name,
+            hostnames,
+        })
+    }
+
+    /// A headless route: every backend's address under the service name, the hostnames and
+    /// its own host name, with a PTR to that host name and an SRV per named port.
+    fn headless(
+        &mut self,
+        route: &ServiceRoute,
+        slices: &[&EndpointSlice],
+        names: &RouteNames,
+        named_ports: &[NamedPort<'_>],
+    ) {
+        let backends = backends_of(route, slices);
+        // No ready backend: the name does not exist (the specification's NXDOMAIN).
+        if backends.is_empty() {
+            return;
+        }
+        let svc_key = &names.svc_key;
+        let weight = u16::try_from((100 / backends.len()).max(1)).unwrap_or(1);
+        for be in &backends {
+            let host_key = format!("{}.{svc_key}", be.label);
+            let Some(host_name) = name_of(&host_key) else {
+                continue;
+            };
+            self.address(svc_key, be.ip);
+            for h in &names.hostnames {
+                self.address(h, be.ip);
+            }
+            self.address(&host_key, be.ip);
+            self.ptr(be.ip, &host_name);
+            for (port_name, proto, port) in named_ports {
+                let target_port = be
+                    .ports
+                    .iter()
+                    .find(|(n, _)| n == port_name)
+                    .map(|(_, p)| *p)
+                    .unwrap_or(*port);
+                let srv = Srv {
+                    priority: 0,
+                    weight,
+                    port: u16::try_from(target_port).unwrap_or(0),
+                    target: host_name.clone(),
+                };
+                let n = self.node(&srv_key(port_name, proto, svc_key));
+                if !n.srv.contains(&srv) {
+                    n.srv.push(srv);
+                }
+            }
+        }
+    }
+
+    /// A route with virtual IPs: the service name and hostnames exist (even before an address
+    /// is claimed) and hold the virtual IPs, each with a PTR, and an SRV per named port.
+    fn virtual_ips(
+        &mut self,
+        route: &ServiceRoute,
+        names: &RouteNames,
+        named_ports: &[NamedPort<'_>],
+    ) {
+        let svc_key = &names.svc_key;
+        let vips: Vec<IpAddr> = route
+            .status
+            .iter()
+            .flat_map(|s| s.virtual_ips.iter())
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        self.node(svc_key);
+        for h in &names.hostnames {
+            self.node(h);
+        }
+        for ip in &vips {
+            self.address(svc_key, *ip);
+            for h in &names.hostnames {
+                self.address(h, *ip);
+            }
+            self.ptr(*ip, &names.svc_name);
+        }
+        for (port_name, proto, port) in named_ports {
+            let srv = Srv {
+                priority: 0,
+                weight: 100,
+                port: u16::try_from(*port).unwrap_or(0),
+                target: names.svc_name.clone(),
+            };
+            self.node(&srv_key(port_name, proto, svc_key)).srv.push(srv);
+        }
+    }
+
+    /// The snapshot, with every record set in a deterministic answer order.
+    fn finish(mut self, input: &Inputs<'_>) -> Snapshot {
+        for n in self.names.values_mut() {
+            n.a.sort();
+            n.aaaa.sort();
+            n.ptr.sort_by_key(key_of);
+            n.srv.sort_by_key(|x| (key_of(&x.target), x.port));
+        }
+        let pod_cidrs: BTreeSet<IpNet> = input.pod_cidrs.iter().copied().collect();
+        let (zone, zone_key) = (self.zone, self.zone_key);
+        let soa_mname = name_of(&format!("ns.dns.{zone_key}")).unwrap_or_else(|| zone.clone());
+        let soa_rname = name_of(&format!("hostmaster.{zone_key}")).unwrap_or_else(|| zone.clone());
+        Snapshot {
+            zone_suffix: format!(".{zone_key}"),
+            pod_suffix: format!(".pod.{zone_key}"),
+            zone_key,
+            ttl: input.ttl,
+            serial: input.serial,
+            names: self.names,
+            pod_cidrs: pod_cidrs.into_iter().collect(),
+            routes: self.routes,
+            soa_mname,
+            soa_rname,
+            zone,
+        }
+    }
+
     fn node(&mut self, key: &str) -> &mut Node {
         // Empty non-terminals: every ancestor inside the zone exists.
         if let Some(rest) = key.strip_suffix(&self.zone_key) {
@@ -232,6 +440,15 @@ impl Builder {
             n.ptr.push(target.clone());
         }
     }
+}
+
+/// The owner name of a route's SRV records for one named port: `_<port>._<proto>.<svc>`.
+fn srv_key(port_name: &str, proto: &str, svc_key: &str) -> String {
+    format!(
+        "_{}._{}.{svc_key}",
+        port_name.to_ascii_lowercase(),
+        proto.to_ascii_lowercase()
+    )
 }
 
 fn backends_of(route: &ServiceRoute, slices: &[&EndpointSlice]) -> Vec<Backend> {
@@ -286,156 +503,12 @@ fn backends_of(route: &ServiceRoute, slices: &[&EndpointSlice]) -> Vec<Backend> 
 /// Builds the snapshot: the Kubernetes DNS schema 1.1.0 records of every accepted route, pod
 /// names, `dns-version`, and reverse records for virtual IPs and headless backends.
 pub fn build(input: &Inputs<'_>) -> Snapshot {
-    let domain = input.cluster_domain.trim_matches('.').to_ascii_lowercase();
-    let zone_key = format!("{domain}.");
-    let zone = name_of(&zone_key).unwrap_or_else(Name::root);
-    let mut b = Builder {
-        zone_key: zone_key.clone(),
-        names: HashMap::new(),
-    };
-    b.names.insert(
-        zone_key.clone().into_boxed_str(),
-        Node {
-            apex: true,
-            ..Node::default()
-        },
-    );
-    b.node(&format!("dns-version.{zone_key}"))
-        .txt
-        .push(SCHEMA_VERSION.to_string());
-    for ns in input.namespaces {
-        let ns = ns.to_ascii_lowercase();
-        b.node(&format!("{ns}.svc.{zone_key}"));
-        b.node(&format!("{ns}.pod.{zone_key}"));
-    }
-    let mut routes = 0;
+    let mut b = Builder::new(input.cluster_domain);
+    b.namespaces(input.namespaces);
     for route in input.routes.iter().filter(|r| is_accepted(r)) {
-        let (ns, name) = (
-            route.namespace().unwrap_or_default().to_ascii_lowercase(),
-            route.name_any().to_ascii_lowercase(),
-        );
-        let svc_key = format!("{name}.{ns}.svc.{zone_key}");
-        let Some(svc_name) = name_of(&svc_key) else {
-            continue;
-        };
-        let mut hostnames: Vec<String> = route
-            .spec
-            .hostnames
-            .iter()
-            .map(|h| format!("{}.", h.trim_end_matches('.').to_ascii_lowercase()))
-            .filter(|h| name_of(h).is_some())
-            .collect();
-        hostnames.sort();
-        hostnames.dedup();
-        routes += 1;
-        let named_ports: Vec<(&str, &str, i32)> = route
-            .spec
-            .ports
-            .iter()
-            .filter_map(|p| {
-                let n = p.name.as_deref().filter(|n| !n.is_empty())?;
-                Some((n, p.protocol.as_str(), p.port))
-            })
-            .collect();
-        if route.spec.headless {
-            let backends = backends_of(route, input.slices);
-            // No ready backend: the name does not exist (the specification's NXDOMAIN).
-            if backends.is_empty() {
-                continue;
-            }
-            let weight = u16::try_from((100 / backends.len()).max(1)).unwrap_or(1);
-            for be in &backends {
-                let host_key = format!("{}.{svc_key}", be.label);
-                let Some(host_name) = name_of(&host_key) else {
-                    continue;
-                };
-                b.address(&svc_key, be.ip);
-                for h in &hostnames {
-                    b.address(h, be.ip);
-                }
-                b.address(&host_key, be.ip);
-                b.ptr(be.ip, &host_name);
-                for (port_name, proto, port) in &named_ports {
-                    let target_port = be
-                        .ports
-                        .iter()
-                        .find(|(n, _)| n == port_name)
-                        .map(|(_, p)| *p)
-                        .unwrap_or(*port);
-                    let srv = Srv {
-                        priority: 0,
-                        weight,
-                        port: u16::try_from(target_port).unwrap_or(0),
-                        target: host_name.clone(),
-                    };
-                    let k = format!(
-                        "_{}._{}.{svc_key}",
-                        port_name.to_ascii_lowercase(),
-                        proto.to_ascii_lowercase()
-                    );
-                    let n = b.node(&k);
-                    if !n.srv.contains(&srv) {
-                        n.srv.push(srv);
-                    }
-                }
-            }
-        } else {
-            let vips: Vec<IpAddr> = route
-                .status
-                .iter()
-                .flat_map(|s| s.virtual_ips.iter())
-                .filter_map(|v| v.parse().ok())
-                .collect();
-            b.node(&svc_key);
-            for h in &hostnames {
-                b.node(h);
-            }
-            for ip in &vips {
-                b.address(&svc_key, *ip);
-                for h in &hostnames {
-                    b.address(h, *ip);
-                }
-                b.ptr(*ip, &svc_name);
-            }
-            for (port_name, proto, port) in &named_ports {
-                let k = format!(
-                    "_{}._{}.{svc_key}",
-                    port_name.to_ascii_lowercase(),
-                    proto.to_ascii_lowercase()
-                );
-                let srv = Srv {
-                    priority: 0,
-                    weight: 100,
-                    port: u16::try_from(*port).unwrap_or(0),
-                    target: svc_name.clone(),
-                };
-                b.node(&k).srv.push(srv);
-            }
-        }
+        b.route(route, input.slices);
     }
-    // Deterministic answer order.
-    for n in b.names.values_mut() {
-        n.a.sort();
-        n.aaaa.sort();
-        n.ptr.sort_by_key(key_of);
-        n.srv.sort_by_key(|x| (key_of(&x.target), x.port));
-    }
-    let pod_cidrs: BTreeSet<IpNet> = input.pod_cidrs.iter().copied().collect();
-    let soa_mname = name_of(&format!("ns.dns.{zone_key}")).unwrap_or_else(|| zone.clone());
-    let soa_rname = name_of(&format!("hostmaster.{zone_key}")).unwrap_or_else(|| zone.clone());
-    Snapshot {
-        zone_suffix: format!(".{zone_key}"),
-        pod_suffix: format!(".pod.{zone_key}"),
-        zone_key,
-        ttl: input.ttl,
-        serial: input.serial,
-        names: b.names,
-        pod_cidrs: pod_cidrs.into_iter().collect(),
-        routes,
-        soa_mname,
-        soa_rname,
-        zone,
-    }
+    b.finish(input)
 }
 
 impl Snapshot {
