@@ -245,16 +245,106 @@ where
     res
 }
 
-/// Runs the controllers until the future is dropped (when leadership is lost).
+/// Runs the controllers until the future is dropped (when leadership is lost): starts the
+/// watches, waits until every cache is synced, then runs the PodNetwork and ServiceRoute
+/// controllers over one shared [`Context`].
 pub async fn run_controllers(
     client: Client,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     instance: String,
 ) {
-    let all = watcher::Config::default;
     let (pn_tx, pn_rx) = mpsc::channel(1);
     let (sr_tx, sr_rx) = mpsc::channel(1);
+    let (caches, drive) = watch_caches(&client, &pn_tx, &sr_tx);
+    let drivers = tokio::spawn(drive);
+    caches.synced().await;
+    info!("caches synced; reconciling");
+
+    // PodNetworks keep a 100 ms debounce: two overlapping networks created at the same instant
+    // are then both in the cache when either is first planned, so the loser never allocates
+    // a block. Routes have none: kube-runtime's debounce restarts its timer on every new
+    // trigger of an object, so a route woken again and again (pod updates, agent reports)
+    // waited until the triggers paused. A request for an object whose reconcile is running
+    // is held and merged anyway.
+    let pn_controller = Controller::new(Api::<PodNetwork>::all(client.clone()), all())
+        .with_config(ControllerConfig::default().debounce(Duration::from_millis(100)));
+    let sr_controller = Controller::new(Api::<ServiceRoute>::all(client.clone()), all())
+        .with_config(ControllerConfig::default());
+    let routes = sr_controller.store();
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        caches.into_stores(routes.clone()),
+        metrics,
+        instance,
+    ));
+    health.ready.store(true, Ordering::Relaxed);
+
+    let pn = run_networks(pn_controller, pn_rx, ctx.clone());
+    let sr = run_routes(sr_controller, client, routes, sr_rx, ctx);
+    tokio::join!(pn, sr);
+    drivers.abort();
+}
+
+/// A watch of every object of a kind (no selector).
+fn all() -> watcher::Config {
+    watcher::Config::default()
+}
+
+/// The caches the reconcilers read, all but the routes (the route controller keeps that one).
+struct Caches {
+    nodes: Store<Node>,
+    namespaces: Store<Namespace>,
+    blocks: Store<NodeBlock>,
+    networks: Store<PodNetwork>,
+    services: Store<Service>,
+    vips: Store<VirtualIP>,
+    pods: Store<Pod>,
+    slices: Store<EndpointSlice>,
+    leases: Store<Lease>,
+}
+
+impl Caches {
+    /// Waits until every cache has its first full list. Never plan with half a picture: a
+    /// node missing from an unsynced cache looks deleted.
+    async fn synced(&self) {
+        let _ = self.nodes.wait_until_ready().await;
+        let _ = self.namespaces.wait_until_ready().await;
+        let _ = self.blocks.wait_until_ready().await;
+        let _ = self.networks.wait_until_ready().await;
+        let _ = self.services.wait_until_ready().await;
+        let _ = self.vips.wait_until_ready().await;
+        let _ = self.pods.wait_until_ready().await;
+        let _ = self.slices.wait_until_ready().await;
+        let _ = self.leases.wait_until_ready().await;
+    }
+
+    /// The stores of the [`Context`], with the route controller's own cache of `routes`.
+    fn into_stores(self, routes: Store<ServiceRoute>) -> Stores {
+        Stores {
+            networks: self.networks,
+            nodes: self.nodes,
+            namespaces: self.namespaces,
+            blocks: self.blocks,
+            routes,
+            pods: self.pods,
+            services: self.services,
+            vips: self.vips,
+            slices: self.slices,
+            leases: self.leases,
+        }
+    }
+}
+
+/// Starts filling the caches: returns them and the one future that drives every watch (and
+/// the agents' liveness check). What a PodNetwork reads triggers `pn_tx`, what a route reads
+/// triggers `sr_tx`; pods and slices trigger nothing here (the route controller watches pods
+/// itself, and slices are the routes' own output).
+fn watch_caches(
+    client: &Client,
+    pn_tx: &mpsc::Sender<()>,
+    sr_tx: &mpsc::Sender<()>,
+) -> (Caches, impl Future<Output = ()> + Send + 'static) {
     let (nodes, d1) = cached(
         Api::<Node>::all(client.clone()),
         all(),
@@ -276,6 +366,40 @@ pub async fn run_controllers(
         pn_tx.clone(),
         OnNew::Trigger,
     );
+    let (route_inputs, route_drivers) = watch_route_inputs(client, sr_tx);
+    let caches = Caches {
+        nodes,
+        namespaces,
+        blocks,
+        networks: route_inputs.networks,
+        services: route_inputs.services,
+        vips: route_inputs.vips,
+        pods: route_inputs.pods,
+        slices: route_inputs.slices,
+        leases: route_inputs.leases,
+    };
+    let drive = async move {
+        tokio::join!(d1, d2, d3, route_drivers);
+    };
+    (caches, drive)
+}
+
+/// The caches only routes read.
+struct RouteInputs {
+    networks: Store<PodNetwork>,
+    services: Store<Service>,
+    vips: Store<VirtualIP>,
+    pods: Store<Pod>,
+    slices: Store<EndpointSlice>,
+    leases: Store<Lease>,
+}
+
+/// Starts the watches of what routes read, each triggering `sr_tx` on a change that concerns
+/// routes; returns the caches and the future that drives them.
+fn watch_route_inputs(
+    client: &Client,
+    sr_tx: &mpsc::Sender<()>,
+) -> (RouteInputs, impl Future<Output = ()> + Send + 'static) {
     let (networks, d4) = cached(
         Api::<PodNetwork>::all(client.clone()),
         all(),
@@ -317,22 +441,42 @@ pub async fn run_controllers(
         mpsc::channel(1).0,
         OnNew::Trigger,
     );
-    let lease_wc = all().labels(&format!(
-        "{}={}",
-        switchyard_api::dataplane::AGENT_LEASE_LABEL,
-        switchyard_api::dataplane::AGENT_LEASE_LABEL_VALUE
-    ));
     let (leases, d10) = cached(
         Api::<Lease>::namespaced(
             client.clone(),
             switchyard_api::dataplane::AGENT_LEASE_NAMESPACE,
         ),
-        lease_wc,
+        all().labels(&format!(
+            "{}={}",
+            switchyard_api::dataplane::AGENT_LEASE_LABEL,
+            switchyard_api::dataplane::AGENT_LEASE_LABEL_VALUE
+        )),
         lease_fingerprint,
         sr_tx.clone(),
         OnNew::Trigger,
     );
-    // Namespace changes concern routes too (consent, membership).
+    let namespaces = watch_namespaces_for_routes(client, sr_tx);
+    let liveness = watch_liveness(leases.clone(), sr_tx.clone());
+    let inputs = RouteInputs {
+        networks,
+        services,
+        vips,
+        pods,
+        slices,
+        leases,
+    };
+    let drive = async move {
+        tokio::join!(d4, d5, d6, d7, d8, d10, namespaces, liveness);
+    };
+    (inputs, drive)
+}
+
+/// Namespace changes concern routes too (consent, membership): a second Namespace watch whose
+/// fingerprint adds the consent annotation, forwarded to `sr_tx`.
+fn watch_namespaces_for_routes(
+    client: &Client,
+    sr_tx: &mpsc::Sender<()>,
+) -> impl Future<Output = ()> + Send + 'static {
     let (ns_tx, mut ns_rx) = mpsc::channel::<()>(1);
     let (_ns2, d9) = cached(
         Api::<Namespace>::all(client.clone()),
@@ -342,74 +486,50 @@ pub async fn run_controllers(
         OnNew::Trigger,
     );
     let fan = sr_tx.clone();
-    let liveness = watch_liveness(leases.clone(), sr_tx.clone());
-    let drivers = tokio::spawn(async move {
-        let forward = async move {
-            while ns_rx.recv().await.is_some() {
-                let _ = fan.try_send(());
-            }
-        };
-        tokio::join!(d1, d2, d3, d4, d5, d6, d7, d8, d9, d10, forward, liveness);
-    });
-
-    // Never plan with half a picture: a node missing from an unsynced cache looks deleted.
-    let _ = nodes.wait_until_ready().await;
-    let _ = namespaces.wait_until_ready().await;
-    let _ = blocks.wait_until_ready().await;
-    let _ = networks.wait_until_ready().await;
-    let _ = services.wait_until_ready().await;
-    let _ = vips.wait_until_ready().await;
-    let _ = pods.wait_until_ready().await;
-    let _ = slices.wait_until_ready().await;
-    let _ = leases.wait_until_ready().await;
-    info!("caches synced; reconciling");
-
-    // PodNetworks keep a 100 ms debounce: two overlapping networks created at the same instant
-    // are then both in the cache when either is first planned, so the loser never allocates
-    // a block. Routes have none: kube-runtime's debounce restarts its timer on every new
-    // trigger of an object, so a route woken again and again (pod updates, agent reports)
-    // waited until the triggers paused. A request for an object whose reconcile is running
-    // is held and merged anyway.
-    let pn_controller = Controller::new(Api::<PodNetwork>::all(client.clone()), all())
-        .with_config(ControllerConfig::default().debounce(Duration::from_millis(100)));
-    let sr_controller = Controller::new(Api::<ServiceRoute>::all(client.clone()), all())
-        .with_config(ControllerConfig::default());
-    let routes = sr_controller.store();
-    let stores = Stores {
-        networks,
-        nodes,
-        namespaces,
-        blocks,
-        routes: routes.clone(),
-        pods,
-        services,
-        vips,
-        slices,
-        leases,
+    let forward = async move {
+        while ns_rx.recv().await.is_some() {
+            let _ = fan.try_send(());
+        }
     };
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        stores,
-        metrics.clone(),
-        instance,
-    ));
-    health.ready.store(true, Ordering::Relaxed);
+    async move {
+        tokio::join!(d9, forward);
+    }
+}
 
-    let pn = pn_controller
-        .reconcile_all_on(triggers(pn_rx))
+/// The PodNetwork controller: reconciles one network on its own changes and every network on
+/// each trigger of `rx`.
+fn run_networks(
+    controller: Controller<PodNetwork>,
+    rx: mpsc::Receiver<()>,
+    ctx: Arc<Context>,
+) -> impl Future<Output = ()> {
+    controller
+        .reconcile_all_on(triggers(rx))
         .run(
             |obj, ctx: Arc<Context>| async move {
                 measured("podnetwork", ctx.clone(), pod_network::reconcile(obj, ctx)).await
             },
             error_policy::<PodNetwork>,
-            ctx.clone(),
+            ctx,
         )
-        .for_each(|_| async {});
-    let sr = sr_controller
+        .for_each(|_| async {})
+}
+
+/// The ServiceRoute controller: reconciles one route on its own changes and on changes of
+/// pods it may concern ([`routes_for_pod`], from `routes`), and every route on each trigger of
+/// `rx`.
+fn run_routes(
+    controller: Controller<ServiceRoute>,
+    client: Client,
+    routes: Store<ServiceRoute>,
+    rx: mpsc::Receiver<()>,
+    ctx: Arc<Context>,
+) -> impl Future<Output = ()> {
+    controller
         .watches(Api::<Pod>::all(client), all(), move |pod| {
             routes_for_pod(&routes, &pod)
         })
-        .reconcile_all_on(triggers(sr_rx))
+        .reconcile_all_on(triggers(rx))
         .run(
             |obj, ctx: Arc<Context>| async move {
                 measured(
@@ -422,9 +542,7 @@ pub async fn run_controllers(
             error_policy::<ServiceRoute>,
             ctx,
         )
-        .for_each(|_| async {});
-    tokio::join!(pn, sr);
-    drivers.abort();
+        .for_each(|_| async {})
 }
 
 fn namespace_fingerprint_and_annotations(n: &Namespace) -> u64 {

@@ -18,7 +18,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use switchyard_api::membership::resolve;
 use switchyard_api::node_block::{NETWORK_LABEL, NODE_LABEL};
-use switchyard_api::{NodeBlock, PodNetwork, PodNetworkStatus};
+use switchyard_api::{NodeBlock, NodeBlockSpec, PodNetwork, PodNetworkStatus};
 use tracing::{info, warn};
 
 use crate::conditions::{self, Verdict};
@@ -87,27 +87,67 @@ fn namespace_conflicts(ctx: &Context, name: &str, accepted: &[&PodNetwork]) -> V
     out
 }
 
-/// Reconciles one PodNetwork.
+/// Reconciles one PodNetwork, top-down: its acceptance, the plan of its node blocks, the
+/// block writes (claims, releases, new next hops), then what it reports.
 #[tracing::instrument(name = "reconcile PodNetwork", skip_all, fields(network = %network.name_any()))]
 pub async fn reconcile(network: Arc<PodNetwork>, ctx: Arc<Context>) -> Result<Action> {
     let name = network.name_any();
-    let all = ctx.stores.networks.state();
-    let refs: Vec<&PodNetwork> = all.iter().map(|n| n.as_ref()).collect();
-    let verdicts = acceptance::decide(&refs);
-    let verdict = verdicts
-        .get(&name)
-        .cloned()
-        .unwrap_or_else(|| Acceptance::Invalid("not in the cache yet".into()));
-    let accepted_nets: Vec<&PodNetwork> = refs
-        .iter()
-        .copied()
-        .filter(|n| {
-            verdicts
-                .get(&n.name_any())
-                .is_some_and(Acceptance::is_accepted)
-        })
-        .collect();
+    let networks = ctx.stores.networks.state();
+    let standing = Standing::decide(&name, &networks);
+    let plan = plan_blocks(&ctx, &network, standing.verdict.is_accepted());
+    let lost_race = claim_blocks(&ctx, &network, &plan).await?;
+    release_blocks(&ctx, &network, &plan).await?;
+    repoint_blocks(&ctx, &plan).await?;
+    let conflicts = namespace_conflicts(&ctx, &name, &standing.accepted);
+    let status = status(
+        &network,
+        &standing.verdict,
+        &plan,
+        &conflicts,
+        ctx.status_nodes_limit,
+    );
+    record_pool(&ctx, &name, &plan);
+    publish_status(&ctx, &network, &standing.verdict, &plan, status).await?;
+    Ok(if lost_race {
+        Action::requeue(Duration::from_secs(1))
+    } else {
+        Action::requeue(RESYNC)
+    })
+}
 
+/// Where a network stands among all of them.
+struct Standing<'a> {
+    /// This network's acceptance.
+    verdict: Acceptance,
+    /// Every accepted network (namespaces resolve against these only).
+    accepted: Vec<&'a PodNetwork>,
+}
+
+impl<'a> Standing<'a> {
+    /// Acceptance (sans I/O): the verdict on network `name` among `networks` (every
+    /// PodNetwork), and which of them are accepted.
+    fn decide(name: &str, networks: &'a [Arc<PodNetwork>]) -> Self {
+        let refs: Vec<&PodNetwork> = networks.iter().map(|n| n.as_ref()).collect();
+        let verdicts = acceptance::decide(&refs);
+        let verdict = verdicts
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| Acceptance::Invalid("not in the cache yet".into()));
+        let accepted = refs
+            .into_iter()
+            .filter(|n| {
+                verdicts
+                    .get(&n.name_any())
+                    .is_some_and(Acceptance::is_accepted)
+            })
+            .collect();
+        Self { verdict, accepted }
+    }
+}
+
+/// Plan (reads the Node and NodeBlock caches): the block changes that bring `network` to one
+/// block per selected node and family; with `accepted` false nothing new is claimed.
+fn plan_blocks(ctx: &Context, network: &PodNetwork, accepted: bool) -> Plan {
     let nodes: Vec<NodeInfo> = ctx
         .stores
         .nodes
@@ -115,31 +155,39 @@ pub async fn reconcile(network: Arc<PodNetwork>, ctx: Arc<Context>) -> Result<Ac
         .iter()
         .map(|n| node_info(n))
         .collect();
-    let existing = existing_blocks(&ctx, &name);
-    let plan = plan::plan(&network, verdict.is_accepted(), &nodes, &existing);
-    let blocks_api: Api<NodeBlock> = Api::all(ctx.client.clone());
-    let oref = network.object_ref(&());
+    let existing = existing_blocks(ctx, &network.name_any());
+    plan::plan(network, accepted, &nodes, &existing)
+}
 
+/// The NodeBlock `block_name` of `spec`, labelled with its network and node, owned by
+/// `network` (so that deleting the network deletes its blocks).
+fn node_block(network: &PodNetwork, block_name: &str, spec: &NodeBlockSpec) -> NodeBlock {
+    let mut nb = NodeBlock::new(block_name, spec.clone());
+    nb.metadata.labels = Some(
+        [
+            (NETWORK_LABEL.to_string(), network.name_any()),
+            (NODE_LABEL.to_string(), spec.node.clone()),
+        ]
+        .into(),
+    );
+    nb.metadata.owner_references = network.controller_owner_ref(&()).map(|o| vec![o]);
+    nb
+}
+
+/// Claims the planned blocks (creates), with one `BlockAllocated` Event for those won.
+/// Returns whether another writer held one first (the cache is behind: look again shortly).
+async fn claim_blocks(ctx: &Context, network: &PodNetwork, plan: &Plan) -> Result<bool> {
+    let name = network.name_any();
+    let api: Api<NodeBlock> = Api::all(ctx.client.clone());
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
     let mut lost_race = false;
     let mut claimed: Vec<String> = Vec::new();
     for (block_name, spec) in &plan.create {
-        let mut nb = NodeBlock::new(block_name, spec.clone());
-        nb.metadata.labels = Some(
-            [
-                (NETWORK_LABEL.to_string(), name.clone()),
-                (NODE_LABEL.to_string(), spec.node.clone()),
-            ]
-            .into(),
-        );
-        nb.metadata.owner_references = network.controller_owner_ref(&()).map(|o| vec![o]);
-        match blocks_api
-            .create(
-                &PostParams {
-                    field_manager: Some(FIELD_MANAGER.into()),
-                    ..Default::default()
-                },
-                &nb,
-            )
+        match api
+            .create(&params, &node_block(network, block_name, spec))
             .await
         {
             Ok(_) => {
@@ -165,66 +213,79 @@ pub async fn reconcile(network: Arc<PodNetwork>, ctx: Arc<Context>) -> Result<Ac
     // One Event per reconcile: the recorder folds Events of one reason into a series that keeps
     // the first note, so per-block Events would hide all but the first block.
     if !claimed.is_empty() {
+        let note = format!("allocated {}", list(&claimed, 10));
         ctx.publish(
-            &oref,
+            &network.object_ref(&()),
             EventType::Normal,
             "BlockAllocated",
             "Allocate",
-            format!("allocated {}", list(&claimed, 10)),
+            note,
         )
         .await;
     }
+    Ok(lost_race)
+}
+
+/// Releases the planned blocks (deletes; one already gone counts as released), with one
+/// `BlockReleased` Event naming each block and why.
+async fn release_blocks(ctx: &Context, network: &PodNetwork, plan: &Plan) -> Result<()> {
+    let name = network.name_any();
+    let api: Api<NodeBlock> = Api::all(ctx.client.clone());
     let mut released: Vec<String> = Vec::new();
     for (block_name, node, cidr, why) in &plan.release {
-        match blocks_api
-            .delete(block_name, &DeleteParams::default())
-            .await
-        {
+        match api.delete(block_name, &DeleteParams::default()).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => return Err(Error::kube(format!("delete NodeBlock {block_name}"), e)),
         }
-        let why = match why {
-            Some(Release::NodeGone) => "the node is gone",
-            Some(Release::NodeNotSelected) => "the node no longer matches nodeSelector",
-            Some(Release::Duplicate) => "the node holds another block of this family",
-            None => "released",
-        };
+        let why = release_reason(*why);
         info!(network = %name, node = %node, block = %cidr, why, "released node block");
         released.push(format!("{cidr} of node {node} ({why})"));
     }
     if !released.is_empty() {
+        let note = format!("released {}", list(&released, 10));
         ctx.publish(
-            &oref,
+            &network.object_ref(&()),
             EventType::Normal,
             "BlockReleased",
             "Release",
-            format!("released {}", list(&released, 10)),
+            note,
         )
         .await;
     }
+    Ok(())
+}
+
+/// Why a block goes, in words.
+fn release_reason(why: Option<Release>) -> &'static str {
+    match why {
+        Some(Release::NodeGone) => "the node is gone",
+        Some(Release::NodeNotSelected) => "the node no longer matches nodeSelector",
+        Some(Release::Duplicate) => "the node holds another block of this family",
+        None => "released",
+    }
+}
+
+/// Points the planned blocks at their node's new address (server-side apply of `nodeIP`).
+async fn repoint_blocks(ctx: &Context, plan: &Plan) -> Result<()> {
+    let api: Api<NodeBlock> = Api::all(ctx.client.clone());
     for (block_name, ip) in &plan.repoint {
         let patch = json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "NodeBlock", "spec": {"nodeIP": ip}});
-        blocks_api
-            .patch(
-                block_name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await
-            .map_err(|e| Error::kube(format!("patch NodeBlock {block_name} nodeIP to {ip}"), e))?;
+        api.patch(
+            block_name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(|e| Error::kube(format!("patch NodeBlock {block_name} nodeIP to {ip}"), e))?;
     }
+    Ok(())
+}
 
-    let conflicts = namespace_conflicts(&ctx, &name, &accepted_nets);
-    let status = status(
-        &network,
-        &verdict,
-        &plan,
-        &conflicts,
-        ctx.status_nodes_limit,
-    );
+/// Sets the network's pool gauges: blocks allocated and blocks still free after the plan.
+fn record_pool(ctx: &Context, name: &str, plan: &Plan) {
     let labels = NetworkLabels {
-        network: name.clone(),
+        network: name.to_string(),
     };
     ctx.metrics
         .allocated_blocks
@@ -234,7 +295,19 @@ pub async fn reconcile(network: Arc<PodNetwork>, ctx: Arc<Context>) -> Result<Ac
         .free_blocks
         .get_or_create(&labels)
         .set(plan.free);
+}
 
+/// Publishes what the pass found: a `PoolExhausted` Warning when the pool has just run out, a
+/// Warning when the network is not accepted (and was, or has no conditions yet), then
+/// `status` when it changed (server-side apply).
+async fn publish_status(
+    ctx: &Context,
+    network: &PodNetwork,
+    verdict: &Acceptance,
+    plan: &Plan,
+    status: PodNetworkStatus,
+) -> Result<()> {
+    let oref = network.object_ref(&());
     let old = network.status.clone().unwrap_or_default();
     let exhausted_before = old.conditions.iter().any(|c| c.reason == "PoolExhausted");
     if !plan.exhausted.is_empty() && !exhausted_before {
@@ -259,22 +332,21 @@ pub async fn reconcile(network: Arc<PodNetwork>, ctx: Arc<Context>) -> Result<Ac
         )
         .await;
     }
-    if !same_status(&old, &status) {
-        let api: Api<PodNetwork> = Api::all(ctx.client.clone());
-        let patch = json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "PodNetwork", "status": status});
-        api.patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(|e| Error::kube(format!("patch PodNetwork {name} status"), e))?;
+    if same_status(&old, &status) {
+        return Ok(());
     }
-    Ok(if lost_race {
-        Action::requeue(Duration::from_secs(1))
-    } else {
-        Action::requeue(RESYNC)
-    })
+    let name = network.name_any();
+    let api: Api<PodNetwork> = Api::all(ctx.client.clone());
+    let patch =
+        json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "PodNetwork", "status": status});
+    api.patch_status(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|e| Error::kube(format!("patch PodNetwork {name} status"), e))?;
+    Ok(())
 }
 
 /// Status equality that ignores transition times (they only move when a status flips).

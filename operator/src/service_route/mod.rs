@@ -1,11 +1,13 @@
 //! The ServiceRoute controller: acceptance, virtual-IP claims, backend resolution into
 //! EndpointSlices, DNS names, status and Events. The decisions are pure (`vip`, `backends`,
-//! `slices`); this module reads the caches, calls them, and writes the result.
+//! `slices`, `programmed`, `status`); this module reads the caches, calls them, and writes the
+//! result.
 
 pub mod access;
 pub mod backends;
 pub mod programmed;
 pub mod slices;
+pub mod status;
 pub mod vip;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -23,18 +26,16 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use switchyard_api::dataplane::Rv;
-use switchyard_api::service_route::{EndpointCounts, NodeCounts};
 use switchyard_api::virtual_ip::{RouteRef, virtual_ip_name};
 use switchyard_api::{
-    PodNetwork, ServiceRoute, ServiceRouteStatus, VirtualIP, VirtualIPSpec, membership::resolve,
-    validate::parse_cidr,
+    PodNetwork, ServiceRoute, VirtualIP, VirtualIPSpec, membership::resolve, validate::parse_cidr,
 };
 use tracing::info;
 
-use crate::conditions::{self, Verdict};
-use crate::context::{Context, FIELD_MANAGER, list};
+use crate::context::{Context, FIELD_MANAGER};
 use crate::error::{Error, Result};
 use crate::pod_network::acceptance;
+use status::Problem;
 
 /// Finalizer that releases a route's virtual IPs before the route goes away.
 pub const FINALIZER: &str = "switchyard.dev/virtual-ips";
@@ -116,163 +117,299 @@ async fn release(api: &Api<VirtualIP>, addr: &IpAddr) -> Result<()> {
     }
 }
 
+/// One pass over a live route, top-down: where it lives, what keeps it from being accepted,
+/// its virtual IPs, its endpoints, which nodes have programmed it, and what it reports. Only
+/// `allocate`, `publish_slices` and `publish_status` write.
 async fn apply(route: Arc<ServiceRoute>, ctx: Arc<Context>) -> Result<Action> {
-    let (ns, name) = (route.namespace().unwrap_or_default(), route.name_any());
-    let uid = route.uid().unwrap_or_default();
-    let oref = route.object_ref(&());
+    let scope = Scope::resolve(
+        &route.namespace().unwrap_or_default(),
+        &ctx.stores.networks.state(),
+        ctx.stores.namespaces.state(),
+    );
+    let mut problems = acceptance_problems(
+        &route,
+        &ctx.cluster_domain,
+        &scope,
+        &ctx.stores.services.state(),
+    );
+    let network = scope.network.as_deref().filter(|_| problems.is_empty());
+    let vips = allocate(&ctx, &route, network).await?;
+    problems.extend(vips.problems.iter().cloned());
+    let endpoints = endpoints(
+        &route,
+        &scope,
+        &ctx.stores.pods.state(),
+        problems.is_empty(),
+    );
+    let slice_writes = publish_slices(&ctx, &route, &endpoints.slices).await?;
+    let now = Timestamp::now();
+    let on_nodes = programmed_on(&ctx, &route, &vips, &slice_writes, now);
+    let report = status::decide(
+        &route,
+        &problems,
+        &endpoints.resolution,
+        &vips.addresses,
+        &on_nodes,
+        &ctx.cluster_domain,
+        now,
+    );
+    publish_status(&ctx, &route, report).await?;
+    // Reports going stale (no event) are noticed by the controller's liveness watch, which
+    // triggers every route when the set of ready agents changes.
+    Ok(if vips.lost_race {
+        Action::requeue(Duration::from_secs(1))
+    } else {
+        Action::requeue(RESYNC)
+    })
+}
 
-    let networks = ctx.stores.networks.state();
-    let net_refs: Vec<&PodNetwork> = networks.iter().map(|n| n.as_ref()).collect();
-    let verdicts = acceptance::decide(&net_refs);
-    let accepted: Vec<&PodNetwork> = net_refs
-        .iter()
-        .copied()
-        .filter(|n| verdicts.get(&n.name_any()).is_some_and(|v| v.is_accepted()))
-        .collect();
-    let namespaces = ctx.stores.namespaces.state();
-    let ns_refs: Vec<&k8s_openapi::api::core::v1::Namespace> =
-        namespaces.iter().map(|n| n.as_ref()).collect();
-    let network = ns_refs
-        .iter()
-        .find(|n| n.name_any() == ns)
-        .and_then(|n| resolve(n.labels(), &accepted).network)
-        .and_then(|name| accepted.iter().find(|n| n.name_any() == name).copied());
+/// Where a route lives, as the caches show it at the start of a pass.
+struct Scope {
+    /// The accepted PodNetworks: namespaces resolve against these only.
+    accepted: Vec<Arc<PodNetwork>>,
+    /// Every Namespace.
+    namespaces: Vec<Arc<Namespace>>,
+    /// The accepted network the route's namespace belongs to; without one the route is not
+    /// accepted.
+    network: Option<Arc<PodNetwork>>,
+}
 
-    // Acceptance: the spec, the network, the name, the addresses.
-    let mut problems: Vec<(String, &'static str, String)> = Vec::new();
-    let violations = route.validate(&ctx.cluster_domain);
-    if !violations.is_empty() {
-        problems.push(("Accepted".into(), "Invalid", violations.to_string()));
+impl Scope {
+    /// Resolve (sans I/O): which networks are accepted, and which of them namespace `ns`
+    /// belongs to.
+    fn resolve(ns: &str, networks: &[Arc<PodNetwork>], namespaces: Vec<Arc<Namespace>>) -> Self {
+        let all: Vec<&PodNetwork> = networks.iter().map(|n| n.as_ref()).collect();
+        let verdicts = acceptance::decide(&all);
+        let accepted: Vec<Arc<PodNetwork>> = networks
+            .iter()
+            .filter(|n| verdicts.get(&n.name_any()).is_some_and(|v| v.is_accepted()))
+            .cloned()
+            .collect();
+        let usable: Vec<&PodNetwork> = accepted.iter().map(|n| n.as_ref()).collect();
+        let network = namespaces
+            .iter()
+            .find(|n| n.name_any() == ns)
+            .and_then(|n| resolve(n.labels(), &usable).network)
+            .and_then(|name| accepted.iter().find(|n| n.name_any() == name).cloned());
+        Self {
+            accepted,
+            namespaces,
+            network,
+        }
     }
-    if network.is_none() {
-        problems.push((
-            "Accepted".into(),
+
+    fn accepted(&self) -> Vec<&PodNetwork> {
+        self.accepted.iter().map(|n| n.as_ref()).collect()
+    }
+
+    fn namespaces(&self) -> Vec<&Namespace> {
+        self.namespaces.iter().map(|n| n.as_ref()).collect()
+    }
+}
+
+/// Acceptance (sans I/O): what keeps the route from being accepted before its addresses are
+/// looked at — an invalid spec, no accepted network for its namespace, a native Service of the
+/// same name (`services`: every Service). The first problem names the Accepted reason.
+fn acceptance_problems(
+    route: &ServiceRoute,
+    cluster_domain: &str,
+    scope: &Scope,
+    services: &[Arc<Service>],
+) -> Vec<Problem> {
+    let (ns, name) = (route.namespace().unwrap_or_default(), route.name_any());
+    let mut problems = Vec::new();
+    let violations = route.validate(cluster_domain);
+    if !violations.is_empty() {
+        problems.push(Problem::new("Invalid", violations.to_string()));
+    }
+    if scope.network.is_none() {
+        problems.push(Problem::new(
             "NoNetwork",
             format!("namespace {ns} belongs to no accepted PodNetwork"),
         ));
     }
-    if ctx
-        .stores
-        .services
-        .state()
+    if services
         .iter()
         .any(|s| s.namespace().as_deref() == Some(ns.as_str()) && s.name_any() == name)
     {
-        problems.push((
-            "Accepted".into(),
+        problems.push(Problem::new(
             "Conflict",
             format!(
                 "a Service named {name} exists in namespace {ns}; its DNS name would be ambiguous"
             ),
         ));
     }
+    problems
+}
 
-    let vips_api: Api<VirtualIP> = Api::all(ctx.client.clone());
-    let held = held_addresses(&ctx);
-    let mut addresses: Vec<IpAddr> = held
-        .iter()
-        .filter(|(_, h)| h.uid == uid)
-        .map(|(a, _)| *a)
-        .collect();
-    let mut lost_race = false;
-    // VirtualIP writes of this pass: released addresses, and the versions of new claims.
-    let mut released: Vec<IpAddr> = Vec::new();
-    let mut claim_rvs: Vec<(IpAddr, Option<String>)> = Vec::new();
-    if problems.is_empty()
-        && let Some(net) = network
-    {
-        let pools: Vec<IpNet> = net
-            .spec
-            .service_cidrs
-            .iter()
-            .filter_map(|c| parse_cidr(c).ok())
-            .collect();
-        let requested: Vec<IpAddr> = route
-            .spec
-            .virtual_ips
-            .iter()
-            .filter_map(|a| a.parse().ok())
-            .collect();
-        let plan = vip::plan(&uid, route.spec.headless, &requested, &pools, &held);
-        for addr in &plan.release {
-            release(&vips_api, addr).await?;
-            released.push(*addr);
-        }
-        let mut claimed = Vec::new();
-        for addr in &plan.claim {
-            let mut claim = VirtualIP::new(
-                &virtual_ip_name(addr),
-                VirtualIPSpec {
-                    address: addr.to_string(),
-                    network: net.name_any(),
-                    route: RouteRef {
-                        namespace: ns.clone(),
-                        name: name.clone(),
-                        uid: uid.clone(),
-                    },
-                },
-            );
-            claim.metadata.labels = Some(
-                [
-                    ("switchyard.dev/route-namespace".to_string(), ns.clone()),
-                    ("switchyard.dev/route".to_string(), name.clone()),
-                ]
-                .into(),
-            );
-            match vips_api
-                .create(
-                    &PostParams {
-                        field_manager: Some(FIELD_MANAGER.into()),
-                        ..Default::default()
-                    },
-                    &claim,
-                )
-                .await
-            {
-                Ok(created) => {
-                    claimed.push(addr.to_string());
-                    claim_rvs.push((*addr, created.metadata.resource_version));
-                }
-                Err(kube::Error::Api(s)) if s.code == 409 => {
-                    // Another route (or replica) claimed it first; our cache will show whom.
-                    lost_race = true;
-                }
-                Err(e) => {
-                    return Err(Error::kube(
-                        format!("create VirtualIP {addr} for ServiceRoute {ns}/{name}"),
-                        e,
-                    ));
-                }
-            }
-        }
-        if !claimed.is_empty() {
-            ctx.publish(
-                &oref,
-                EventType::Normal,
-                "VirtualIPAllocated",
-                "Allocate",
-                format!("allocated {}", claimed.join(", ")),
-            )
-            .await;
-        }
-        addresses = plan.addresses();
-        if lost_race {
-            addresses.retain(|a| !plan.claim.contains(a) || claimed.contains(&a.to_string()));
-        }
-        for (field, msg) in plan.problems {
-            problems.push((
-                "Accepted".into(),
-                "VirtualIPUnavailable",
-                format!("{field}: {msg}"),
-            ));
+/// The route's virtual IPs after a pass, and the claim writes that made them.
+#[derive(Default)]
+struct Allocation {
+    /// The addresses the route holds, sorted.
+    addresses: Vec<IpAddr>,
+    /// Claims this pass released.
+    released: Vec<IpAddr>,
+    /// Claims this pass created, with the resourceVersion each create returned.
+    claimed: Vec<(IpAddr, Option<String>)>,
+    /// Another route (or replica) claimed an address first: look again shortly.
+    lost_race: bool,
+    /// Why the route cannot have its addresses.
+    problems: Vec<Problem>,
+}
+
+/// Allocate: plans the route's virtual IPs on `network` (`vip::plan`) and writes the plan —
+/// releases first, then claims — with one `VirtualIPAllocated` Event for the claims won.
+/// `network` is `None` when the route is not accepted: it keeps what it holds, and nothing is
+/// written.
+async fn allocate(
+    ctx: &Context,
+    route: &ServiceRoute,
+    network: Option<&PodNetwork>,
+) -> Result<Allocation> {
+    let uid = route.uid().unwrap_or_default();
+    let held = held_addresses(ctx);
+    let Some(net) = network else {
+        return Ok(Allocation {
+            addresses: held
+                .iter()
+                .filter(|(_, h)| h.uid == uid)
+                .map(|(a, _)| *a)
+                .collect(),
+            ..Allocation::default()
+        });
+    };
+    let plan = vip_plan(route, net, &held);
+    let api: Api<VirtualIP> = Api::all(ctx.client.clone());
+    let mut out = Allocation::default();
+    for addr in &plan.release {
+        release(&api, addr).await?;
+        out.released.push(*addr);
+    }
+    for addr in &plan.claim {
+        match claim(&api, &virtual_ip(route, net, addr)).await? {
+            Claim::Won(rv) => out.claimed.push((*addr, rv)),
+            Claim::Lost => out.lost_race = true,
         }
     }
+    if !out.claimed.is_empty() {
+        let won: Vec<String> = out.claimed.iter().map(|(a, _)| a.to_string()).collect();
+        let note = format!("allocated {}", won.join(", "));
+        let oref = route.object_ref(&());
+        ctx.publish(
+            &oref,
+            EventType::Normal,
+            "VirtualIPAllocated",
+            "Allocate",
+            note,
+        )
+        .await;
+    }
+    out.addresses = plan.addresses();
+    if out.lost_race {
+        let won = |a: &IpAddr| out.claimed.iter().any(|(c, _)| c == a);
+        out.addresses.retain(|a| !plan.claim.contains(a) || won(a));
+    }
+    out.problems = plan
+        .problems
+        .into_iter()
+        .map(|(field, msg)| Problem::new("VirtualIPUnavailable", format!("{field}: {msg}")))
+        .collect();
+    Ok(out)
+}
 
-    // Backends.
-    let pods = ctx.stores.pods.state();
-    let pod_refs: Vec<&k8s_openapi::api::core::v1::Pod> = pods.iter().map(|p| p.as_ref()).collect();
-    let resolution = if network.is_some() {
-        backends::resolve_backends(&route, &accepted, &ns_refs, &pod_refs)
+/// The virtual-IP plan of `route` on `network`, given every claimed address (sans I/O).
+fn vip_plan(
+    route: &ServiceRoute,
+    network: &PodNetwork,
+    held: &BTreeMap<IpAddr, vip::Holder>,
+) -> vip::VipPlan {
+    let pools: Vec<IpNet> = network
+        .spec
+        .service_cidrs
+        .iter()
+        .filter_map(|c| parse_cidr(c).ok())
+        .collect();
+    let requested: Vec<IpAddr> = route
+        .spec
+        .virtual_ips
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let uid = route.uid().unwrap_or_default();
+    vip::plan(&uid, route.spec.headless, &requested, &pools, held)
+}
+
+/// The claim of `addr` for `route` on `network`, labelled with the route.
+fn virtual_ip(route: &ServiceRoute, network: &PodNetwork, addr: &IpAddr) -> VirtualIP {
+    let (ns, name) = (route.namespace().unwrap_or_default(), route.name_any());
+    let mut claim = VirtualIP::new(
+        &virtual_ip_name(addr),
+        VirtualIPSpec {
+            address: addr.to_string(),
+            network: network.name_any(),
+            route: RouteRef {
+                namespace: ns.clone(),
+                name: name.clone(),
+                uid: route.uid().unwrap_or_default(),
+            },
+        },
+    );
+    claim.metadata.labels = Some(
+        [
+            ("switchyard.dev/route-namespace".to_string(), ns),
+            ("switchyard.dev/route".to_string(), name),
+        ]
+        .into(),
+    );
+    claim
+}
+
+/// How a create of a claim ended.
+enum Claim {
+    /// Created, with the resourceVersion the API server gave it.
+    Won(Option<String>),
+    /// Another route (or replica) claimed the address first; our cache will show whom.
+    Lost,
+}
+
+/// Creates `claim`; the API server refuses a second claim of one address (409).
+async fn claim(api: &Api<VirtualIP>, claim: &VirtualIP) -> Result<Claim> {
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    match api.create(&params, claim).await {
+        Ok(created) => Ok(Claim::Won(created.metadata.resource_version)),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(Claim::Lost),
+        Err(e) => {
+            let route = &claim.spec.route;
+            Err(Error::kube(
+                format!(
+                    "create VirtualIP {} for ServiceRoute {}/{}",
+                    claim.spec.address, route.namespace, route.name
+                ),
+                e,
+            ))
+        }
+    }
+}
+
+/// A route's backends and the slices that publish them.
+struct Endpoints {
+    /// The backends, and the pods left out with why.
+    resolution: backends::Resolution,
+    /// The slices the route should have: backend slices, then access slices.
+    slices: Vec<EndpointSlice>,
+}
+
+/// Endpoints (sans I/O): the route's backends (none without a network), the slices that
+/// publish the serving ones, and the slices of its access sources (`pods`: every Pod). A route
+/// that is not `accepted` serves nothing: it has no slice.
+fn endpoints(route: &ServiceRoute, scope: &Scope, pods: &[Arc<Pod>], accepted: bool) -> Endpoints {
+    let namespaces = scope.namespaces();
+    let pods: Vec<&Pod> = pods.iter().map(|p| p.as_ref()).collect();
+    let resolution = if scope.network.is_some() {
+        backends::resolve_backends(route, &scope.accepted(), &namespaces, &pods)
     } else {
         Default::default()
     };
@@ -282,23 +419,37 @@ async fn apply(route: Arc<ServiceRoute>, ctx: Arc<Context>) -> Result<Action> {
         .filter(|b| b.ready || route.spec.publish_not_ready_addresses)
         .cloned()
         .collect();
-    let mut want = slices::desired(&route, &serving);
-    if let Some(sources) = access::allowed_sources(&route, &ns_refs, &pod_refs) {
-        want.extend(slices::desired_access(&route, &sources));
+    let mut slices = slices::desired(route, &serving);
+    if let Some(sources) = access::allowed_sources(route, &namespaces, &pods) {
+        slices.extend(slices::desired_access(route, &sources));
     }
-    if !problems.is_empty() {
-        // A route that is not accepted serves nothing.
-        want.clear();
+    if !accepted {
+        slices.clear();
     }
-    let slices_api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
-    let want_names: BTreeSet<String> = want
-        .iter()
-        .filter_map(|s| s.metadata.name.clone())
-        .collect();
-    // Slice writes of this pass: name → resourceVersion the API server gave the write.
-    let mut written: BTreeMap<String, Option<String>> = BTreeMap::new();
-    let mut deleted: BTreeSet<String> = BTreeSet::new();
-    for s in &want {
+    Endpoints { resolution, slices }
+}
+
+/// What a pass wrote of a route's slices.
+#[derive(Default)]
+struct SliceWrites {
+    /// Applied slices: name → the resourceVersion the API server gave the write.
+    written: BTreeMap<String, Option<String>>,
+    /// Deleted slices.
+    deleted: BTreeSet<String>,
+}
+
+/// Publishes `want` as the route's slices: applies each one the cache does not already hold
+/// as wanted, then deletes the route's slices that are no longer wanted.
+async fn publish_slices(
+    ctx: &Context,
+    route: &ServiceRoute,
+    want: &[EndpointSlice],
+) -> Result<SliceWrites> {
+    let (ns, name) = (route.namespace().unwrap_or_default(), route.name_any());
+    let api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
+    let annotations = slices::annotations(route);
+    let mut out = SliceWrites::default();
+    for s in want {
         let s_name = s.metadata.name.clone().unwrap_or_default();
         let existing = ctx
             .stores
@@ -306,127 +457,137 @@ async fn apply(route: Arc<ServiceRoute>, ctx: Arc<Context>) -> Result<Action> {
             .state()
             .into_iter()
             .find(|e| e.namespace().as_deref() == Some(ns.as_str()) && e.name_any() == s_name);
-        if existing.as_deref().is_some_and(|e| {
-            e.endpoints == s.endpoints
-                && e.ports == s.ports
-                && e.address_type == s.address_type
-                && slices::annotations(&route)
-                    .iter()
-                    .all(|(k, v)| e.annotations().get(k) == Some(v))
-        }) {
+        if existing.is_some_and(|e| holds(&e, s, &annotations)) {
             continue;
         }
-        let mut body = serde_json::to_value(s).map_err(|source| Error::Serialize {
-            what: format!("EndpointSlice {ns}/{s_name}"),
-            source,
-        })?;
-        body["apiVersion"] = json!("discovery.k8s.io/v1");
-        body["kind"] = json!("EndpointSlice");
-        let applied = slices_api
-            .patch(
-                &s_name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&body),
-            )
-            .await
-            .map_err(|e| Error::kube(format!("apply EndpointSlice {ns}/{s_name}"), e))?;
-        written.insert(s_name, applied.metadata.resource_version);
+        let rv = apply_slice(&api, s, &ns, &s_name).await?;
+        out.written.insert(s_name, rv);
     }
-    for stale in ctx.stores.slices.state() {
-        let owned = stale
-            .labels()
-            .get(slices::ROUTE_LABEL)
-            .is_some_and(|r| *r == name)
-            && stale.namespace().as_deref() == Some(ns.as_str());
-        if owned && !want_names.contains(&stale.name_any()) {
-            match slices_api
-                .delete(&stale.name_any(), &DeleteParams::default())
-                .await
-            {
-                Ok(_) => {
-                    deleted.insert(stale.name_any());
-                }
-                Err(kube::Error::Api(s)) if s.code == 404 => {
-                    deleted.insert(stale.name_any());
-                }
-                Err(e) => {
-                    return Err(Error::kube(
-                        format!("delete EndpointSlice {ns}/{}", stale.name_any()),
-                        e,
-                    ));
-                }
-            }
-        }
+    let want_names: BTreeSet<String> = want
+        .iter()
+        .filter_map(|s| s.metadata.name.clone())
+        .collect();
+    for stale in stale_slices(&ctx.stores.slices.state(), &ns, &name, &want_names) {
+        delete_slice(&api, &ns, &stale).await?;
+        out.deleted.insert(stale);
     }
+    Ok(out)
+}
 
-    // Status.
-    let accepted_v = match problems.first() {
-        None => Verdict::new(
-            "Accepted",
-            true,
-            "Accepted",
-            "the route is valid, its network is accepted and its addresses are allocated",
-        ),
-        Some((_, reason, _)) => Verdict::new(
-            "Accepted",
-            false,
-            reason,
-            problems
-                .iter()
-                .map(|(_, _, m)| m.clone())
-                .collect::<Vec<_>>()
-                .join("; "),
-        ),
-    };
-    let mut refused: Vec<String> = resolution.without_consent.iter().cloned().collect();
-    refused.sort();
-    let resolved = if refused.is_empty() && resolution.other_network.is_empty() {
-        Verdict::new(
-            "ResolvedRefs",
-            true,
-            "ResolvedRefs",
-            format!("{} backend(s) selected", resolution.backends.len()),
+/// Whether the cached slice `existing` already is `want`, with the route's current
+/// `annotations`.
+fn holds(
+    existing: &EndpointSlice,
+    want: &EndpointSlice,
+    annotations: &BTreeMap<String, String>,
+) -> bool {
+    existing.endpoints == want.endpoints
+        && existing.ports == want.ports
+        && existing.address_type == want.address_type
+        && annotations
+            .iter()
+            .all(|(k, v)| existing.annotations().get(k) == Some(v))
+}
+
+/// The route `name`'s slices in namespace `ns` that are not among `want` (sans I/O).
+fn stale_slices(
+    cached: &[Arc<EndpointSlice>],
+    ns: &str,
+    name: &str,
+    want: &BTreeSet<String>,
+) -> Vec<String> {
+    cached
+        .iter()
+        .filter(|s| {
+            s.labels()
+                .get(slices::ROUTE_LABEL)
+                .is_some_and(|r| r == name)
+                && s.namespace().as_deref() == Some(ns)
+                && !want.contains(&s.name_any())
+        })
+        .map(|s| s.name_any())
+        .collect()
+}
+
+/// Applies `slice` (server-side, forced); returns the resourceVersion of the result.
+async fn apply_slice(
+    api: &Api<EndpointSlice>,
+    slice: &EndpointSlice,
+    ns: &str,
+    name: &str,
+) -> Result<Option<String>> {
+    let mut body = serde_json::to_value(slice).map_err(|source| Error::Serialize {
+        what: format!("EndpointSlice {ns}/{name}"),
+        source,
+    })?;
+    body["apiVersion"] = json!("discovery.k8s.io/v1");
+    body["kind"] = json!("EndpointSlice");
+    let applied = api
+        .patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
         )
-    } else if !refused.is_empty() {
-        Verdict::new(
-            "ResolvedRefs",
-            false,
-            "RefNotPermitted",
-            format!(
-                "pods in namespaces without consent were left out: {} (a namespace consents with the annotation {}: {ns})",
-                list(&refused, 10),
-                switchyard_api::service_route::ALLOW_ROUTES_FROM_ANNOTATION
-            ),
-        )
-    } else {
-        let others: Vec<String> = resolution.other_network.iter().cloned().collect();
-        Verdict::new(
-            "ResolvedRefs",
-            false,
-            "OtherNetwork",
-            format!(
-                "pods on another PodNetwork were left out: {}",
-                list(&others, 10)
-            ),
-        )
-    };
-    let ready_backends = resolution.ready();
-    // Programmed: every ready agent has applied the route's current slices and claims, as the
-    // slice and claim caches hold them (or newer, as this pass's writes returned them).
-    let mut slice_rvs: BTreeMap<String, Option<String>> = ctx
+        .await
+        .map_err(|e| Error::kube(format!("apply EndpointSlice {ns}/{name}"), e))?;
+    Ok(applied.metadata.resource_version)
+}
+
+/// Deletes a slice; one already gone counts as deleted.
+async fn delete_slice(api: &Api<EndpointSlice>, ns: &str, name: &str) -> Result<()> {
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(Error::kube(format!("delete EndpointSlice {ns}/{name}"), e)),
+    }
+}
+
+/// Programmed (reads the slice, claim and agent Lease caches): which ready agents have
+/// applied the route's current slices and claims, as the caches hold them or newer, as this
+/// pass's writes returned them.
+fn programmed_on(
+    ctx: &Context,
+    route: &ServiceRoute,
+    vips: &Allocation,
+    slice_writes: &SliceWrites,
+    now: Timestamp,
+) -> programmed::Programmed {
+    let slice_rvs = slice_versions(&ctx.stores.slices.state(), route, slice_writes);
+    let vip_rvs = claim_versions(&ctx.stores.vips.state(), route, vips);
+    let reports: Vec<programmed::AgentReport> = ctx
         .stores
-        .slices
+        .leases
         .state()
+        .iter()
+        .filter_map(|l| programmed::AgentReport::from_lease(l))
+        .collect();
+    programmed::programmed_nodes(
+        &reports,
+        now,
+        &programmed::Need::of(slice_rvs.values().map(|v| v.as_deref())),
+        &programmed::Need::of(vip_rvs.values().map(|v| v.as_deref())),
+    )
+}
+
+/// The resourceVersions of the route's slices (sans I/O): the cached ones less those this
+/// pass deleted, each replaced by this pass's write when that is not older.
+fn slice_versions(
+    cached: &[Arc<EndpointSlice>],
+    route: &ServiceRoute,
+    writes: &SliceWrites,
+) -> BTreeMap<String, Option<String>> {
+    let (ns, name) = (route.namespace().unwrap_or_default(), route.name_any());
+    let mut rvs: BTreeMap<String, Option<String>> = cached
         .iter()
         .filter(|e| {
             e.namespace().as_deref() == Some(ns.as_str())
                 && e.labels().get(slices::ROUTE_LABEL) == Some(&name)
-                && !deleted.contains(&e.name_any())
+                && !writes.deleted.contains(&e.name_any())
         })
         .map(|e| (e.name_any(), e.resource_version()))
         .collect();
-    for (n, rv) in written {
-        let cached = slice_rvs.get(&n).cloned().flatten();
+    for (n, rv) in &writes.written {
+        let cached = rvs.get(n).cloned().flatten();
         let newer = match (
             cached.as_deref().and_then(Rv::parse),
             rv.as_deref().and_then(Rv::parse),
@@ -435,142 +596,57 @@ async fn apply(route: Arc<ServiceRoute>, ctx: Arc<Context>) -> Result<Action> {
             _ => true,
         };
         if newer {
-            slice_rvs.insert(n, rv);
+            rvs.insert(n.clone(), rv.clone());
         }
     }
-    let mut vip_rvs: BTreeMap<IpAddr, Option<String>> = ctx
-        .stores
-        .vips
-        .state()
+    rvs
+}
+
+/// The resourceVersions of the route's claims (sans I/O): the cached ones less those this
+/// pass released, and those this pass created.
+fn claim_versions(
+    cached: &[Arc<VirtualIP>],
+    route: &ServiceRoute,
+    vips: &Allocation,
+) -> BTreeMap<IpAddr, Option<String>> {
+    let uid = route.uid().unwrap_or_default();
+    let mut rvs: BTreeMap<IpAddr, Option<String>> = cached
         .iter()
         .filter(|v| v.spec.route.uid == uid)
         .filter_map(|v| Some((v.spec.address.parse().ok()?, v.resource_version())))
-        .filter(|(a, _)| !released.contains(a))
+        .filter(|(a, _)| !vips.released.contains(a))
         .collect();
-    vip_rvs.extend(claim_rvs);
-    let reports: Vec<programmed::AgentReport> = ctx
-        .stores
-        .leases
-        .state()
-        .iter()
-        .filter_map(|l| programmed::AgentReport::from_lease(l))
-        .collect();
-    let now = Timestamp::now();
-    let on_nodes = programmed::programmed_nodes(
-        &reports,
-        now,
-        &programmed::Need::of(slice_rvs.values().map(|v| v.as_deref())),
-        &programmed::Need::of(vip_rvs.values().map(|v| v.as_deref())),
-    );
-    let programmed = if on_nodes.everywhere() {
-        Verdict::new(
-            "Programmed",
-            true,
-            "Programmed",
-            format!(
-                "programmed on every ready node ({})",
-                on_nodes.programmed.len()
-            ),
-        )
-    } else if on_nodes.total() == 0 {
-        Verdict::new("Programmed", false, "Pending", "no node agent is ready")
-    } else {
-        Verdict::new(
-            "Programmed",
-            false,
-            "Pending",
-            format!(
-                "{} of {} ready node(s) programmed; waiting for {}",
-                on_nodes.programmed.len(),
-                on_nodes.total(),
-                list(&on_nodes.pending, 5)
-            ),
-        )
-    };
-    let ready = if !accepted_v.ok {
-        Verdict::new("Ready", false, "NotAccepted", accepted_v.message.clone())
-    } else if !programmed.ok {
-        Verdict::new(
-            "Ready",
-            false,
-            "NotProgrammed",
-            format!(
-                "{ready_backends} ready backend(s); waiting for the node agents to program the route"
-            ),
-        )
-    } else if ready_backends == 0 {
-        Verdict::new("Ready", false, "NoReadyBackends", "no ready backend")
-    } else {
-        Verdict::new(
-            "Ready",
-            true,
-            "Ready",
-            format!("{ready_backends} ready backend(s), programmed on every ready node"),
-        )
-    };
-    let mut dns_names = vec![format!("{name}.{ns}.svc.{}", ctx.cluster_domain)];
-    dns_names.extend(route.spec.hostnames.iter().cloned());
-    let old = route.status.clone().unwrap_or_default();
-    let status = ServiceRouteStatus {
-        observed_generation: route.metadata.generation,
-        virtual_ips: addresses.iter().map(|a| a.to_string()).collect(),
-        dns_names,
-        endpoints: Some(EndpointCounts {
-            ready: i32::try_from(ready_backends).unwrap_or(i32::MAX),
-            not_ready: i32::try_from(resolution.backends.len() - ready_backends)
-                .unwrap_or(i32::MAX),
-        }),
-        nodes: Some(NodeCounts {
-            programmed: i32::try_from(on_nodes.programmed.len()).unwrap_or(i32::MAX),
-            total: i32::try_from(on_nodes.total()).unwrap_or(i32::MAX),
-        }),
-        conditions: conditions::apply(
-            &old.conditions,
-            &[accepted_v.clone(), resolved, programmed, ready],
-            route.metadata.generation,
-            now,
-        ),
-    };
-    if !accepted_v.ok
-        && (conditions::is_true(&old.conditions, "Accepted") || old.conditions.is_empty())
-    {
+    rvs.extend(vips.claimed.iter().cloned());
+    rvs
+}
+
+/// Publishes what `report` says: the Warning of a route that is not accepted, then the status
+/// when it changed (server-side apply).
+async fn publish_status(ctx: &Context, route: &ServiceRoute, report: status::Report) -> Result<()> {
+    if let Some(refused) = report.warning {
+        let oref = route.object_ref(&());
         ctx.publish(
             &oref,
             EventType::Warning,
-            accepted_v.reason,
+            refused.reason,
             "Accept",
-            accepted_v.message.clone(),
+            refused.message,
         )
         .await;
     }
-    if !same_status(&old, &status) {
-        let api: Api<ServiceRoute> = Api::namespaced(ctx.client.clone(), &ns);
-        let patch = json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "ServiceRoute", "status": status});
-        api.patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(|e| Error::kube(format!("patch ServiceRoute {ns}/{name} status"), e))?;
-    }
-    // Reports going stale (no event) are noticed by the controller's liveness watch, which
-    // triggers every route when the set of ready agents changes.
-    Ok(if lost_race {
-        Action::requeue(Duration::from_secs(1))
-    } else {
-        Action::requeue(RESYNC)
-    })
-}
-
-fn same_status(a: &ServiceRouteStatus, b: &ServiceRouteStatus) -> bool {
-    let strip = |s: &ServiceRouteStatus| {
-        let mut s = s.clone();
-        for c in &mut s.conditions {
-            c.last_transition_time =
-                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::UNIX_EPOCH);
-        }
-        s
+    let Some(status) = report.status else {
+        return Ok(());
     };
-    strip(a) == strip(b)
+    let (ns, name) = (route.namespace().unwrap_or_default(), route.name_any());
+    let api: Api<ServiceRoute> = Api::namespaced(ctx.client.clone(), &ns);
+    let patch =
+        json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "ServiceRoute", "status": status});
+    api.patch_status(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|e| Error::kube(format!("patch ServiceRoute {ns}/{name} status"), e))?;
+    Ok(())
 }
