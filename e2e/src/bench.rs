@@ -2,6 +2,7 @@
 //! burst of pods spread over the nodes. Bounded: a fixed count and a deadline.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -28,11 +29,23 @@ pub struct PodStart {
 impl PodStart {
     /// The `q` quantile (0..=1).
     pub fn quantile(&self, q: f64) -> Duration {
-        if self.latencies.is_empty() {
-            return Duration::ZERO;
-        }
-        let i = ((self.latencies.len() - 1) as f64 * q).round() as usize;
-        self.latencies[i.min(self.latencies.len() - 1)]
+        nearest_rank(&self.latencies, q).unwrap_or(Duration::ZERO)
+    }
+}
+
+/// The `q` quantile (0..=1) of `sorted` by nearest rank; `None` without samples. Exact, and
+/// the samples here are thousands at most, so no histogram crate.
+pub(crate) fn nearest_rank<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
+    let last = sorted.len().checked_sub(1)?;
+    let i = (last as f64 * q).round() as usize;
+    sorted.get(i.min(last)).copied()
+}
+
+/// Maps a failed API call to the lab's error, naming the call.
+fn kube_err(what: &'static str) -> impl FnOnce(kube::Error) -> Error {
+    move |e| Error::Kube {
+        what: what.into(),
+        source: Box::new(e),
     }
 }
 
@@ -50,12 +63,6 @@ pub async fn pod_start(
     count: usize,
     deadline: Duration,
 ) -> Result<PodStart> {
-    let kube = |what: &'static str| {
-        move |e| Error::Kube {
-            what: what.into(),
-            source: Box::new(e),
-        }
-    };
     require_default_network(client).await?;
     crate::check::fresh_namespace(client, NS).await?;
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -73,7 +80,7 @@ pub async fn pod_start(
         created.insert(name, Instant::now());
         pods.create(&PostParams::default(), &pod)
             .await
-            .map_err(kube("create bench pod"))?;
+            .map_err(kube_err("create bench pod"))?;
     }
     let mut done: BTreeMap<String, Duration> = BTreeMap::new();
     let end = Instant::now() + deadline;
@@ -117,12 +124,6 @@ pub async fn programming(
     changes: usize,
     deadline: Duration,
 ) -> Result<PodStart> {
-    let kube = |what: &'static str| {
-        move |e| Error::Kube {
-            what: what.into(),
-            source: Box::new(e),
-        }
-    };
     require_default_network(client).await?;
     crate::check::fresh_namespace(client, NS).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
@@ -142,7 +143,7 @@ pub async fn programming(
     let node = |i: usize| nodes[i % nodes.len().max(1)].clone();
     pods.create(&PostParams::default(), &pod("anchor", &node(0))?)
         .await
-        .map_err(kube("create bench pod"))?;
+        .map_err(kube_err("create bench pod"))?;
     let route: switchyard_api::ServiceRoute = serde_json::from_value(json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "ServiceRoute",
         "metadata": {"name": "bench", "namespace": NS},
         "spec": {"selector": {"matchLabels": {"bench": "programming"}}, "ports": [{"port": 80, "targetPort": 8080}]}}))
@@ -150,7 +151,7 @@ pub async fn programming(
     routes
         .create(&PostParams::default(), &route)
         .await
-        .map_err(kube("create bench route"))?;
+        .map_err(kube_err("create bench route"))?;
     let programmed_with = |ready: i32| {
         let routes = routes.clone();
         async move {
@@ -184,7 +185,7 @@ pub async fn programming(
         if i % 2 == 0 {
             pods.create(&PostParams::default(), &pod("flip", &node(i / 2 + 1))?)
                 .await
-                .map_err(kube("create bench pod"))?;
+                .map_err(kube_err("create bench pod"))?;
             // t0: the Pod is observed Ready (what the simulator reports, as a kubelet would).
             let end = Instant::now() + deadline;
             loop {
@@ -207,7 +208,7 @@ pub async fn programming(
             let t0 = Instant::now();
             pods.delete("flip", &DeleteParams::default())
                 .await
-                .map_err(kube("delete bench pod"))?;
+                .map_err(kube_err("delete bench pod"))?;
             programmed_with(1).await?;
             latencies.push(t0.elapsed());
             // Let the simulator finish removing the old pod before its name is reused.
@@ -226,17 +227,11 @@ pub async fn programming(
 
 /// Benchmarks need pods to get addresses: fail early, naming the fix, without a default network.
 async fn require_default_network(client: &Client) -> Result<()> {
-    let kube = |what: &'static str| {
-        move |e| Error::Kube {
-            what: what.into(),
-            source: Box::new(e),
-        }
-    };
     let networks: Api<switchyard_api::PodNetwork> = Api::all(client.clone());
     let has_default = networks
         .list(&Default::default())
         .await
-        .map_err(kube("list PodNetworks"))?
+        .map_err(kube_err("list PodNetworks"))?
         .items
         .iter()
         .any(|n| n.spec.default);
@@ -355,16 +350,9 @@ fn lab_pids(run: &str, except: u32) -> Vec<u32> {
         .collect()
 }
 
+/// `VmRSS` of `pid` in KiB; 0 when it cannot be read.
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    crate::compare::incumbents::rss_kib(pid).unwrap_or(0)
 }
 
 async fn run_ok(program: &str, args: &[&str]) -> Result<String> {
@@ -456,11 +444,9 @@ async fn dnsperf(netns: &str, file: &str, seconds: u64, rate: u32) -> Result<Dns
         .collect();
     lat.sort_by(|a, b| a.total_cmp(b));
     let q = |p: f64| {
-        if lat.is_empty() {
-            return Duration::ZERO;
-        }
-        let i = ((lat.len() - 1) as f64 * p).round() as usize;
-        Duration::from_secs_f64(lat[i.min(lat.len() - 1)])
+        nearest_rank(&lat, p)
+            .map(Duration::from_secs_f64)
+            .unwrap_or(Duration::ZERO)
     };
     Ok(DnsRun {
         qps,
@@ -482,17 +468,49 @@ pub async fn dns(
     seconds: u64,
     rate: u32,
 ) -> Result<DnsBench> {
-    use futures::stream::{self, StreamExt as _};
-    let kube = |what: &'static str| {
-        move |e| Error::Kube {
-            what: what.into(),
-            source: Box::new(e),
-        }
-    };
+    // The node's agent: its memory is read and it gets a core of its own.
     let pid = agent_pid(run, node).ok_or_else(|| Error::Invalid {
         what: "bench --dns".into(),
         message: format!("no switchyard-agent process for {node} of lab {run}"),
     })?;
+    // A PodNetwork of the bench's own and a fresh namespace it selects.
+    create_dns_network(client).await?;
+    // Let the agent settle, then measure its memory without the routes.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_before_kib = rss_kib(pid);
+    let t0 = Instant::now();
+    // `routes` ServiceRoutes, 32 at a time.
+    create_dns_routes(client, routes).await?;
+    // Until the agent's DNS serves every route, or nothing changed for 20 s.
+    wait_dns_converged(netns, routes).await?;
+    // The routes the operator accepted (those DNS serves); the rest are left out of the queries.
+    let accepted = accepted_routes(client).await?;
+    let converge = t0.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_after_kib = rss_kib(pid);
+    // One dnsperf query file of hits, one of search-path misses.
+    let (hits_file, misses_file) = write_dns_queries(run, &accepted)?;
+    // CPU 0 for the agent alone (every thread); the lab's other processes (API server, etcd,
+    // operator, the other agents) and dnsperf share CPU 1 while it runs.
+    let pinned = isolate_on_cpu0(run, pid).await?;
+    let measured = dnsperf_both(netns, &hits_file, &misses_file, seconds, rate).await;
+    unpin(&pinned).await;
+    // The namespace and the PodNetwork go, whatever the measurement gave.
+    remove_dns_network(client).await;
+    let (hits, misses) = measured?;
+    Ok(DnsBench {
+        routes: accepted.len(),
+        node: node.to_string(),
+        rss_before_kib,
+        rss_after_kib,
+        converge,
+        hits,
+        misses,
+    })
+}
+
+/// The PodNetwork `bench-dns` (created unless it exists) and the namespace it selects, fresh.
+async fn create_dns_network(client: &Client) -> Result<()> {
     let networks: Api<switchyard_api::PodNetwork> = Api::all(client.clone());
     let net: switchyard_api::PodNetwork = serde_json::from_value(json!({
         "apiVersion": "switchyard.dev/v1alpha1", "kind": "PodNetwork",
@@ -507,13 +525,13 @@ pub async fn dns(
     if networks
         .get_opt("bench-dns")
         .await
-        .map_err(kube("get PodNetwork"))?
+        .map_err(kube_err("get PodNetwork"))?
         .is_none()
     {
         networks
             .create(&PostParams::default(), &net)
             .await
-            .map_err(kube("create PodNetwork bench-dns"))?;
+            .map_err(kube_err("create PodNetwork bench-dns"))?;
     }
     crate::check::fresh_namespace(client, DNS_NS).await?;
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -525,12 +543,14 @@ pub async fn dns(
             &kube::api::Patch::Merge(&patch),
         )
         .await
-        .map_err(kube("label bench namespace"))?;
-    // Let the agent settle, then measure its memory without the routes.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_before_kib = rss_kib(pid);
+        .map_err(kube_err("label bench namespace"))?;
+    Ok(())
+}
+
+/// Routes `r0..r{routes}` selecting no pod, 32 create calls at a time.
+async fn create_dns_routes(client: &Client, routes: usize) -> Result<()> {
+    use futures::stream::{self, StreamExt as _};
     let api: Api<switchyard_api::ServiceRoute> = Api::namespaced(client.clone(), DNS_NS);
-    let t0 = Instant::now();
     let results: Vec<Result<()>> = stream::iter(0..routes)
         .map(|i| {
             let api = api.clone();
@@ -556,39 +576,21 @@ pub async fn dns(
         .buffer_unordered(32)
         .collect()
         .await;
-    for r in results {
-        r?;
-    }
-    // Converged: the agent's DNS snapshot holds every route the operator accepted (its
-    // `routes` metric, read inside the node), or nothing changed for 20 s.
+    results.into_iter().collect()
+}
+
+/// Converged: the agent's DNS snapshot holds every route the operator accepted (its
+/// `routes` metric, read inside the node), or nothing changed for 20 s; 600 s at most.
+async fn wait_dns_converged(netns: &str, routes: usize) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(600);
     let (mut last_change, mut last) = (Instant::now(), 0usize);
     loop {
-        let m = run_ok(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                netns,
-                "sh",
-                "-c",
-                "curl -s http://$(ip -4 -o addr show dev eth0 | awk '{print $4}' | cut -d/ -f1):9090/metrics",
-            ],
-        )
-        .await
-        .unwrap_or_default();
-        let served = m
-            .lines()
-            .find(|l| l.starts_with("switchyard_agent_dns_routes "))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .map(|v| v as usize)
-            .unwrap_or(0);
+        let served = dns_routes_served(netns).await;
         if served != last {
             (last, last_change) = (served, Instant::now());
         }
         if served >= routes || last_change.elapsed() > Duration::from_secs(20) {
-            break;
+            return Ok(());
         }
         if Instant::now() > deadline {
             return Err(Error::Timeout {
@@ -599,11 +601,35 @@ pub async fn dns(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    // The routes the operator accepted (those DNS serves); the rest are left out of the queries.
-    let accepted: Vec<String> = api
+}
+
+/// The agent's `switchyard_agent_dns_routes` gauge, read inside the node (0 when unreadable).
+async fn dns_routes_served(netns: &str) -> usize {
+    let m = run_ok(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            netns,
+            "sh",
+            "-c",
+            "curl -s http://$(ip -4 -o addr show dev eth0 | awk '{print $4}' | cut -d/ -f1):9090/metrics",
+        ],
+    )
+    .await
+    .unwrap_or_default();
+    crate::compare::incumbents::metric(&m, "switchyard_agent_dns_routes")
+        .map(|v| v as usize)
+        .unwrap_or(0)
+}
+
+/// Names of the bench routes with `Accepted=True`.
+async fn accepted_routes(client: &Client) -> Result<Vec<String>> {
+    let api: Api<switchyard_api::ServiceRoute> = Api::namespaced(client.clone(), DNS_NS);
+    Ok(api
         .list(&Default::default())
         .await
-        .map_err(kube("list bench routes"))?
+        .map_err(kube_err("list bench routes"))?
         .items
         .into_iter()
         .filter(|r| {
@@ -614,16 +640,18 @@ pub async fn dns(
             })
         })
         .filter_map(|r| r.metadata.name)
-        .collect();
-    let converge = t0.elapsed();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_after_kib = rss_kib(pid);
-    let dir = std::path::PathBuf::from(crate::lab::LAB_ROOT).join(run);
+        .collect())
+}
+
+/// dnsperf query files in the lab's folder: an `A` question per accepted route (hits) and the
+/// same names with the namespace's search suffix appended (misses).
+fn write_dns_queries(run: &str, accepted: &[String]) -> Result<(PathBuf, PathBuf)> {
+    let dir = PathBuf::from(crate::lab::LAB_ROOT).join(run);
     let hits_file = dir.join("dnsperf-hits.txt");
     let misses_file = dir.join("dnsperf-misses.txt");
     let mut hits = String::new();
     let mut misses = String::new();
-    for name in &accepted {
+    for name in accepted {
         hits.push_str(&format!("{name}.{DNS_NS}.svc.cluster.local A\n"));
         misses.push_str(&format!(
             "{name}.{DNS_NS}.svc.cluster.local.{DNS_NS}.svc.cluster.local A\n"
@@ -636,26 +664,41 @@ pub async fn dns(
             source,
         })?;
     }
-    // CPU 0 for the agent alone (every thread); the lab's other processes (API server, etcd,
-    // operator, the other agents) and dnsperf share CPU 1 while it runs.
-    let pinned = isolate_on_cpu0(run, pid).await?;
-    let measured = async {
-        let hits = dnsperf(netns, &hits_file.to_string_lossy(), seconds, rate).await?;
-        let misses = dnsperf(netns, &misses_file.to_string_lossy(), seconds, rate).await?;
-        Ok::<_, Error>((hits, misses))
-    }
-    .await;
-    unpin(&pinned).await;
+    Ok((hits_file, misses_file))
+}
+
+/// dnsperf over the hits, then over the misses.
+async fn dnsperf_both(
+    netns: &str,
+    hits_file: &Path,
+    misses_file: &Path,
+    seconds: u64,
+    rate: u32,
+) -> Result<(DnsRun, DnsRun)> {
+    let hits = dnsperf(netns, &hits_file.to_string_lossy(), seconds, rate).await?;
+    let misses = dnsperf(netns, &misses_file.to_string_lossy(), seconds, rate).await?;
+    Ok((hits, misses))
+}
+
+/// The bench namespace and PodNetwork deleted (best effort).
+async fn remove_dns_network(client: &Client) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let networks: Api<switchyard_api::PodNetwork> = Api::all(client.clone());
     let _ = namespaces.delete(DNS_NS, &DeleteParams::default()).await;
     let _ = networks.delete("bench-dns", &DeleteParams::default()).await;
-    let (hits, misses) = measured?;
-    Ok(DnsBench {
-        routes: accepted.len(),
-        node: node.to_string(),
-        rss_before_kib,
-        rss_after_kib,
-        converge,
-        hits,
-        misses,
-    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_rounds_to_the_closest_sample() {
+        let v = [1, 2, 3, 4];
+        assert_eq!(nearest_rank(&v, 0.0), Some(1));
+        assert_eq!(nearest_rank(&v, 0.5), Some(3));
+        assert_eq!(nearest_rank(&v, 0.99), Some(4));
+        assert_eq!(nearest_rank(&v, 1.0), Some(4));
+        assert_eq!(nearest_rank::<u32>(&[], 0.5), None);
+    }
 }

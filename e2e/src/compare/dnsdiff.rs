@@ -166,6 +166,28 @@ pub async fn run(
     node: &str,
     switchyard_up: bool,
 ) -> Result<String> {
+    // One backend pod in each side's namespace.
+    create_pods(client, node).await?;
+    // A ClusterIP and a headless Service (CoreDNS's side).
+    create_services(client).await?;
+    // A ClusterIP and a headless ServiceRoute of the same names (Switchyard's side).
+    create_routes(client).await?;
+    // Each side's namespace, virtual IP and pod address, once assigned.
+    let (cd, sy) = sides(client).await?;
+    // Both servers have the endpoints before the first question.
+    wait_for_endpoints(netns_name, &cd, &sy, switchyard_up).await;
+    // Every question to both servers, as a markdown table with a summary line.
+    let md = ask_all(netns_name, &cd, &sy, switchyard_up).await;
+    if md.is_empty() {
+        return Err(Error::Invalid {
+            what: "DNS comparison".into(),
+            message: "no questions".into(),
+        });
+    }
+    Ok(md)
+}
+
+async fn create_pods(client: &Client, node: &str) -> Result<()> {
     for ns in [NS_SVC, NS_SR] {
         crate::check::fresh_namespace(client, ns).await?;
         let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
@@ -180,6 +202,10 @@ pub async fn run(
             .await
             .map_err(kube_err(format!("create pod {ns}/web-0")))?;
     }
+    Ok(())
+}
+
+async fn create_services(client: &Client) -> Result<()> {
     let services: Api<Service> = Api::namespaced(client.clone(), NS_SVC);
     for (name, headless) in [("web", false), ("web-hl", true)] {
         let mut spec = json!({"selector": {"app": "dnsweb"},
@@ -196,6 +222,10 @@ pub async fn run(
             .await
             .map_err(kube_err(format!("create Service {NS_SVC}/{name}")))?;
     }
+    Ok(())
+}
+
+async fn create_routes(client: &Client) -> Result<()> {
     let routes: Api<ServiceRoute> = Api::namespaced(client.clone(), NS_SR);
     for (name, headless) in [("web", false), ("web-hl", true)] {
         let r: ServiceRoute = from_json(
@@ -210,22 +240,20 @@ pub async fn run(
             .await
             .map_err(kube_err(format!("create ServiceRoute {NS_SR}/{name}")))?;
     }
-    let svc_pod = pod_ip(
-        &wait_pod_ready(
-            &Api::namespaced(client.clone(), NS_SVC),
-            "web-0",
-            Duration::from_secs(60),
-        )
-        .await?,
-    )?;
-    let sr_pod = pod_ip(
-        &wait_pod_ready(
-            &Api::namespaced(client.clone(), NS_SR),
-            "web-0",
-            Duration::from_secs(60),
-        )
-        .await?,
-    )?;
+    Ok(())
+}
+
+/// CoreDNS's side and Switchyard's side, once both pods are Ready and both virtual IPs
+/// assigned.
+async fn sides(client: &Client) -> Result<(Side, Side)> {
+    let ready_pod_ip = |ns: &'static str| async move {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+        pod_ip(&wait_pod_ready(&pods, "web-0", Duration::from_secs(60)).await?)
+    };
+    let svc_pod = ready_pod_ip(NS_SVC).await?;
+    let sr_pod = ready_pod_ip(NS_SR).await?;
+    let services: Api<Service> = Api::namespaced(client.clone(), NS_SVC);
+    let routes: Api<ServiceRoute> = Api::namespaced(client.clone(), NS_SR);
     let svc_ip = super::cluster_ip(&services, "web").await?;
     let sr_vip = wait_route_vip(&routes, "web", Duration::from_secs(60)).await?;
     let cd = Side {
@@ -238,7 +266,12 @@ pub async fn run(
         vip: sr_vip,
         pod: sr_pod,
     };
-    // Let both servers see the endpoints (CoreDNS caches 30 s: ask once it has them).
+    Ok((cd, sy))
+}
+
+/// Asks for the headless name until both servers list the pod, 30 s at most (CoreDNS caches
+/// 30 s: ask once it has them).
+async fn wait_for_endpoints(netns_name: &str, cd: &Side, sy: &Side, switchyard_up: bool) {
     let end = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let a = dig(
@@ -246,7 +279,7 @@ pub async fn run(
             COREDNS_ADDR,
             &format!("web-hl.{NS_SVC}.svc.cluster.local"),
             "A",
-            &cd,
+            cd,
         )
         .await;
         let b = if switchyard_up {
@@ -255,7 +288,7 @@ pub async fn run(
                 SWITCHYARD_DNS_ADDR,
                 &format!("web-hl.{NS_SR}.svc.cluster.local"),
                 "A",
-                &sy,
+                sy,
             )
             .await
         } else {
@@ -266,50 +299,66 @@ pub async fn run(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let questions: Vec<(&str, String, &str)> = vec![
-        ("ClusterIP name", "web.{ns}.svc.cluster.local".into(), "A"),
-        (
-            "ClusterIP name, AAAA (IPv4-only object)",
-            "web.{ns}.svc.cluster.local".into(),
-            "AAAA",
-        ),
-        (
-            "ClusterIP name, TXT (NODATA)",
-            "web.{ns}.svc.cluster.local".into(),
-            "TXT",
-        ),
-        ("mixed case", "WEB.{ns}.SVC.cluster.local".into(), "A"),
-        (
-            "named port SRV",
-            "_http._tcp.web.{ns}.svc.cluster.local".into(),
-            "SRV",
-        ),
-        ("headless name", "web-hl.{ns}.svc.cluster.local".into(), "A"),
-        (
-            "headless SRV",
-            "_http._tcp.web-hl.{ns}.svc.cluster.local".into(),
-            "SRV",
-        ),
-        (
-            "headless endpoint name",
-            "{pod-dashed}.web-hl.{ns}.svc.cluster.local".into(),
-            "A",
-        ),
-        ("reverse of the virtual IP", "{vip-reverse}".into(), "PTR"),
-        (
-            "unknown name in the namespace",
-            "nope.{ns}.svc.cluster.local".into(),
-            "A",
-        ),
-        ("namespace alone", "{ns}.svc.cluster.local".into(), "A"),
-        (
-            "search-path miss",
-            "www.example.com.{ns}.svc.cluster.local".into(),
-            "A",
-        ),
-        ("schema version", "dns-version.cluster.local".into(), "TXT"),
-        ("zone apex SOA", "cluster.local".into(), "SOA"),
-    ];
+}
+
+/// The questions: a label, a name template (`{ns}`, `{pod-dashed}` and `{vip-reverse}` filled
+/// in per side) and a query type.
+const QUESTIONS: [(&str, &str, &str); 14] = [
+    ("ClusterIP name", "web.{ns}.svc.cluster.local", "A"),
+    (
+        "ClusterIP name, AAAA (IPv4-only object)",
+        "web.{ns}.svc.cluster.local",
+        "AAAA",
+    ),
+    (
+        "ClusterIP name, TXT (NODATA)",
+        "web.{ns}.svc.cluster.local",
+        "TXT",
+    ),
+    ("mixed case", "WEB.{ns}.SVC.cluster.local", "A"),
+    (
+        "named port SRV",
+        "_http._tcp.web.{ns}.svc.cluster.local",
+        "SRV",
+    ),
+    ("headless name", "web-hl.{ns}.svc.cluster.local", "A"),
+    (
+        "headless SRV",
+        "_http._tcp.web-hl.{ns}.svc.cluster.local",
+        "SRV",
+    ),
+    (
+        "headless endpoint name",
+        "{pod-dashed}.web-hl.{ns}.svc.cluster.local",
+        "A",
+    ),
+    ("reverse of the virtual IP", "{vip-reverse}", "PTR"),
+    (
+        "unknown name in the namespace",
+        "nope.{ns}.svc.cluster.local",
+        "A",
+    ),
+    ("namespace alone", "{ns}.svc.cluster.local", "A"),
+    (
+        "search-path miss",
+        "www.example.com.{ns}.svc.cluster.local",
+        "A",
+    ),
+    ("schema version", "dns-version.cluster.local", "TXT"),
+    ("zone apex SOA", "cluster.local", "SOA"),
+];
+
+/// `template` for one side.
+fn question(template: &str, side: &Side) -> String {
+    template
+        .replace("{ns}", side.ns)
+        .replace("{pod-dashed}", &dashed(side.pod))
+        .replace("{vip-reverse}", &reverse(side.vip))
+}
+
+/// Every question of [`QUESTIONS`] to CoreDNS and (when up) to Switchyard's DNS: the table
+/// and a line counting the differences.
+async fn ask_all(netns_name: &str, cd: &Side, sy: &Side, switchyard_up: bool) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
@@ -318,16 +367,17 @@ pub async fn run(
     let _ = writeln!(md, "| question | type | CoreDNS | Switchyard | same |");
     let _ = writeln!(md, "| --- | --- | --- | --- | --- |");
     let mut differences = 0;
-    for (label, template, qtype) in &questions {
-        let q = |side: &Side| {
-            template
-                .replace("{ns}", side.ns)
-                .replace("{pod-dashed}", &dashed(side.pod))
-                .replace("{vip-reverse}", &reverse(side.vip))
-        };
-        let a = dig(netns_name, COREDNS_ADDR, &q(&cd), qtype, &cd).await;
+    for (label, template, qtype) in &QUESTIONS {
+        let a = dig(netns_name, COREDNS_ADDR, &question(template, cd), qtype, cd).await;
         let (b, same) = if switchyard_up {
-            let b = dig(netns_name, SWITCHYARD_DNS_ADDR, &q(&sy), qtype, &sy).await;
+            let b = dig(
+                netns_name,
+                SWITCHYARD_DNS_ADDR,
+                &question(template, sy),
+                qtype,
+                sy,
+            )
+            .await;
             let same = a == b;
             (show(&b), if same { "yes" } else { "**no**" })
         } else {
@@ -343,7 +393,7 @@ pub async fn run(
         let _ = writeln!(
             md,
             "{differences} of {} questions answered differently.",
-            questions.len()
+            QUESTIONS.len()
         );
     } else {
         let _ = writeln!(
@@ -351,13 +401,7 @@ pub async fn run(
             "Switchyard's DNS did not answer on {SWITCHYARD_DNS_ADDR}:53; its column is pending."
         );
     }
-    if md.is_empty() {
-        return Err(Error::Invalid {
-            what: "DNS comparison".into(),
-            message: "no questions".into(),
-        });
-    }
-    Ok(md)
+    md
 }
 
 #[cfg(test)]

@@ -130,11 +130,7 @@ impl Latencies {
     }
     /// The `q` quantile (nearest rank); zero without samples.
     pub fn q(&self, q: f64) -> Duration {
-        if self.samples.is_empty() {
-            return Duration::ZERO;
-        }
-        let i = ((self.samples.len() - 1) as f64 * q).round() as usize;
-        self.samples[i.min(self.samples.len() - 1)]
+        crate::bench::nearest_rank(&self.samples, q).unwrap_or(Duration::ZERO)
     }
     fn ms(&self, q: f64) -> f64 {
         self.q(q).as_secs_f64() * 1e3
@@ -376,45 +372,143 @@ pub async fn run_on(
     opts: &CompareOptions,
 ) -> Result<CompareReport> {
     let mut report = CompareReport::default();
-    let nodes: Vec<String> = lab.topology.nodes.iter().map(|n| n.name.clone()).collect();
-    let (Some(n0), Some(n1)) = (nodes.first().cloned(), nodes.get(1).cloned()) else {
-        return Err(Error::Invalid {
-            what: "lab".into(),
-            message: "the comparison needs 2 nodes".into(),
-        });
-    };
-    let ns0 = lab
-        .topology
-        .node(&n0)
-        .map(|n| n.netns.clone())
-        .unwrap_or_default();
-    let client = lab.client.clone();
+    // The measured node (client, kube-proxy's and CoreDNS's) and the backends' node.
+    let nodes = Nodes::of(lab)?;
+    // kube-proxy on every node, CoreDNS on the measured one.
+    start_incumbents(inc, &nodes).await?;
+    // Pods, Services and ServiceRoutes both sides serve, programmed on both sides.
+    let fix = create_fixtures(lab, &nodes).await?;
+    // Pod Ready (or deleted) to the measured node's kernel, both sides at once.
+    measure_programming(&lab.client, &nodes, &fix, opts, &mut report).await?;
+    // Connections through the virtual IP with only the lab's few services installed.
+    measure_connections("few", &nodes, &fix, opts, &mut report).await?;
+    // The same DNS questions to both servers (needs nothing big installed).
+    compare_dns_answers(&lab.client, &nodes, &mut report).await;
+    // Full sync and one-backend changes at every size.
+    measure_sizes(lab, inc, &nodes, opts, &mut report).await?;
+    // Resident memory at the largest size.
+    measure_memory(lab, inc, &nodes, &mut report).await;
+    // Connections again, with the largest size installed.
+    measure_connections("many", &nodes, &fix, opts, &mut report).await?;
+    // dnsperf against both DNS servers.
+    measure_dns_load(lab, inc, &nodes, opts, &mut report).await?;
+    Ok(report)
+}
 
+/// The lab's two nodes as the comparison uses them.
+struct Nodes {
+    /// Every node of the lab.
+    all: Vec<String>,
+    /// Where the client pod, CoreDNS and every kernel check live.
+    measured: String,
+    /// Where the backend pods live.
+    backend: String,
+    /// The measured node's network namespace.
+    netns: String,
+}
+
+impl Nodes {
+    fn of(lab: &Lab) -> Result<Self> {
+        let all: Vec<String> = lab.topology.nodes.iter().map(|n| n.name.clone()).collect();
+        let (Some(measured), Some(backend)) = (all.first().cloned(), all.get(1).cloned()) else {
+            return Err(Error::Invalid {
+                what: "lab".into(),
+                message: "the comparison needs 2 nodes".into(),
+            });
+        };
+        let netns = lab
+            .topology
+            .node(&measured)
+            .map(|n| n.netns.clone())
+            .unwrap_or_default();
+        Ok(Self {
+            all,
+            measured,
+            backend,
+            netns,
+        })
+    }
+}
+
+/// What the fixed objects gave: where the client runs and what it connects to.
+struct Fixtures {
+    /// The client pod's network namespace.
+    client_netns: String,
+    /// The connection route's virtual IP (Switchyard).
+    conn_vip: Ipv4Addr,
+    /// The connection Service's ClusterIP (kube-proxy).
+    conn_cluster_ip: Ipv4Addr,
+    /// kube-proxy's service chain for the programming Service.
+    prog_chain: String,
+}
+
+async fn start_incumbents(inc: &mut Incumbents, nodes: &Nodes) -> Result<()> {
     log("starting kube-proxy on every node and CoreDNS on the first");
-    for n in &nodes {
+    for n in &nodes.all {
         inc.start_kube_proxy(n)?;
     }
-    for n in &nodes {
+    for n in &nodes.all {
         inc.wait_kube_proxy_synced(n, Duration::from_secs(60))
             .await?;
     }
-    inc.start_coredns(&n0, Duration::from_secs(60)).await?;
+    inc.start_coredns(&nodes.measured, Duration::from_secs(60))
+        .await
+}
 
-    // Fixed objects: namespaces, the bench ServiceCIDR, backends, Services and routes.
-    crate::check::fresh_namespace(&client, NS_FIX).await?;
-    crate::check::fresh_namespace(&client, NS_KP).await?;
-    crate::check::fresh_namespace(&client, NS_SY).await?;
+/// Namespaces, the backend and client pods, a Service and a ServiceRoute each for connections
+/// and programming, the DNS names; returns once both sides have the connection backend.
+async fn create_fixtures(lab: &Lab, nodes: &Nodes) -> Result<Fixtures> {
+    let client = &lab.client;
+    for ns in [NS_FIX, NS_KP, NS_SY] {
+        crate::check::fresh_namespace(client, ns).await?;
+    }
+    create_fixed_pods(client, nodes).await?;
+    create_fixed_services(client).await?;
+    create_dns_names(client).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS_FIX);
+    let services: Api<Service> = Api::namespaced(client.clone(), NS_FIX);
+    let routes: Api<ServiceRoute> = Api::namespaced(client.clone(), NS_FIX);
+    let conn_backend = wait_pod_ready(&pods, "conn-backend", Duration::from_secs(60)).await?;
+    let client_pod = wait_pod_ready(&pods, "conn-client", Duration::from_secs(60)).await?;
+    wait_pod_ready(&pods, "prog-anchor", Duration::from_secs(60)).await?;
+    wait_pod_ready(&pods, "dns-backend", Duration::from_secs(60)).await?;
+    let client_netns = pod_netns(
+        &lab.run,
+        client_pod.metadata.uid.as_deref().unwrap_or_default(),
+    );
+    let conn_ip = pod_ip(&conn_backend)?;
+    let conn_cluster_ip = cluster_ip(&services, "conn").await?;
+    let conn_vip = wait_route_vip(&routes, "conn-sr", Duration::from_secs(60)).await?;
+    wait_route_vip(&routes, "prog-sr", Duration::from_secs(60)).await?;
+    let conn_chain = kp_service_chain(&nodes.netns, NS_FIX, "conn").await?;
+    let prog_chain = kp_service_chain(&nodes.netns, NS_FIX, "prog").await?;
+    wait_both_sides_have(nodes, &conn_chain, conn_ip).await?;
+    Ok(Fixtures {
+        client_netns,
+        conn_vip,
+        conn_cluster_ip,
+        prog_chain,
+    })
+}
+
+/// The connection backend and client, the programming anchor, the DNS names' backend.
+async fn create_fixed_pods(client: &Client, nodes: &Nodes) -> Result<()> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS_FIX);
     for (name, node, app) in [
-        ("conn-backend", &n1, "conn"),
-        ("conn-client", &n0, "client"),
-        ("prog-anchor", &n1, "prog"),
-        ("dns-backend", &n1, "dnsb"),
+        ("conn-backend", &nodes.backend, "conn"),
+        ("conn-client", &nodes.measured, "client"),
+        ("prog-anchor", &nodes.backend, "prog"),
+        ("dns-backend", &nodes.backend, "dnsb"),
     ] {
         pods.create(&PostParams::default(), &test_pod(name, node, app)?)
             .await
             .map_err(kube_err(format!("create pod {NS_FIX}/{name}")))?;
     }
+    Ok(())
+}
+
+/// A Service and a ServiceRoute selecting the same pods, for connections and for programming.
+async fn create_fixed_services(client: &Client) -> Result<()> {
     let services: Api<Service> = Api::namespaced(client.clone(), NS_FIX);
     let routes: Api<ServiceRoute> = Api::namespaced(client.clone(), NS_FIX);
     for (name, app) in [("conn", "conn"), ("prog", "prog")] {
@@ -427,15 +521,19 @@ pub async fn run_on(
             .await
             .map_err(kube_err(format!("create ServiceRoute {NS_FIX}/{name}-sr")))?;
     }
+    Ok(())
+}
+
+/// [`DNS_NAMES`] Services and as many ServiceRoutes, the names the DNS runs ask for.
+async fn create_dns_names(client: &Client) -> Result<()> {
     log(format!(
         "creating {DNS_NAMES} Services and {DNS_NAMES} ServiceRoutes for the DNS runs"
     ));
-    let c2 = client.clone();
     futures::stream::iter(0..DNS_NAMES)
         .map(|i| {
             let (services, routes) = (
-                Api::<Service>::namespaced(c2.clone(), NS_FIX),
-                Api::<ServiceRoute>::namespaced(c2.clone(), NS_FIX),
+                Api::<Service>::namespaced(client.clone(), NS_FIX),
+                Api::<ServiceRoute>::namespaced(client.clone(), NS_FIX),
             );
             async move {
                 services
@@ -458,33 +556,21 @@ pub async fn run_on(
         .buffer_unordered(8)
         .try_collect::<Vec<()>>()
         .await?;
-    let conn_backend = wait_pod_ready(&pods, "conn-backend", Duration::from_secs(60)).await?;
-    let client_pod = wait_pod_ready(&pods, "conn-client", Duration::from_secs(60)).await?;
-    wait_pod_ready(&pods, "prog-anchor", Duration::from_secs(60)).await?;
-    wait_pod_ready(&pods, "dns-backend", Duration::from_secs(60)).await?;
-    let client_netns = pod_netns(
-        &lab.run,
-        client_pod.metadata.uid.as_deref().unwrap_or_default(),
-    );
-    let conn_ip = pod_ip(&conn_backend)?;
-    let conn_cluster_ip = cluster_ip(&services, "conn").await?;
-    let conn_vip = wait_route_vip(&routes, "conn-sr", Duration::from_secs(60)).await?;
-    wait_route_vip(&routes, "prog-sr", Duration::from_secs(60)).await?;
-    // Both sides have the backend before anything is measured.
-    let conn_chain = kp_service_chain(&ns0, NS_FIX, "conn").await?;
-    let prog_chain = kp_service_chain(&ns0, NS_FIX, "prog").await?;
-    let (ns0c, chain) = (ns0.clone(), conn_chain.clone());
+    Ok(())
+}
+
+/// Both sides have the connection backend before anything is measured; on a timeout the
+/// error carries what the kernel holds.
+async fn wait_both_sides_have(nodes: &Nodes, conn_chain: &str, conn_ip: Ipv4Addr) -> Result<()> {
+    let (ns0, n0) = (nodes.netns.as_str(), nodes.measured.as_str());
     if let Err(e) = wait_until_value(
         Duration::from_secs(60),
         &format!("backend {conn_ip} in inet switchyard backends_v4 on {n0}"),
-        || {
-            let ns0c = ns0c.clone();
-            async move { sy_has_backend(&ns0c, conn_ip).await.then_some(()) }
-        },
+        || async move { sy_has_backend(ns0, conn_ip).await.then_some(()) },
     )
     .await
     {
-        let map = nft_out(&ns0, &["list", "map", "inet", "switchyard", "backends_v4"])
+        let map = nft_out(ns0, &["list", "map", "inet", "switchyard", "backends_v4"])
             .await
             .unwrap_or_default();
         return Err(Error::Invalid {
@@ -494,15 +580,12 @@ pub async fn run_on(
     }
     if let Err(e) = wait_until_value(
         Duration::from_secs(60),
-        &format!("endpoint {conn_ip} in kube-proxy chain {chain} on {n0}"),
-        || {
-            let (ns0c, chain) = (ns0c.clone(), chain.clone());
-            async move { kp_has_backend(&ns0c, &chain, conn_ip).await.then_some(()) }
-        },
+        &format!("endpoint {conn_ip} in kube-proxy chain {conn_chain} on {n0}"),
+        || async move { kp_has_backend(ns0, conn_chain, conn_ip).await.then_some(()) },
     )
     .await
     {
-        let text = nft_out(&ns0, &["list", "chain", "ip", "kube-proxy", &conn_chain])
+        let text = nft_out(ns0, &["list", "chain", "ip", "kube-proxy", conn_chain])
             .await
             .unwrap_or_default();
         return Err(Error::Invalid {
@@ -510,121 +593,121 @@ pub async fn run_on(
             message: text,
         });
     }
+    Ok(())
+}
 
-    // Programming latency.
+async fn measure_programming(
+    client: &Client,
+    nodes: &Nodes,
+    fix: &Fixtures,
+    opts: &CompareOptions,
+    report: &mut CompareReport,
+) -> Result<()> {
     log(format!(
         "programming latency over {} backend changes",
         opts.changes
     ));
-    let (sy_p, kp_p) = programming(&client, &ns0, &prog_chain, &n1, opts.changes).await?;
-    report.sy_programming = sy_p;
-    report.kp_programming = kp_p;
+    let (sy, kp) = programming(
+        client,
+        &nodes.netns,
+        &fix.prog_chain,
+        &nodes.backend,
+        opts.changes,
+    )
+    .await?;
+    report.sy_programming = sy;
+    report.kp_programming = kp;
+    Ok(())
+}
 
-    // Connections with the lab's few services.
-    let few = count_dispatch(&ns0).await;
+/// One connection run per side, recorded under `label` with the dispatch entries installed.
+async fn measure_connections(
+    label: &str,
+    nodes: &Nodes,
+    fix: &Fixtures,
+    opts: &CompareOptions,
+    report: &mut CompareReport,
+) -> Result<()> {
+    let installed = count_dispatch(&nodes.netns).await;
     log(format!(
-        "connections through the virtual IP, {few} services installed"
+        "connections through the virtual IP, {installed} services installed"
     ));
-    let (sy_c, kp_c) =
-        conn_pair(&client_netns, conn_vip, conn_cluster_ip, opts.connections).await?;
-    report.conns.push(("few".into(), few, sy_c, kp_c));
+    let (sy, kp) = conn_pair(
+        &fix.client_netns,
+        fix.conn_vip,
+        fix.conn_cluster_ip,
+        opts.connections,
+    )
+    .await?;
+    report.conns.push((label.into(), installed, sy, kp));
+    Ok(())
+}
 
-    // DNS answers, side by side (needs nothing big installed).
+/// Records whether Switchyard's DNS answers and the answer comparison (a note if it failed).
+async fn compare_dns_answers(client: &Client, nodes: &Nodes, report: &mut CompareReport) {
     let sy_dns_up = dns_answers(
-        &ns0,
+        &nodes.netns,
         SWITCHYARD_DNS_ADDR,
         "kubernetes.default.svc.cluster.local",
     )
     .await;
     report.switchyard_dns = sy_dns_up;
-    match dnsdiff::run(&client, &ns0, &n1, sy_dns_up).await {
+    match dnsdiff::run(client, &nodes.netns, &nodes.backend, sy_dns_up).await {
         Ok(md) => report.dns_diff = Some(md),
         Err(e) => report
             .notes
             .push(format!("DNS answer comparison failed: {e}")),
     }
+}
 
-    // Full sync and change latency per size. The extra service range only now, so that no
-    // Service above took one of its addresses (the allocator picks from every ServiceCIDR).
-    create_service_cidr(&client).await?;
-    let sy_base = count_dispatch(&ns0).await;
-    let kp_base = count_kp_services(&ns0).await;
-    let agent_bin = lab.bins.agent.display().to_string();
-    let mut created = 0usize;
+/// Dispatch entries (Switchyard) and service-ips entries (kube-proxy) before any synthetic
+/// object: what the lab's own services account for.
+struct Baseline {
+    sy: usize,
+    kp: usize,
+}
+
+async fn measure_sizes(
+    lab: &mut Lab,
+    inc: &mut Incumbents,
+    nodes: &Nodes,
+    opts: &CompareOptions,
+    report: &mut CompareReport,
+) -> Result<()> {
+    // The extra service range only now, so that no Service above took one of its addresses
+    // (the allocator picks from every ServiceCIDR).
+    create_service_cidr(&lab.client).await?;
+    let base = Baseline {
+        sy: count_dispatch(&nodes.netns).await,
+        kp: count_kp_services(&nodes.netns).await,
+    };
     let mut sizes = opts.sizes.clone();
     sizes.sort_unstable();
     sizes.dedup();
-    for &size in &sizes {
+    let mut created = 0usize;
+    for size in sizes {
         log(format!(
             "size {size}: stopping agents and kube-proxies, creating objects"
         ));
-        for n in &nodes {
-            lab.kill_agent(n).await;
-            inc.stop_kube_proxy(n).await;
-        }
-        create_synthetic(&client, created, size).await?;
+        stop_proxies(lab, inc, nodes).await;
+        create_synthetic(&lab.client, created, size).await?;
         created = size;
-        // From an empty table on both sides.
-        let _ = netns::exec(&ns0, "nft", ["delete", "table", "inet", "switchyard"]).await;
-        let _ = netns::exec(&ns0, "nft", ["delete", "table", "ip", "kube-proxy"]).await;
-        let _ = netns::exec(&ns0, "nft", ["delete", "table", "ip6", "kube-proxy"]).await;
-        log(format!("size {size}: Switchyard agent full sync"));
-        let t0 = Instant::now();
-        lab.start_agent(&n0)?;
-        let agent = lab.agent_addr(&n0).ok_or_else(|| Error::Invalid {
-            what: "node".into(),
-            message: format!("no agent address for {n0}"),
-        })?;
-        let want = sy_base + size;
-        let sy_sync = wait_until_value(
-            Duration::from_secs(300),
-            &format!("agent on {n0} to program {want} dispatch entries"),
-            || async move {
-                let text = http_get(agent, "/metrics").await.ok()?;
-                metric_with(
-                    &text,
-                    "switchyard_agent_service_elements",
-                    Some("map=\"dispatch\""),
-                )
-                .filter(|v| *v as usize >= want)
-                .map(|_| ())
-            },
-        )
-        .await
-        .map(|()| t0.elapsed())?;
-        if !sy_has_element(&ns0, nth(VIP_BASE, size - 1), BACKENDS - 1).await {
-            return Err(Error::Invalid {
-                what: format!("inet switchyard on {n0} after the full sync"),
-                message: format!("no backend {} for route-{}", BACKENDS - 1, size - 1),
-            });
-        }
-        log(format!("size {size}: kube-proxy full sync"));
-        let wall0 = now_secs();
-        inc.start_kube_proxy(&n0)?;
-        let synced_at = inc
-            .wait_kube_proxy_synced(&n0, Duration::from_secs(600))
-            .await?;
-        let kp_sync = Duration::from_secs_f64((synced_at - wall0).max(0.0));
-        let kp_want = kp_base + size;
-        let kp_count = count_kp_services(&ns0).await;
-        if kp_count < kp_want {
-            return Err(Error::Invalid {
-                what: format!("ip kube-proxy service-ips on {n0} after its first sync"),
-                message: format!("{kp_count} entries, {kp_want} expected"),
-            });
-        }
-        // The other node's agent and kube-proxy come back for the later phases.
-        lab.start_agent(&n1)?;
-        inc.start_kube_proxy(&n1)?;
-        lab.wait_agents_ready(Duration::from_secs(120)).await?;
-        inc.wait_kube_proxy_synced(&n1, Duration::from_secs(600))
-            .await?;
+        empty_tables(&nodes.netns).await;
+        let sy_sync = switchyard_full_sync(lab, nodes, base.sy, size).await?;
+        let kp_sync = kube_proxy_full_sync(inc, nodes, base.kp, size).await?;
+        restart_backend_node(lab, inc, nodes).await?;
         log(format!(
             "size {size}: one-backend changes ({} per side)",
             opts.change_rounds
         ));
-        let (sy_change, kp_change) =
-            one_backend_changes(&client, &ns0, &n0, size, opts.change_rounds).await?;
+        let (sy_change, kp_change) = one_backend_changes(
+            &lab.client,
+            &nodes.netns,
+            &nodes.measured,
+            size,
+            opts.change_rounds,
+        )
+        .await?;
         report.sizes.push(SizeResult {
             routes: size,
             sy_sync,
@@ -633,13 +716,113 @@ pub async fn run_on(
             kp_change,
         });
     }
+    Ok(())
+}
 
-    // Memory at the largest size, after a moment of quiet.
+/// Every agent and every kube-proxy stopped.
+async fn stop_proxies(lab: &mut Lab, inc: &mut Incumbents, nodes: &Nodes) {
+    for n in &nodes.all {
+        lab.kill_agent(n).await;
+        inc.stop_kube_proxy(n).await;
+    }
+}
+
+/// Both sides start from an empty table.
+async fn empty_tables(netns_name: &str) {
+    let _ = netns::exec(netns_name, "nft", ["delete", "table", "inet", "switchyard"]).await;
+    let _ = netns::exec(netns_name, "nft", ["delete", "table", "ip", "kube-proxy"]).await;
+    let _ = netns::exec(netns_name, "nft", ["delete", "table", "ip6", "kube-proxy"]).await;
+}
+
+/// Starts the measured node's agent; the time until its metrics count every dispatch entry
+/// (checked against the kernel for the last route).
+async fn switchyard_full_sync(
+    lab: &mut Lab,
+    nodes: &Nodes,
+    base: usize,
+    size: usize,
+) -> Result<Duration> {
+    let n0 = &nodes.measured;
+    log(format!("size {size}: Switchyard agent full sync"));
+    let t0 = Instant::now();
+    lab.start_agent(n0)?;
+    let agent = lab.agent_addr(n0).ok_or_else(|| Error::Invalid {
+        what: "node".into(),
+        message: format!("no agent address for {n0}"),
+    })?;
+    let want = base + size;
+    let sy_sync = wait_until_value(
+        Duration::from_secs(300),
+        &format!("agent on {n0} to program {want} dispatch entries"),
+        || async move {
+            let text = http_get(agent, "/metrics").await.ok()?;
+            metric_with(
+                &text,
+                "switchyard_agent_service_elements",
+                Some("map=\"dispatch\""),
+            )
+            .filter(|v| *v as usize >= want)
+            .map(|_| ())
+        },
+    )
+    .await
+    .map(|()| t0.elapsed())?;
+    if !sy_has_element(&nodes.netns, nth(VIP_BASE, size - 1), BACKENDS - 1).await {
+        return Err(Error::Invalid {
+            what: format!("inet switchyard on {n0} after the full sync"),
+            message: format!("no backend {} for route-{}", BACKENDS - 1, size - 1),
+        });
+    }
+    Ok(sy_sync)
+}
+
+/// Starts the measured node's kube-proxy; the time until its first sync ends (its own
+/// timestamp), checked against the kernel's service-ips count.
+async fn kube_proxy_full_sync(
+    inc: &mut Incumbents,
+    nodes: &Nodes,
+    base: usize,
+    size: usize,
+) -> Result<Duration> {
+    let n0 = &nodes.measured;
+    log(format!("size {size}: kube-proxy full sync"));
+    let wall0 = now_secs();
+    inc.start_kube_proxy(n0)?;
+    let synced_at = inc
+        .wait_kube_proxy_synced(n0, Duration::from_secs(600))
+        .await?;
+    let kp_sync = Duration::from_secs_f64((synced_at - wall0).max(0.0));
+    let kp_want = base + size;
+    let kp_count = count_kp_services(&nodes.netns).await;
+    if kp_count < kp_want {
+        return Err(Error::Invalid {
+            what: format!("ip kube-proxy service-ips on {n0} after its first sync"),
+            message: format!("{kp_count} entries, {kp_want} expected"),
+        });
+    }
+    Ok(kp_sync)
+}
+
+/// The backend node's agent and kube-proxy come back for the later phases.
+async fn restart_backend_node(lab: &mut Lab, inc: &mut Incumbents, nodes: &Nodes) -> Result<()> {
+    lab.start_agent(&nodes.backend)?;
+    inc.start_kube_proxy(&nodes.backend)?;
+    lab.wait_agents_ready(Duration::from_secs(120)).await?;
+    inc.wait_kube_proxy_synced(&nodes.backend, Duration::from_secs(600))
+        .await?;
+    Ok(())
+}
+
+/// VmRSS of the agent, kube-proxy and both DNS servers, after a moment of quiet (a note
+/// when one could not be read).
+async fn measure_memory(lab: &Lab, inc: &Incumbents, nodes: &Nodes, report: &mut CompareReport) {
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let agent_pid = find_pid(&[&agent_bin, "--node-name", &n0]);
-    let kp_pid = inc.kube_proxy_pid(&n0);
-    let dns_pid = udp_listener_pid(&ns0, SWITCHYARD_DNS_ADDR, 53).await;
-    let coredns_pid = inc.coredns_pid(&n0);
+    let n0 = &nodes.measured;
+    let agent_bin = lab.bins.agent.display().to_string();
+    let agent_pid = find_pid(&[&agent_bin, "--node-name", n0]);
+    let kp_pid = inc.kube_proxy_pid(n0);
+    let dns_pid = udp_listener_pid(&nodes.netns, SWITCHYARD_DNS_ADDR, 53).await;
+    let coredns_pid = inc.coredns_pid(n0);
     match (
         agent_pid.and_then(rss_kib),
         kp_pid.and_then(rss_kib),
@@ -652,17 +835,17 @@ pub async fn run_on(
             "memory not read: agent/kube-proxy/CoreDNS RSS {other:?} (pids {agent_pid:?}, {kp_pid:?}, {coredns_pid:?})"
         )),
     }
+}
 
-    // Connections with the largest size installed.
-    let many = count_dispatch(&ns0).await;
-    log(format!(
-        "connections through the virtual IP, {many} services installed"
-    ));
-    let (sy_c, kp_c) =
-        conn_pair(&client_netns, conn_vip, conn_cluster_ip, opts.connections).await?;
-    report.conns.push(("many".into(), many, sy_c, kp_c));
-
-    // DNS load.
+/// dnsperf for cluster names and for search-path misses, CoreDNS and (when it answers)
+/// Switchyard's DNS; a note when Switchyard's DNS never answered.
+async fn measure_dns_load(
+    lab: &Lab,
+    inc: &Incumbents,
+    nodes: &Nodes,
+    opts: &CompareOptions,
+    report: &mut CompareReport,
+) -> Result<()> {
     let dir = lab.dir.join("dnsperf");
     std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
         op: "create",
@@ -671,46 +854,55 @@ pub async fn run_on(
     })?;
     let sy_dns_up = report.switchyard_dns
         || dns_answers(
-            &ns0,
+            &nodes.netns,
             SWITCHYARD_DNS_ADDR,
             "kubernetes.default.svc.cluster.local",
         )
         .await;
     report.switchyard_dns = sy_dns_up;
     for set in ["cluster names", "search-path misses"] {
-        let (sy_file, cd_file) = dns_query_files(&dir, set)?;
-        log(format!("dnsperf: {set} against CoreDNS"));
-        // Each server gets CPU 0 to itself while it is measured; the rest of the lab and
-        // dnsperf share CPU 1.
-        let cd_pid = inc.coredns_pid(&n0);
-        let cd = pinned(
-            &lab.run,
-            cd_pid,
-            dnsperf(&ns0, COREDNS_ADDR, &cd_file, opts.dns_seconds),
-        )
-        .await?;
-        let sy = if sy_dns_up {
-            log(format!("dnsperf: {set} against Switchyard's DNS"));
-            let sy_pid = udp_listener_pid(&ns0, SWITCHYARD_DNS_ADDR, 53).await;
-            Some(
-                pinned(
-                    &lab.run,
-                    sy_pid,
-                    dnsperf(&ns0, SWITCHYARD_DNS_ADDR, &sy_file, opts.dns_seconds),
-                )
-                .await?,
-            )
-        } else {
-            None
-        };
+        let (sy, cd) =
+            dnsperf_pair(lab, inc, nodes, &dir, set, sy_dns_up, opts.dns_seconds).await?;
         report.dns.push((set.to_string(), sy, cd));
     }
     if !sy_dns_up {
         report.notes.push(format!(
-            "Switchyard's DNS did not answer on {SWITCHYARD_DNS_ADDR}:53 in {ns0}: its DNS figures are pending (the harness runs them as soon as it answers)"
+            "Switchyard's DNS did not answer on {SWITCHYARD_DNS_ADDR}:53 in {}: its DNS figures are pending (the harness runs them as soon as it answers)",
+            nodes.netns
         ));
     }
-    Ok(report)
+    Ok(())
+}
+
+/// One query set against CoreDNS and, when `sy_dns_up`, against Switchyard's DNS. Each
+/// server gets CPU 0 to itself while it is measured; the rest of the lab and dnsperf share
+/// CPU 1.
+async fn dnsperf_pair(
+    lab: &Lab,
+    inc: &Incumbents,
+    nodes: &Nodes,
+    dir: &Path,
+    set: &str,
+    sy_dns_up: bool,
+    secs: u64,
+) -> Result<(Option<DnsResult>, DnsResult)> {
+    let ns0 = &nodes.netns;
+    let (sy_file, cd_file) = dns_query_files(dir, set)?;
+    log(format!("dnsperf: {set} against CoreDNS"));
+    let cd_pid = inc.coredns_pid(&nodes.measured);
+    let cd = pinned(&lab.run, cd_pid, dnsperf(ns0, COREDNS_ADDR, &cd_file, secs)).await?;
+    if !sy_dns_up {
+        return Ok((None, cd));
+    }
+    log(format!("dnsperf: {set} against Switchyard's DNS"));
+    let sy_pid = udp_listener_pid(ns0, SWITCHYARD_DNS_ADDR, 53).await;
+    let sy = pinned(
+        &lab.run,
+        sy_pid,
+        dnsperf(ns0, SWITCHYARD_DNS_ADDR, &sy_file, secs),
+    )
+    .await?;
+    Ok((Some(sy), cd))
 }
 
 fn now_secs() -> f64 {
@@ -1556,13 +1748,40 @@ fn ratio(a: f64, b: f64) -> String {
 /// and memory, above 1 for rates) and the raw figures.
 pub fn markdown(r: &CompareReport, command: &str) -> String {
     let mut s = String::new();
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    // One row per measure, Switchyard against the incumbent.
+    ratio_table(&mut s, r);
+    // Every sample and count behind the table.
+    raw_figures(&mut s, r);
+    // How to get the same numbers again.
+    let _ = writeln!(
+        s,
+        "Command: `{command}`; whole run {:.1} min.",
+        r.wall.as_secs_f64() / 60.0
+    );
+    s
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// The ratio table, one section of rows per measure.
+fn ratio_table(s: &mut String, r: &CompareReport) {
     let _ = writeln!(
         s,
         "| measure | Switchyard | incumbent | ratio (Switchyard / incumbent) |"
     );
     let _ = writeln!(s, "| --- | --- | --- | --- |");
-    for z in &r.sizes {
+    sync_and_change_rows(s, &r.sizes);
+    programming_rows(s, r);
+    connection_rows(s, &r.conns);
+    dns_rows(s, &r.dns);
+    memory_rows(s, r);
+}
+
+/// Full sync at every size, then the one-backend change at every size.
+fn sync_and_change_rows(s: &mut String, sizes: &[SizeResult]) {
+    for z in sizes {
         let _ = writeln!(
             s,
             "| full sync, {} routes × {BACKENDS} backends (start to all rules) | {:.0} ms | {:.0} ms (kube-proxy) | {} |",
@@ -1572,7 +1791,7 @@ pub fn markdown(r: &CompareReport, command: &str) -> String {
             ratio(ms(z.sy_sync), ms(z.kp_sync))
         );
     }
-    for z in &r.sizes {
+    for z in sizes {
         let _ = writeln!(
             s,
             "| one-backend change at {} routes, median (max) of {} | {:.1} ms ({:.1}) | {:.1} ms ({:.1}) (kube-proxy) | {} |",
@@ -1585,6 +1804,9 @@ pub fn markdown(r: &CompareReport, command: &str) -> String {
             ratio(z.sy_change.ms(0.5), z.kp_change.ms(0.5))
         );
     }
+}
+
+fn programming_rows(s: &mut String, r: &CompareReport) {
     let n = r.sy_programming.samples.len();
     for (q, label) in [(0.5, "p50"), (0.99, "p99")] {
         let _ = writeln!(
@@ -1595,7 +1817,11 @@ pub fn markdown(r: &CompareReport, command: &str) -> String {
             ratio(r.sy_programming.ms(q), r.kp_programming.ms(q))
         );
     }
-    for (label, installed, sy, kp) in &r.conns {
+}
+
+/// Rate and latency of every connection run.
+fn connection_rows(s: &mut String, conns: &[(String, usize, ConnResult, ConnResult)]) {
+    for (label, installed, sy, kp) in conns {
         let _ = writeln!(
             s,
             "| connections/s through the virtual IP, {label} ({installed} Switchyard dispatch entries) | {:.0} | {:.0} (kube-proxy) | {} |",
@@ -1614,7 +1840,11 @@ pub fn markdown(r: &CompareReport, command: &str) -> String {
             ratio(sy.latency.ms(0.99), kp.latency.ms(0.99))
         );
     }
-    for (set, sy, cd) in &r.dns {
+}
+
+/// QPS and p99 of every dnsperf set; Switchyard's column `pending` when its DNS did not answer.
+fn dns_rows(s: &mut String, dns: &[(String, Option<DnsResult>, DnsResult)]) {
+    for (set, sy, cd) in dns {
         match sy {
             Some(sy) => {
                 let _ = writeln!(
@@ -1646,91 +1876,49 @@ pub fn markdown(r: &CompareReport, command: &str) -> String {
             }
         }
     }
-    if let Some((a, k, d, c)) = r.rss {
-        let size = r.sizes.last().map(|z| z.routes).unwrap_or(0);
-        let _ = writeln!(
-            s,
-            "| RSS at {size} routes: agent vs kube-proxy | {:.1} MiB | {:.1} MiB | {} |",
-            a as f64 / 1024.0,
-            k as f64 / 1024.0,
-            ratio(a as f64, k as f64)
-        );
-        match d {
-            Some(d) => {
-                let _ = writeln!(
-                    s,
-                    "| RSS at {size} routes: DNS process vs CoreDNS | {:.1} MiB | {:.1} MiB | {} |",
-                    d as f64 / 1024.0,
-                    c as f64 / 1024.0,
-                    ratio(d as f64, c as f64)
-                );
-            }
-            None => {
-                let _ = writeln!(
-                    s,
-                    "| RSS at {size} routes: DNS process vs CoreDNS | pending | {:.1} MiB | pending |",
-                    c as f64 / 1024.0
-                );
-            }
+}
+
+/// Resident memory at the largest size, when it was read.
+fn memory_rows(s: &mut String, r: &CompareReport) {
+    let Some((a, k, d, c)) = r.rss else {
+        return;
+    };
+    let size = r.sizes.last().map(|z| z.routes).unwrap_or(0);
+    let _ = writeln!(
+        s,
+        "| RSS at {size} routes: agent vs kube-proxy | {:.1} MiB | {:.1} MiB | {} |",
+        a as f64 / 1024.0,
+        k as f64 / 1024.0,
+        ratio(a as f64, k as f64)
+    );
+    match d {
+        Some(d) => {
+            let _ = writeln!(
+                s,
+                "| RSS at {size} routes: DNS process vs CoreDNS | {:.1} MiB | {:.1} MiB | {} |",
+                d as f64 / 1024.0,
+                c as f64 / 1024.0,
+                ratio(d as f64, c as f64)
+            );
+        }
+        None => {
+            let _ = writeln!(
+                s,
+                "| RSS at {size} routes: DNS process vs CoreDNS | pending | {:.1} MiB | pending |",
+                c as f64 / 1024.0
+            );
         }
     }
+}
+
+/// The raw figures: change samples, programming quantiles, connection counts, dnsperf
+/// summaries, memory and notes.
+fn raw_figures(s: &mut String, r: &CompareReport) {
     let _ = writeln!(s);
     let _ = writeln!(s, "Raw figures:");
     let _ = writeln!(s);
-    for z in &r.sizes {
-        let f = |l: &Latencies| {
-            l.samples
-                .iter()
-                .map(|d| format!("{:.1}", ms(*d)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let _ = writeln!(
-            s,
-            "- {} routes: change samples (ms) Switchyard [{}]; kube-proxy [{}]",
-            z.routes,
-            f(&z.sy_change),
-            f(&z.kp_change)
-        );
-    }
-    let _ = writeln!(
-        s,
-        "- programming ({n} changes): Switchyard p50 {:.0} / p90 {:.0} / p99 {:.0} / max {:.0} ms; kube-proxy p50 {:.0} / p90 {:.0} / p99 {:.0} / max {:.0} ms",
-        r.sy_programming.ms(0.5),
-        r.sy_programming.ms(0.9),
-        r.sy_programming.ms(0.99),
-        r.sy_programming.ms(1.0),
-        r.kp_programming.ms(0.5),
-        r.kp_programming.ms(0.9),
-        r.kp_programming.ms(0.99),
-        r.kp_programming.ms(1.0)
-    );
-    for (label, installed, sy, kp) in &r.conns {
-        let _ = writeln!(
-            s,
-            "- connections, {label} ({installed} dispatch entries): Switchyard {} done / {} failed in {:.2} s; kube-proxy {} done / {} failed in {:.2} s",
-            sy.done, sy.failed, sy.secs, kp.done, kp.failed, kp.secs
-        );
-    }
-    for (set, sy, cd) in &r.dns {
-        let one = |d: &DnsResult| {
-            format!(
-                "{:.0} QPS, {} sent, {} lost, rcodes {:?}, p50 {:.2} ms, p99 {:.2} ms",
-                d.qps,
-                d.sent,
-                d.lost,
-                d.rcodes,
-                d.latency.ms(0.5),
-                d.latency.ms(0.99)
-            )
-        };
-        let _ = writeln!(
-            s,
-            "- dnsperf, {set}: Switchyard {}; CoreDNS {}",
-            sy.as_ref().map(one).unwrap_or_else(|| "pending".into()),
-            one(cd)
-        );
-    }
+    raw_changes_and_programming(s, r);
+    raw_connections_and_dns(s, r);
     if let Some((a, k, d, c)) = r.rss {
         let _ = writeln!(
             s,
@@ -1742,12 +1930,67 @@ pub fn markdown(r: &CompareReport, command: &str) -> String {
         let _ = writeln!(s, "- note: {note}");
     }
     let _ = writeln!(s);
+}
+
+fn raw_changes_and_programming(s: &mut String, r: &CompareReport) {
+    let samples = |l: &Latencies| {
+        l.samples
+            .iter()
+            .map(|d| format!("{:.1}", ms(*d)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for z in &r.sizes {
+        let _ = writeln!(
+            s,
+            "- {} routes: change samples (ms) Switchyard [{}]; kube-proxy [{}]",
+            z.routes,
+            samples(&z.sy_change),
+            samples(&z.kp_change)
+        );
+    }
     let _ = writeln!(
         s,
-        "Command: `{command}`; whole run {:.1} min.",
-        r.wall.as_secs_f64() / 60.0
+        "- programming ({} changes): Switchyard p50 {:.0} / p90 {:.0} / p99 {:.0} / max {:.0} ms; kube-proxy p50 {:.0} / p90 {:.0} / p99 {:.0} / max {:.0} ms",
+        r.sy_programming.samples.len(),
+        r.sy_programming.ms(0.5),
+        r.sy_programming.ms(0.9),
+        r.sy_programming.ms(0.99),
+        r.sy_programming.ms(1.0),
+        r.kp_programming.ms(0.5),
+        r.kp_programming.ms(0.9),
+        r.kp_programming.ms(0.99),
+        r.kp_programming.ms(1.0)
     );
-    s
+}
+
+fn raw_connections_and_dns(s: &mut String, r: &CompareReport) {
+    for (label, installed, sy, kp) in &r.conns {
+        let _ = writeln!(
+            s,
+            "- connections, {label} ({installed} dispatch entries): Switchyard {} done / {} failed in {:.2} s; kube-proxy {} done / {} failed in {:.2} s",
+            sy.done, sy.failed, sy.secs, kp.done, kp.failed, kp.secs
+        );
+    }
+    let one = |d: &DnsResult| {
+        format!(
+            "{:.0} QPS, {} sent, {} lost, rcodes {:?}, p50 {:.2} ms, p99 {:.2} ms",
+            d.qps,
+            d.sent,
+            d.lost,
+            d.rcodes,
+            d.latency.ms(0.5),
+            d.latency.ms(0.99)
+        )
+    };
+    for (set, sy, cd) in &r.dns {
+        let _ = writeln!(
+            s,
+            "- dnsperf, {set}: Switchyard {}; CoreDNS {}",
+            sy.as_ref().map(one).unwrap_or_else(|| "pending".into()),
+            one(cd)
+        );
+    }
 }
 
 /// Writes the SVG plots (and the DNS answer comparison) into `dir`; returns the files.
@@ -1757,7 +2000,6 @@ pub fn write_plots(r: &CompareReport, dir: &Path) -> Result<Vec<PathBuf>> {
         path: dir.to_path_buf(),
         source,
     })?;
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let kp = ["Switchyard", "kube-proxy"];
     let cd = ["Switchyard DNS", "CoreDNS"];
     let charts = vec![
@@ -1869,7 +2111,12 @@ pub fn write_plots(r: &CompareReport, dir: &Path) -> Result<Vec<PathBuf>> {
     let mut written = Vec::new();
     for (file, chart) in charts {
         let path = dir.join(file);
-        std::fs::write(&path, svg::render(&chart)).map_err(|source| Error::Io {
+        let text = svg::render(&chart).map_err(|source| Error::Io {
+            op: "plot",
+            path: path.clone(),
+            source,
+        })?;
+        std::fs::write(&path, text).map_err(|source| Error::Io {
             op: "write",
             path: path.clone(),
             source,
@@ -1911,5 +2158,86 @@ mod tests {
         );
         assert_eq!(nth(VIP_BASE, MAX_SIZE - 1), Ipv4Addr::new(198, 19, 239, 16));
         assert_eq!(backend_ip(MAX_SIZE, 9), Ipv4Addr::new(198, 18, 240, 10));
+    }
+
+    fn report() -> CompareReport {
+        let lat =
+            |ms: &[u64]| Latencies::from(ms.iter().map(|m| Duration::from_millis(*m)).collect());
+        let dns = |qps: f64| DnsResult {
+            qps,
+            sent: 1000,
+            lost: 0,
+            rcodes: BTreeMap::new(),
+            latency: lat(&[1, 2]),
+        };
+        let conn = |done: usize| ConnResult {
+            done,
+            failed: 0,
+            secs: 2.0,
+            latency: lat(&[1]),
+        };
+        CompareReport {
+            sizes: vec![SizeResult {
+                routes: 1000,
+                sy_sync: Duration::from_millis(200),
+                kp_sync: Duration::from_millis(800),
+                sy_change: lat(&[10, 20, 30]),
+                kp_change: lat(&[100, 200]),
+            }],
+            sy_programming: lat(&[50, 60]),
+            kp_programming: lat(&[1000, 1100]),
+            conns: vec![("few".into(), 102, conn(9000), conn(8000))],
+            dns: vec![("cluster names".into(), None, dns(50000.0))],
+            rss: Some((2048, 4096, None, 1024)),
+            wall: Duration::from_secs(600),
+            ..CompareReport::default()
+        }
+    }
+
+    #[test]
+    fn markdown_has_ratios_and_marks_missing_figures_pending() {
+        let md = markdown(&report(), "switchyard-lab bench --compare");
+        assert!(md.contains("| full sync, 1000 routes × 10 backends (start to all rules) | 200 ms | 800 ms (kube-proxy) | 0.25 |"), "{md}");
+        assert!(
+            md.contains("| DNS QPS, cluster names | pending | 50000 (CoreDNS) | pending |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| RSS at 1000 routes: DNS process vs CoreDNS | pending | 1.0 MiB | pending |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("- 1000 routes: change samples (ms) Switchyard [10.0, 20.0, 30.0]; kube-proxy [100.0, 200.0]"), "{md}");
+        assert!(
+            md.ends_with("Command: `switchyard-lab bench --compare`; whole run 10.0 min.\n"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn plots_are_written_with_their_titles() {
+        let dir =
+            std::env::temp_dir().join(format!("switchyard-compare-plots-{}", std::process::id()));
+        let written = write_plots(&report(), &dir).unwrap();
+        let names: Vec<String> = written
+            .iter()
+            .filter_map(|p| Some(p.file_name()?.to_str()?.to_string()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "full-sync.svg",
+                "change-latency.svg",
+                "programming.svg",
+                "connections.svg",
+                "dns-qps.svg",
+                "memory.svg"
+            ]
+        );
+        let full_sync = std::fs::read_to_string(dir.join("full-sync.svg")).unwrap();
+        assert!(full_sync.contains("Full sync, start to all rules (routes × 10 backends)"));
+        assert!(full_sync.contains("kube-proxy"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
