@@ -28,8 +28,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 use serde_json::{Value, json};
 use switchyard_e2e::Error;
+use switchyard_e2e::binaries::{SwitchyardBinaries, build_switchyard};
 use switchyard_e2e::chart::{self, NAMESPACE, describe, objects};
-use switchyard_e2e::controlplane::{ControlPlane, ControlPlaneOptions, ensure_binaries};
+use switchyard_e2e::controlplane::{Binaries, ControlPlane, ControlPlaneOptions, ensure_binaries};
 
 const BRIDGE_ADDR: &str = "198.18.251.1";
 const FIELD_MANAGER: &str = "switchyard-chart-test";
@@ -254,7 +255,7 @@ struct Helm {
 }
 
 impl Helm {
-    async fn new(test: &str) -> Option<(Helm, switchyard_e2e::controlplane::Binaries)> {
+    async fn new(test: &str) -> Option<(Helm, Binaries)> {
         let binaries = match ensure_binaries().await {
             Ok(b) => b,
             Err(e @ Error::Missing { .. }) => {
@@ -263,7 +264,7 @@ impl Helm {
             }
             Err(e) => panic!("building the control plane binaries and helm: {e}"),
         };
-        let bin = chart::helm(&binaries).unwrap();
+        let bin = chart::helm(&binaries).await.unwrap();
         let home =
             std::env::temp_dir().join(format!("switchyard-helm-{test}-{}", std::process::id()));
         Some((Helm { bin, home }, binaries))
@@ -467,14 +468,30 @@ async fn chart_lints_renders_and_refuses_bad_values() {
     let chart_dir = chart::chart_dir();
     let chart_dir = chart_dir.to_string_lossy();
 
+    both_variants_pass_a_strict_lint(&helm, &chart_dir).await;
+    let objs = objects(&helm.template(&[]).await).unwrap();
+    the_default_installation_renders_sound_objects(&objs);
+    the_crds_are_the_generated_ones(&objs);
+    the_operator_is_highly_available_and_locked_down(&objs);
+    the_webhook_is_one_self_managed_replica(&objs);
+    the_agent_installs_the_plugin_on_every_node(&objs);
+    let bins = build_switchyard().await.unwrap();
+    let cm_objs = the_flags_passed_are_the_binaries_own(&helm, &objs, &bins).await;
+    the_webhook_registration_is_render_configs(&objs, &bins);
+    the_cert_manager_variant_mounts_its_certificate(&cm_objs);
+    the_dashboard_lands_whole_or_is_refused(&helm, &chart_dir).await;
+    bad_values_fail_naming_the_field(&helm, &chart_dir).await;
+    let _ = std::fs::remove_dir_all(&helm.home);
+    eprintln!(
+        "chart lint, render and values checks took {:?}",
+        started.elapsed()
+    );
+}
+
+/// `helm lint --strict` passes with the default values and with the cert-manager variant.
+async fn both_variants_pass_a_strict_lint(helm: &Helm, chart_dir: &str) {
     for extra in [&[][..], CERT_MANAGER] {
-        let mut args = vec![
-            "lint",
-            "--strict",
-            chart_dir.as_ref(),
-            "--namespace",
-            NAMESPACE,
-        ];
+        let mut args = vec!["lint", "--strict", chart_dir, "--namespace", NAMESPACE];
         args.extend_from_slice(extra);
         let out = helm.run(&args).await;
         assert!(
@@ -485,9 +502,10 @@ async fn chart_lints_renders_and_refuses_bad_values() {
             out.stderr
         );
     }
+}
 
-    // The default installation.
-    let objs = objects(&helm.template(&[]).await).unwrap();
+/// The default installation renders the expected kinds, each passing the shared checks.
+fn the_default_installation_renders_sound_objects(objs: &[Value]) {
     let kinds: BTreeMap<String, usize> = objs.iter().fold(BTreeMap::new(), |mut m, o| {
         *m.entry(o["kind"].as_str().unwrap().to_string())
             .or_default() += 1;
@@ -510,10 +528,12 @@ async fn chart_lints_renders_and_refuses_bad_values() {
     .map(|(k, n)| (k.to_string(), n))
     .collect();
     assert_eq!(kinds, want, "kinds rendered with the default values");
-    let problems = check_rendered(&objs);
+    let problems = check_rendered(objs);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
 
-    // The CRDs are the generated ones, unchanged.
+/// The chart's CRDs are the generated ones, unchanged.
+fn the_crds_are_the_generated_ones(objs: &[Value]) {
     for o in objs
         .iter()
         .filter(|o| o["kind"] == "CustomResourceDefinition")
@@ -524,9 +544,11 @@ async fn chart_lints_renders_and_refuses_bad_values() {
             serde_saphyr::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
         assert_eq!(o, &committed, "{name} differs from {}", file.display());
     }
+}
 
-    // The operator: two replicas, its leader Lease, one replica per node.
-    let operator = find(&objs, "Deployment", "switchyard-operator");
+/// The operator: two locked-down replicas, its leader Lease, one replica per node.
+fn the_operator_is_highly_available_and_locked_down(objs: &[Value]) {
+    let operator = find(objs, "Deployment", "switchyard-operator");
     assert_eq!(operator["spec"]["replicas"], 2);
     let op = &pod_spec(operator)["containers"][0];
     assert!(
@@ -549,14 +571,16 @@ async fn chart_lints_renders_and_refuses_bad_values() {
         json!(["ALL"])
     );
     assert!(!pod_spec(operator)["affinity"]["podAntiAffinity"].is_null());
-    let pdb = find(&objs, "PodDisruptionBudget", "switchyard-operator");
+    let pdb = find(objs, "PodDisruptionBudget", "switchyard-operator");
     assert_eq!(pdb["spec"]["minAvailable"], 1);
+}
 
-    // The webhook: one self-managed replica, never two at once.
-    let webhook = find(&objs, "Deployment", "switchyard-webhook");
+/// The webhook: one self-managed replica, never two at once, patching only its configuration.
+fn the_webhook_is_one_self_managed_replica(objs: &[Value]) {
+    let webhook = find(objs, "Deployment", "switchyard-webhook");
     assert_eq!(webhook["spec"]["replicas"], 1);
     assert_eq!(webhook["spec"]["strategy"]["type"], "Recreate");
-    let role = find(&objs, "ClusterRole", "switchyard-webhook");
+    let role = find(objs, "ClusterRole", "switchyard-webhook");
     let vwc_rule = role["rules"]
         .as_array()
         .unwrap()
@@ -564,9 +588,11 @@ async fn chart_lints_renders_and_refuses_bad_values() {
         .find(|r| strs(&r["resources"]) == ["validatingwebhookconfigurations"])
         .expect("the self-managed webhook may patch its configuration");
     assert_eq!(strs(&vwc_rule["resourceNames"]), ["switchyard-webhook"]);
+}
 
-    // The agent: every node, the host's network, the plugin and its configuration on the host.
-    let agent = find(&objs, "DaemonSet", "switchyard-agent");
+/// The agent: every node, the host's network, the plugin and its configuration on the host.
+fn the_agent_installs_the_plugin_on_every_node(objs: &[Value]) {
+    let agent = find(objs, "DaemonSet", "switchyard-agent");
     let spec = pod_spec(agent);
     assert_eq!(spec["hostNetwork"], true);
     assert!(
@@ -631,10 +657,18 @@ async fn chart_lints_renders_and_refuses_bad_values() {
                 && e["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"),
         "{agent_c}"
     );
+}
 
-    // The flags the chart passes exist, and the webhook registration is the one the webhook
-    // itself renders (webhook/src/registration.rs), caBundle aside.
-    let bins = switchyard_e2e::lab::build_switchyard().await.unwrap();
+/// Every flag the chart passes, in both variants, is one the binary accepts; returns the
+/// cert-manager variant's objects.
+async fn the_flags_passed_are_the_binaries_own(
+    helm: &Helm,
+    objs: &[Value],
+    bins: &SwitchyardBinaries,
+) -> Vec<Value> {
+    let operator = find(objs, "Deployment", "switchyard-operator");
+    let webhook = find(objs, "Deployment", "switchyard-webhook");
+    let agent = find(objs, "DaemonSet", "switchyard-agent");
     let mut flag_problems = check_flags(operator, "operator", &bins.operator);
     flag_problems.extend(check_flags(webhook, "webhook", &bins.webhook));
     flag_problems.extend(check_flags(agent, "agent", &bins.agent));
@@ -645,6 +679,12 @@ async fn chart_lints_renders_and_refuses_bad_values() {
         &bins.webhook,
     ));
     assert!(flag_problems.is_empty(), "{}", flag_problems.join("\n"));
+    cm_objs
+}
+
+/// The webhook registration is the one the webhook itself renders
+/// (webhook/src/registration.rs), caBundle aside.
+fn the_webhook_registration_is_render_configs(objs: &[Value], bins: &SwitchyardBinaries) {
     let out = std::process::Command::new(&bins.webhook)
         .args([
             "render-config",
@@ -665,12 +705,8 @@ async fn chart_lints_renders_and_refuses_bad_values() {
         String::from_utf8_lossy(&out.stderr)
     );
     let rendered: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let mut ours = find(
-        &objs,
-        "ValidatingWebhookConfiguration",
-        "switchyard-webhook",
-    )["webhooks"]
-        .clone();
+    let mut ours =
+        find(objs, "ValidatingWebhookConfiguration", "switchyard-webhook")["webhooks"].clone();
     for w in ours.as_array_mut().unwrap() {
         // Written out in the chart only so the API server's default is not drift.
         assert_eq!(w["objectSelector"], json!({}));
@@ -680,16 +716,19 @@ async fn chart_lints_renders_and_refuses_bad_values() {
         ours, rendered["webhooks"],
         "the chart's webhooks differ from render-config's"
     );
+}
 
-    // The cert-manager variant.
-    let problems = check_rendered(&cm_objs);
+/// The cert-manager variant passes the shared checks, mounts its Certificate's Secret in two
+/// webhook replicas that write nothing, and adds the monitoring objects.
+fn the_cert_manager_variant_mounts_its_certificate(cm_objs: &[Value]) {
+    let problems = check_rendered(cm_objs);
     assert!(
         problems.is_empty(),
         "cert-manager variant:\n{}",
         problems.join("\n")
     );
     let vwc = find(
-        &cm_objs,
+        cm_objs,
         "ValidatingWebhookConfiguration",
         "switchyard-webhook",
     );
@@ -697,8 +736,8 @@ async fn chart_lints_renders_and_refuses_bad_values() {
         vwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
         format!("{NAMESPACE}/switchyard-webhook")
     );
-    let cert = find(&cm_objs, "Certificate", "switchyard-webhook");
-    let wh = find(&cm_objs, "Deployment", "switchyard-webhook");
+    let cert = find(cm_objs, "Certificate", "switchyard-webhook");
+    let wh = find(cm_objs, "Deployment", "switchyard-webhook");
     assert_eq!(wh["spec"]["replicas"], 2);
     assert!(
         strs(&pod_spec(wh)["containers"][0]["args"])
@@ -715,12 +754,12 @@ async fn chart_lints_renders_and_refuses_bad_values() {
         dns.contains(&"switchyard-webhook.switchyard-system.svc"),
         "{dns:?}"
     );
-    let role = find(&cm_objs, "ClusterRole", "switchyard-webhook");
+    let role = find(cm_objs, "ClusterRole", "switchyard-webhook");
     assert!(
         !role.to_string().contains("validatingwebhookconfigurations"),
         "with cert-manager the webhook writes nothing: {role}"
     );
-    find(&cm_objs, "PodDisruptionBudget", "switchyard-webhook");
+    find(cm_objs, "PodDisruptionBudget", "switchyard-webhook");
     assert_eq!(
         cm_objs
             .iter()
@@ -728,16 +767,18 @@ async fn chart_lints_renders_and_refuses_bad_values() {
             .count(),
         3
     );
-    find(&cm_objs, "Issuer", "switchyard-webhook-ca");
+    find(cm_objs, "Issuer", "switchyard-webhook-ca");
+}
 
-    // The Grafana dashboard, when the chart carries one, lands whole in its ConfigMap;
-    // without the file, asking for it fails saying so.
+/// The Grafana dashboard, when the chart carries one, lands whole in its ConfigMap; without
+/// the file, asking for it fails saying so.
+async fn the_dashboard_lands_whole_or_is_refused(helm: &Helm, chart_dir: &str) {
     let dashboard = chart::chart_dir().join("dashboards/switchyard.json");
     let out = helm
         .run(&[
             "template",
             "switchyard",
-            chart_dir.as_ref(),
+            chart_dir,
             "--namespace",
             NAMESPACE,
             "--set",
@@ -760,8 +801,10 @@ async fn chart_lints_renders_and_refuses_bad_values() {
             out.stderr
         );
     }
+}
 
-    // Bad values fail, naming the field.
+/// Bad values, and a namespace other than switchyard-system, fail naming the field.
+async fn bad_values_fail_naming_the_field(helm: &Helm, chart_dir: &str) {
     let bad: &[(&[&str], &str)] = &[
         (&["--set", "operator.replicas=-1"], "/operator/replicas"),
         (
@@ -791,7 +834,7 @@ async fn chart_lints_renders_and_refuses_bad_values() {
         let mut all = vec![
             "template",
             "switchyard",
-            chart_dir.as_ref(),
+            chart_dir,
             "--namespace",
             NAMESPACE,
         ];
@@ -813,7 +856,7 @@ async fn chart_lints_renders_and_refuses_bad_values() {
         .run(&[
             "template",
             "switchyard",
-            chart_dir.as_ref(),
+            chart_dir,
             "--namespace",
             "default",
         ])
@@ -825,11 +868,6 @@ async fn chart_lints_renders_and_refuses_bad_values() {
                 .contains("must be installed into the namespace switchyard-system"),
         "{}",
         out.stderr
-    );
-    let _ = std::fs::remove_dir_all(&helm.home);
-    eprintln!(
-        "chart lint, render and values checks took {:?}",
-        started.elapsed()
     );
 }
 
@@ -1155,8 +1193,24 @@ async fn chart_applies_cleanly_to_a_real_api_server() {
     );
     let dir = std::env::temp_dir().join(format!("switchyard-e2e-chart-{pid}"));
     let _ = std::fs::remove_dir_all(&dir);
-    let mut cp = ControlPlane::start(ControlPlaneOptions {
-        dir: dir.clone(),
+    let mut cp = start_control_plane(&dir, binaries).await;
+    let k = Kubectl { cp: &cp };
+
+    the_outside_prerequisites_are_in_place(&k).await;
+    the_default_installation_applies_cleanly(&k, &helm, &dir).await;
+    each_service_account_may_do_exactly_its_job(&k).await;
+    the_cert_manager_upgrade_applies_cleanly(&k, &helm, &dir).await;
+
+    cp.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&helm.home);
+    eprintln!("chart against the API server took {:?}", started.elapsed());
+}
+
+/// The control plane, its apiserver on the bridge's address, with its files in `dir`.
+async fn start_control_plane(dir: &Path, binaries: Binaries) -> ControlPlane {
+    ControlPlane::start(ControlPlaneOptions {
+        dir: dir.to_path_buf(),
         bind: BRIDGE_ADDR.parse().unwrap(),
         binaries,
     })
@@ -1166,11 +1220,12 @@ async fn chart_applies_cleanly_to_a_real_api_server() {
             "control plane did not start (logs in {}): {e}",
             dir.join("logs").display()
         )
-    });
-    let k = Kubectl { cp: &cp };
+    })
+}
 
-    // What the installation needs from outside the chart: the namespace, and (for the
-    // optional objects) the CRDs of the Prometheus Operator and cert-manager.
+/// What the installation needs from outside the chart is accepted: the namespaces, and (for
+/// the optional objects) the CRDs of the Prometheus Operator and cert-manager, Established.
+async fn the_outside_prerequisites_are_in_place(k: &Kubectl<'_>) {
     k.ok(&["create", "namespace", NAMESPACE]).await;
     k.ok(&["create", "namespace", "shop"]).await;
     let integrations = fixtures().join("chart/integration-crds.yaml");
@@ -1183,273 +1238,75 @@ async fn chart_applies_cleanly_to_a_real_api_server() {
         &integrations.to_string_lossy(),
     ])
     .await;
+}
 
-    // The default installation, with the ServiceMonitors.
+/// The default installation, with the ServiceMonitors, applies cleanly twice without drift.
+async fn the_default_installation_applies_cleanly(k: &Kubectl<'_>, helm: &Helm, dir: &Path) {
     let yaml = helm
         .template(&["--set", "serviceMonitor.enabled=true"])
         .await;
     let objs = objects(&yaml).unwrap();
     let file = dir.join("switchyard.yaml");
     std::fs::write(&file, &yaml).unwrap();
-    apply_twice_and_compare(&k, &file, &objs, "default values").await;
+    apply_twice_and_compare(k, &file, &objs, "default values").await;
+}
 
-    // RBAC as the API server decides it, per ServiceAccount.
-    let sr = "serviceroutes.switchyard.dev";
-    let pn = "podnetworks.switchyard.dev";
-    let nb = "nodeblocks.switchyard.dev";
-    let vip = "virtualips.switchyard.dev";
-    let eps = "endpointslices.discovery.k8s.io";
-    let lease = "leases.coordination.k8s.io";
-    let vwc = "validatingwebhookconfigurations.admissionregistration.k8s.io";
-    let sys = Some(NAMESPACE);
-    let shop = Some("shop");
-    let mut checks: Vec<(&str, &str, String, Option<&str>, bool)> = Vec::new();
-    let mut expect = |sa: &'static str,
-                      verb: &'static str,
-                      res: &str,
-                      ns: Option<&'static str>,
-                      allowed: bool| {
-        checks.push((sa, verb, res.to_string(), ns, allowed));
-    };
-    // The agent reads what it programs and writes its report Lease only.
-    for res in [pn, nb, vip, sr, "namespaces", "pods", eps] {
-        for verb in ["get", "list", "watch"] {
-            expect("switchyard-agent", verb, res, shop, true);
-        }
+/// A `kubectl auth can-i` expectation: service account, verb, resource (`RESOURCE[/NAME]` or
+/// `RESOURCE#SUBRESOURCE`), namespace, and whether it is allowed.
+type Check = (
+    &'static str,
+    &'static str,
+    String,
+    Option<&'static str>,
+    bool,
+);
+
+/// The expectations, in the order they are listed.
+#[derive(Default)]
+struct Checks(Vec<Check>);
+
+impl Checks {
+    fn expect(
+        &mut self,
+        sa: &'static str,
+        verb: &'static str,
+        res: &str,
+        ns: Option<&'static str>,
+        allowed: bool,
+    ) {
+        self.0.push((sa, verb, res.to_string(), ns, allowed));
     }
-    for verb in ["get", "create", "update", "patch"] {
-        expect(
-            "switchyard-agent",
-            verb,
-            &format!("{lease}/switchyard-agent-node-1"),
-            sys,
-            true,
-        );
-    }
-    for verb in ["create", "update", "patch", "delete"] {
-        expect("switchyard-agent", verb, sr, shop, false);
-        expect("switchyard-agent", verb, pn, None, false);
-        expect("switchyard-agent", verb, nb, None, false);
-        expect("switchyard-agent", verb, vip, None, false);
-        expect("switchyard-agent", verb, eps, shop, false);
-        expect("switchyard-agent", verb, "pods", shop, false);
-        expect("switchyard-agent", verb, lease, Some("default"), false);
-    }
-    expect(
-        "switchyard-agent",
-        "patch",
-        &format!("{sr}#status"),
-        shop,
-        false,
-    );
-    expect(
-        "switchyard-agent",
-        "patch",
-        &format!("{pn}#status"),
-        None,
-        false,
-    );
-    expect(
-        "switchyard-agent",
-        "update",
-        &format!("{sr}#status"),
-        shop,
-        false,
-    );
-    expect("switchyard-agent", "delete", lease, sys, false);
-    expect("switchyard-agent", "get", "secrets", sys, false);
-    expect("switchyard-agent", "list", "secrets", None, false);
-    expect("switchyard-agent", "patch", "nodes", None, false);
-    // The webhook reads; its one write is the caBundle of its own configuration.
-    for res in [pn, sr, nb, "services", "namespaces"] {
-        for verb in ["get", "list", "watch"] {
-            expect("switchyard-webhook", verb, res, shop, true);
-        }
-    }
-    for verb in ["get", "list", "watch", "patch"] {
-        expect(
-            "switchyard-webhook",
-            verb,
-            &format!("{vwc}/switchyard-webhook"),
-            None,
-            true,
-        );
-    }
-    for res in [
-        pn,
-        sr,
-        nb,
-        vip,
-        "services",
-        "namespaces",
-        "pods",
-        "secrets",
-        "configmaps",
-        lease,
-        eps,
-        "events.events.k8s.io",
-        "events",
-        "nodes",
-    ] {
-        for verb in ["create", "update", "patch", "delete"] {
-            expect("switchyard-webhook", verb, res, shop, false);
-            expect("switchyard-webhook", verb, res, sys, false);
-        }
-    }
-    expect("switchyard-webhook", "create", vwc, None, false);
-    expect(
-        "switchyard-webhook",
-        "delete",
-        &format!("{vwc}/switchyard-webhook"),
-        None,
-        false,
-    );
-    expect(
-        "switchyard-webhook",
-        "update",
-        &format!("{vwc}/switchyard-webhook"),
-        None,
-        false,
-    );
-    expect(
-        "switchyard-webhook",
-        "patch",
-        &format!("{vwc}/someone-else"),
-        None,
-        false,
-    );
-    expect(
-        "switchyard-webhook",
-        "patch",
-        "mutatingwebhookconfigurations.admissionregistration.k8s.io/switchyard-webhook",
-        None,
-        false,
-    );
-    expect("switchyard-webhook", "get", "secrets", sys, false);
-    expect(
-        "switchyard-webhook",
-        "patch",
-        &format!("{sr}#status"),
-        shop,
-        false,
-    );
-    expect(
-        "switchyard-webhook",
-        "patch",
-        &format!("{pn}#status"),
-        None,
-        false,
-    );
-    // The operator: exactly the calls in operator/src.
-    for res in [
-        "nodes",
-        "namespaces",
-        "pods",
-        "services",
-        pn,
-        sr,
-        nb,
-        vip,
-        eps,
-    ] {
-        for verb in ["get", "list", "watch"] {
-            expect("switchyard-operator", verb, res, shop, true);
-        }
-    }
-    for (verb, res, ns) in [
-        ("create", nb, None),
-        ("patch", nb, None),
-        ("delete", nb, None),
-        ("create", vip, None),
-        ("delete", vip, None),
-        ("patch", sr, shop),
-        ("create", eps, shop),
-        ("patch", eps, shop),
-        ("delete", eps, shop),
-        ("create", "events.events.k8s.io", shop),
-        ("create", "events.events.k8s.io", Some("default")),
-        ("patch", "events.events.k8s.io", shop),
-        ("list", lease, sys),
-        ("watch", lease, sys),
-        ("create", lease, sys),
-    ] {
-        expect("switchyard-operator", verb, res, ns, true);
-    }
-    expect(
-        "switchyard-operator",
-        "patch",
-        &format!("{sr}#status"),
-        shop,
-        true,
-    );
-    expect(
-        "switchyard-operator",
-        "patch",
-        &format!("{pn}#status"),
-        None,
-        true,
-    );
-    expect(
-        "switchyard-operator",
-        "update",
-        &format!("{pn}#finalizers"),
-        None,
-        true,
-    );
-    expect(
-        "switchyard-operator",
-        "update",
-        &format!("{sr}#finalizers"),
-        shop,
-        true,
-    );
-    expect(
-        "switchyard-agent",
-        "update",
-        &format!("{sr}#finalizers"),
-        shop,
-        false,
-    );
-    for verb in ["get", "update", "patch"] {
-        expect(
-            "switchyard-operator",
-            verb,
-            &format!("{lease}/switchyard-operator"),
-            sys,
-            true,
-        );
-    }
-    for (verb, res, ns) in [
-        ("patch", format!("{lease}/switchyard-agent-node-1"), sys),
-        ("create", lease.to_string(), Some("default")),
-        ("get", "secrets".to_string(), sys),
-        ("list", "secrets".to_string(), None),
-        ("patch", pn.to_string(), None),
-        ("delete", pn.to_string(), None),
-        ("create", sr.to_string(), shop),
-        ("delete", sr.to_string(), shop),
-        ("update", vip.to_string(), None),
-        ("patch", "nodes".to_string(), None),
-        ("create", "pods".to_string(), shop),
-        ("patch", "services".to_string(), shop),
-        ("patch", vwc.to_string(), None),
-    ] {
-        expect("switchyard-operator", verb, &res, ns, false);
-    }
+}
+
+const SR: &str = "serviceroutes.switchyard.dev";
+const PN: &str = "podnetworks.switchyard.dev";
+const NB: &str = "nodeblocks.switchyard.dev";
+const VIP: &str = "virtualips.switchyard.dev";
+const EPS: &str = "endpointslices.discovery.k8s.io";
+const LEASE: &str = "leases.coordination.k8s.io";
+const VWC: &str = "validatingwebhookconfigurations.admissionregistration.k8s.io";
+const SYS: Option<&str> = Some(NAMESPACE);
+const SHOP: Option<&str> = Some("shop");
+
+/// RBAC as the API server decides it: each ServiceAccount may do what its binary does and
+/// nothing else.
+async fn each_service_account_may_do_exactly_its_job(k: &Kubectl<'_>) {
+    let mut checks = Checks::default();
+    agent_checks(&mut checks);
+    webhook_checks(&mut checks);
+    operator_checks(&mut checks);
+    let checks = checks.0;
     let t = Instant::now();
     let n = checks.len();
     let wrong: Vec<String> = futures::stream::iter(checks)
-        .map(|(sa, verb, res, ns, allowed)| {
-            let k = &k;
-            async move {
-                (k.can(sa, verb, &res, ns).await != allowed).then(|| {
-                    format!(
-                        "{sa} {} {verb} {res}{}",
-                        if allowed { "cannot" } else { "can" },
-                        ns.map(|n| format!(" in {n}")).unwrap_or_default()
-                    )
-                })
-            }
+        .map(|(sa, verb, res, ns, allowed)| async move {
+            (k.can(sa, verb, &res, ns).await != allowed).then(|| {
+                format!(
+                    "{sa} {} {verb} {res}{}",
+                    if allowed { "cannot" } else { "can" },
+                    ns.map(|n| format!(" in {n}")).unwrap_or_default()
+                )
+            })
         })
         .buffer_unordered(8)
         .filter_map(|w| async move { w })
@@ -1457,28 +1314,224 @@ async fn chart_applies_cleanly_to_a_real_api_server() {
         .await;
     eprintln!("{n} kubectl auth can-i checks in {:?}", t.elapsed());
     assert!(wrong.is_empty(), "RBAC:\n{}", wrong.join("\n"));
+}
 
-    // The cert-manager variant, as an upgrade of the same installation.
+/// The agent reads what it programs and writes its report Lease only.
+fn agent_checks(c: &mut Checks) {
+    for res in [PN, NB, VIP, SR, "namespaces", "pods", EPS] {
+        for verb in ["get", "list", "watch"] {
+            c.expect("switchyard-agent", verb, res, SHOP, true);
+        }
+    }
+    for verb in ["get", "create", "update", "patch"] {
+        c.expect(
+            "switchyard-agent",
+            verb,
+            &format!("{LEASE}/switchyard-agent-node-1"),
+            SYS,
+            true,
+        );
+    }
+    for verb in ["create", "update", "patch", "delete"] {
+        c.expect("switchyard-agent", verb, SR, SHOP, false);
+        c.expect("switchyard-agent", verb, PN, None, false);
+        c.expect("switchyard-agent", verb, NB, None, false);
+        c.expect("switchyard-agent", verb, VIP, None, false);
+        c.expect("switchyard-agent", verb, EPS, SHOP, false);
+        c.expect("switchyard-agent", verb, "pods", SHOP, false);
+        c.expect("switchyard-agent", verb, LEASE, Some("default"), false);
+    }
+    c.expect(
+        "switchyard-agent",
+        "patch",
+        &format!("{SR}#status"),
+        SHOP,
+        false,
+    );
+    c.expect(
+        "switchyard-agent",
+        "patch",
+        &format!("{PN}#status"),
+        None,
+        false,
+    );
+    c.expect(
+        "switchyard-agent",
+        "update",
+        &format!("{SR}#status"),
+        SHOP,
+        false,
+    );
+    c.expect("switchyard-agent", "delete", LEASE, SYS, false);
+    c.expect("switchyard-agent", "get", "secrets", SYS, false);
+    c.expect("switchyard-agent", "list", "secrets", None, false);
+    c.expect("switchyard-agent", "patch", "nodes", None, false);
+}
+
+/// The webhook reads; its one write is the caBundle of its own configuration.
+fn webhook_checks(c: &mut Checks) {
+    for res in [PN, SR, NB, "services", "namespaces"] {
+        for verb in ["get", "list", "watch"] {
+            c.expect("switchyard-webhook", verb, res, SHOP, true);
+        }
+    }
+    for verb in ["get", "list", "watch", "patch"] {
+        c.expect(
+            "switchyard-webhook",
+            verb,
+            &format!("{VWC}/switchyard-webhook"),
+            None,
+            true,
+        );
+    }
+    for res in [
+        PN,
+        SR,
+        NB,
+        VIP,
+        "services",
+        "namespaces",
+        "pods",
+        "secrets",
+        "configmaps",
+        LEASE,
+        EPS,
+        "events.events.k8s.io",
+        "events",
+        "nodes",
+    ] {
+        for verb in ["create", "update", "patch", "delete"] {
+            c.expect("switchyard-webhook", verb, res, SHOP, false);
+            c.expect("switchyard-webhook", verb, res, SYS, false);
+        }
+    }
+    for (verb, res) in [
+        ("create", VWC.to_string()),
+        ("delete", format!("{VWC}/switchyard-webhook")),
+        ("update", format!("{VWC}/switchyard-webhook")),
+        ("patch", format!("{VWC}/someone-else")),
+        (
+            "patch",
+            "mutatingwebhookconfigurations.admissionregistration.k8s.io/switchyard-webhook"
+                .to_string(),
+        ),
+    ] {
+        c.expect("switchyard-webhook", verb, &res, None, false);
+    }
+    c.expect("switchyard-webhook", "get", "secrets", SYS, false);
+    c.expect(
+        "switchyard-webhook",
+        "patch",
+        &format!("{SR}#status"),
+        SHOP,
+        false,
+    );
+    c.expect(
+        "switchyard-webhook",
+        "patch",
+        &format!("{PN}#status"),
+        None,
+        false,
+    );
+}
+
+/// The operator: exactly the calls in operator/src.
+fn operator_checks(c: &mut Checks) {
+    for res in [
+        "nodes",
+        "namespaces",
+        "pods",
+        "services",
+        PN,
+        SR,
+        NB,
+        VIP,
+        EPS,
+    ] {
+        for verb in ["get", "list", "watch"] {
+            c.expect("switchyard-operator", verb, res, SHOP, true);
+        }
+    }
+    for (verb, res, ns) in [
+        ("create", NB, None),
+        ("patch", NB, None),
+        ("delete", NB, None),
+        ("create", VIP, None),
+        ("delete", VIP, None),
+        ("patch", SR, SHOP),
+        ("create", EPS, SHOP),
+        ("patch", EPS, SHOP),
+        ("delete", EPS, SHOP),
+        ("create", "events.events.k8s.io", SHOP),
+        ("create", "events.events.k8s.io", Some("default")),
+        ("patch", "events.events.k8s.io", SHOP),
+        ("list", LEASE, SYS),
+        ("watch", LEASE, SYS),
+        ("create", LEASE, SYS),
+    ] {
+        c.expect("switchyard-operator", verb, res, ns, true);
+    }
+    for (verb, res, ns) in [
+        ("patch", format!("{SR}#status"), SHOP),
+        ("patch", format!("{PN}#status"), None),
+        ("update", format!("{PN}#finalizers"), None),
+        ("update", format!("{SR}#finalizers"), SHOP),
+    ] {
+        c.expect("switchyard-operator", verb, &res, ns, true);
+    }
+    c.expect(
+        "switchyard-agent",
+        "update",
+        &format!("{SR}#finalizers"),
+        SHOP,
+        false,
+    );
+    for verb in ["get", "update", "patch"] {
+        c.expect(
+            "switchyard-operator",
+            verb,
+            &format!("{LEASE}/switchyard-operator"),
+            SYS,
+            true,
+        );
+    }
+    for (verb, res, ns) in [
+        ("patch", format!("{LEASE}/switchyard-agent-node-1"), SYS),
+        ("create", LEASE.to_string(), Some("default")),
+        ("get", "secrets".to_string(), SYS),
+        ("list", "secrets".to_string(), None),
+        ("patch", PN.to_string(), None),
+        ("delete", PN.to_string(), None),
+        ("create", SR.to_string(), SHOP),
+        ("delete", SR.to_string(), SHOP),
+        ("update", VIP.to_string(), None),
+        ("patch", "nodes".to_string(), None),
+        ("create", "pods".to_string(), SHOP),
+        ("patch", "services".to_string(), SHOP),
+        ("patch", VWC.to_string(), None),
+    ] {
+        c.expect("switchyard-operator", verb, &res, ns, false);
+    }
+}
+
+/// The cert-manager variant, as an upgrade of the same installation, applies cleanly twice
+/// without drift, and its webhook may not touch its configuration.
+async fn the_cert_manager_upgrade_applies_cleanly(k: &Kubectl<'_>, helm: &Helm, dir: &Path) {
     let yaml = helm.template(CERT_MANAGER).await;
     let objs = objects(&yaml).unwrap();
     let file = dir.join("switchyard-cert-manager.yaml");
     std::fs::write(&file, &yaml).unwrap();
-    apply_twice_and_compare(&k, &file, &objs, "cert-manager").await;
+    apply_twice_and_compare(k, &file, &objs, "cert-manager").await;
     for verb in ["patch", "update", "create", "delete"] {
         assert!(
             !k.can(
                 "switchyard-webhook",
                 verb,
-                &format!("{vwc}/switchyard-webhook"),
+                &format!("{VWC}/switchyard-webhook"),
                 None
             )
             .await,
             "with cert-manager the webhook must not {verb} its configuration"
         );
     }
-
-    cp.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_dir_all(&helm.home);
-    eprintln!("chart against the API server took {:?}", started.elapsed());
 }

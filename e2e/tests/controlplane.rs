@@ -7,13 +7,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
 use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
 use switchyard_e2e::Error;
-use switchyard_e2e::controlplane::{ControlPlane, ControlPlaneOptions, ensure_binaries};
+use switchyard_e2e::controlplane::{Binaries, ControlPlane, ControlPlaneOptions, ensure_binaries};
 
 const BRIDGE_ADDR: &str = "198.18.250.1";
 
@@ -83,20 +84,9 @@ impl Drop for Bridge {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_plane_serves_clients_and_runs_controllers() {
-    if !is_root() {
-        return missing(
-            "root (the test puts a bridge with the apiserver's address in the root network namespace)",
-        );
-    }
-    if !have_ip() {
-        return missing("the `ip` command (apt-get install iproute2)");
-    }
-    let binaries = match ensure_binaries().await {
-        Ok(b) => b,
-        Err(e @ Error::Missing { .. }) => return missing(&e.to_string()),
-        Err(e) => panic!("building the control plane binaries: {e}"),
+    let Some(binaries) = prerequisites().await else {
+        return;
     };
-
     let pid = std::process::id();
     let bridge = Bridge::create(
         &format!("sycp{}", pid % 10000),
@@ -105,9 +95,46 @@ async fn control_plane_serves_clients_and_runs_controllers() {
     let dir = std::env::temp_dir().join(format!("switchyard-e2e-controlplane-{pid}"));
     let _ = std::fs::remove_dir_all(&dir);
 
+    let mut cp = the_control_plane_starts_on_the_bridge(&dir, &binaries).await;
+    let client = cp.client().await.unwrap();
+    let ns_name = format!("sycp-test-{pid}");
+    kube_rs_creates_and_reads_objects(&client, &ns_name).await;
+    the_built_kubectl_lists_and_reports_versions(&cp, &ns_name).await;
+    a_minted_identity_authenticates_with_its_groups(&cp, &dir).await;
+    the_controller_manager_creates_the_default_service_account(&cp, &client, &ns_name).await;
+    stopping_takes_the_api_server_down(&mut cp, &client).await;
+    drop(cp);
+    drop(bridge);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The control plane binaries, or `None` (after `missing`) when a prerequisite is absent.
+async fn prerequisites() -> Option<Binaries> {
+    if !is_root() {
+        missing(
+            "root (the test puts a bridge with the apiserver's address in the root network namespace)",
+        );
+        return None;
+    }
+    if !have_ip() {
+        missing("the `ip` command (apt-get install iproute2)");
+        return None;
+    }
+    match ensure_binaries().await {
+        Ok(b) => Some(b),
+        Err(e @ Error::Missing { .. }) => {
+            missing(&e.to_string());
+            None
+        }
+        Err(e) => panic!("building the control plane binaries: {e}"),
+    }
+}
+
+/// The control plane starts from the built binaries and serves on the bridge's address.
+async fn the_control_plane_starts_on_the_bridge(dir: &Path, binaries: &Binaries) -> ControlPlane {
     let started = Instant::now();
-    let mut cp = ControlPlane::start(ControlPlaneOptions {
-        dir: dir.clone(),
+    let cp = ControlPlane::start(ControlPlaneOptions {
+        dir: dir.to_path_buf(),
         bind: BRIDGE_ADDR.parse().unwrap(),
         binaries: binaries.clone(),
     })
@@ -125,17 +152,18 @@ async fn control_plane_serves_clients_and_runs_controllers() {
         cp.server_url()
     );
     assert_eq!(cp.server_url().split(':').nth(1), Some("//198.18.250.1"));
+    cp
+}
 
-    // kube-rs, through the admin kubeconfig.
-    let client = cp.client().await.unwrap();
-    let ns_name = format!("sycp-test-{pid}");
+/// kube-rs, through the admin kubeconfig, creates a namespace and a ConfigMap and reads it back.
+async fn kube_rs_creates_and_reads_objects(client: &kube::Client, ns_name: &str) {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     namespaces
         .create(
             &PostParams::default(),
             &Namespace {
                 metadata: ObjectMeta {
-                    name: Some(ns_name.clone()),
+                    name: Some(ns_name.to_string()),
                     ..Default::default()
                 },
                 ..Default::default()
@@ -143,7 +171,7 @@ async fn control_plane_serves_clients_and_runs_controllers() {
         )
         .await
         .unwrap();
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns_name);
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns_name);
     let cm = ConfigMap {
         metadata: ObjectMeta {
             name: Some("hello".into()),
@@ -158,8 +186,10 @@ async fn control_plane_serves_clients_and_runs_controllers() {
         .unwrap();
     let read = config_maps.get("hello").await.unwrap();
     assert_eq!(read.data.unwrap()["greeting"], "hi");
+}
 
-    // kubectl, the built one.
+/// The built kubectl lists the new namespace and reports the pinned client and server version.
+async fn the_built_kubectl_lists_and_reports_versions(cp: &ControlPlane, ns_name: &str) {
     let out = cp
         .kubectl()
         .args(["get", "ns", "-o", "name"])
@@ -196,8 +226,10 @@ async fn control_plane_serves_clients_and_runs_controllers() {
         version["serverVersion"]["gitVersion"], "v1.37.2",
         "{version}"
     );
+}
 
-    // A client with a minted identity: authenticated as that user, with no RBAC yet.
+/// A client with a minted identity is authenticated as that user, with its groups (no RBAC yet).
+async fn a_minted_identity_authenticates_with_its_groups(cp: &ControlPlane, dir: &Path) {
     let viewer = dir.join("viewer.kubeconfig");
     cp.mint_client_kubeconfig(
         "switchyard:viewer",
@@ -238,9 +270,15 @@ async fn control_plane_serves_clients_and_runs_controllers() {
         groups.contains(&"switchyard:lab") && groups.contains(&"switchyard:viewers"),
         "{whoami}"
     );
+}
 
-    // The controller manager: the service account controller creates `default`.
-    let service_accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns_name);
+/// The controller manager works: its service account controller creates `default`.
+async fn the_controller_manager_creates_the_default_service_account(
+    cp: &ControlPlane,
+    client: &kube::Client,
+    ns_name: &str,
+) {
+    let service_accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns_name);
     let deadline = Instant::now() + Duration::from_secs(30);
     let sa_started = Instant::now();
     loop {
@@ -260,7 +298,10 @@ async fn control_plane_serves_clients_and_runs_controllers() {
         "ServiceAccount default appeared after {:?}",
         sa_started.elapsed()
     );
+}
 
+/// Stopping the control plane leaves no API server answering.
+async fn stopping_takes_the_api_server_down(cp: &mut ControlPlane, client: &kube::Client) {
     let stop_started = Instant::now();
     cp.stop().await;
     eprintln!("control plane stopped in {:?}", stop_started.elapsed());
@@ -268,7 +309,4 @@ async fn control_plane_serves_clients_and_runs_controllers() {
         client.apiserver_version().await.is_err(),
         "apiserver still answers after stop"
     );
-    drop(cp);
-    drop(bridge);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -147,14 +147,46 @@ async fn cluster_dns_end_to_end() {
     run_lab(LabOptions::default(), |lab| Box::pin(steps(lab))).await;
 }
 
+/// The addresses of the setup's routes and pods that the answers must hold.
+struct Addrs {
+    web_vip: String,
+    plain_vip: String,
+    dual_vips: Vec<String>,
+    db0: String,
+    db1: String,
+    client_ip: String,
+}
+
 async fn steps(lab: &mut Lab) {
+    networks_are_ready(lab).await;
+    let a = pods_and_routes(lab).await;
+    resolv_conf_points_at_the_nodes_server(lab).await;
+    a_route_and_its_hostname_answer_a(lab, &a.web_vip).await;
+    a_dual_stack_route_answers_a_and_aaaa(lab, &a.dual_vips).await;
+    named_ports_answer_srv(lab, &a.plain_vip).await;
+    virtual_ips_and_backends_answer_ptr(lab, &a).await;
+    headless_answers_ready_backends_only(lab, &a.db0, &a.db1).await;
+    pods_answer_a_and_dns_version_txt(lab, &a.client_ip).await;
+    negative_answers_tell_nodata_from_nxdomain(lab).await;
+    upstream_names_resolve(lab).await;
+    the_system_resolver_uses_the_search_path(lab, &a.web_vip, &a.db0).await;
+    a_route_change_is_answered_within_a_second(lab, &a.web_vip).await;
+    a_backend_change_is_answered_within_a_second(lab).await;
+    dns_metrics_count_queries(lab).await;
+}
+
+/// The default and the dual-stack tenant network turn Ready, with the test namespaces.
+async fn networks_are_ready(lab: &Lab) {
     apply(lab, &example("01-podnetwork-default.yaml")).await;
     apply(lab, &example("02-podnetwork-tenant.yaml")).await;
     wait_condition(lab, "podnetwork/default", "Ready", 60).await;
     wait_condition(lab, "podnetwork/blue", "Ready", 60).await;
     create_namespace(lab, NS).await;
     wait_service_account(lab, "blue").await;
+}
 
+/// The pods and routes the records come from start and are Programmed; returns their addresses.
+async fn pods_and_routes(lab: &Lab) -> Addrs {
     step("pods and routes");
     apply(lab, &pod(NS, "client", "node-1", "app: client", true)).await;
     apply(lab, &pod(NS, "web-0", "node-2", "app: web", true)).await;
@@ -214,7 +246,18 @@ async fn steps(lab: &mut Lab) {
     let db0 = pod_ip(lab, NS, "db-0").await;
     let db1 = pod_ip(lab, NS, "db-1").await;
     let client_ip = pod_ip(lab, NS, "client").await;
+    Addrs {
+        web_vip,
+        plain_vip,
+        dual_vips,
+        db0,
+        db1,
+        client_ip,
+    }
+}
 
+/// A pod's resolv.conf names its node's server, the search path and ndots:5.
+async fn resolv_conf_points_at_the_nodes_server(lab: &Lab) {
     step("the pod's resolv.conf points at its node's server");
     let out = lab
         .exec(NS, "client", &["cat", "/etc/resolv.conf"])
@@ -227,27 +270,33 @@ async fn steps(lab: &mut Lab) {
         "{rc}"
     );
     assert!(rc.contains("ndots:5"), "{rc}");
+}
 
+/// A route's name, in any case, and its hostname answer A with its virtual IP.
+async fn a_route_and_its_hostname_answer_a(lab: &Lab, web_vip: &str) {
     step("A for a route with a virtual IP, its hostname, case-insensitively");
     let fq = format!("web.{NS}.svc.{ZONE}");
     // The snapshot may still be catching up with the route's status.
     wait_until(10, || async {
-        short(lab, NS, &["+notcp", &fq, "A"]).await == vec![web_vip.clone()]
+        short(lab, NS, &["+notcp", &fq, "A"]).await == vec![web_vip.to_string()]
     })
     .await;
-    assert_eq!(both(lab, NS, &fq, "A").await, vec![web_vip.clone()]);
+    assert_eq!(both(lab, NS, &fq, "A").await, vec![web_vip.to_string()]);
     assert_eq!(
         both(lab, NS, &fq.to_uppercase(), "A").await,
-        vec![web_vip.clone()]
+        vec![web_vip.to_string()]
     );
     assert_eq!(
         both(lab, NS, "web.dnst.example.internal", "A").await,
-        vec![web_vip.clone()]
+        vec![web_vip.to_string()]
     );
+}
 
+/// A dual-stack route answers A and AAAA, from either network.
+async fn a_dual_stack_route_answers_a_and_aaaa(lab: &Lab, dual_vips: &[String]) {
     step("dual-stack route: A and AAAA");
     let dual = format!("dual.blue.svc.{ZONE}");
-    let mut want_dual = dual_vips.clone();
+    let mut want_dual = dual_vips.to_vec();
     want_dual.sort();
     let mut got = both(lab, NS, &dual, "A").await;
     got.extend(both(lab, NS, &dual, "AAAA").await);
@@ -255,7 +304,10 @@ async fn steps(lab: &mut Lab) {
     assert_eq!(got, want_dual);
     // From the dual-stack network's own pod too.
     assert_eq!(short(lab, "blue", &["+tcp", &dual, "AAAA"]).await.len(), 1);
+}
 
+/// Named ports answer SRV; unnamed ones have none.
+async fn named_ports_answer_srv(lab: &Lab, plain_vip: &str) {
     step("SRV for named ports, none for unnamed ones");
     let srv = both(lab, NS, &format!("_http._tcp.web.{NS}.svc.{ZONE}"), "SRV").await;
     assert_eq!(srv, vec![format!("0 100 80 web.{NS}.svc.{ZONE}.")]);
@@ -269,11 +321,14 @@ async fn steps(lab: &mut Lab) {
     .await;
     assert_eq!(
         both(lab, NS, &format!("plain.{NS}.svc.{ZONE}"), "A").await,
-        vec![plain_vip.clone()]
+        vec![plain_vip.to_string()]
     );
+}
 
+/// Virtual IPs (IPv4 and IPv6) and headless backends answer PTR with their names.
+async fn virtual_ips_and_backends_answer_ptr(lab: &Lab, a: &Addrs) {
     step("PTR for virtual IPs (in-addr.arpa and ip6.arpa) and headless backends");
-    for v in &dual_vips {
+    for v in &a.dual_vips {
         let out = short(lab, NS, &["+notcp", "-x", v]).await;
         assert_eq!(out, vec![format!("dual.blue.svc.{ZONE}.")], "PTR {v}");
         let out = short(lab, NS, &["+tcp", "-x", v]).await;
@@ -284,19 +339,23 @@ async fn steps(lab: &mut Lab) {
         );
     }
     assert_eq!(
-        short(lab, NS, &["-x", &web_vip]).await,
+        short(lab, NS, &["-x", &a.web_vip]).await,
         vec![format!("web.{NS}.svc.{ZONE}.")]
     );
-    let db0_name = format!("{}.db.{NS}.svc.{ZONE}", db0.replace('.', "-"));
+    let db0_name = format!("{}.db.{NS}.svc.{ZONE}", a.db0.replace('.', "-"));
     assert_eq!(
-        short(lab, NS, &["-x", &db0]).await,
+        short(lab, NS, &["-x", &a.db0]).await,
         vec![format!("{db0_name}.")]
     );
+}
 
+/// A headless route answers its ready backends only, with per-backend names and SRV.
+async fn headless_answers_ready_backends_only(lab: &Lab, db0: &str, db1: &str) {
     step("headless: ready backends only, per-backend names, SRV per backend");
+    let db0_name = format!("{}.db.{NS}.svc.{ZONE}", db0.replace('.', "-"));
     let db = format!("db.{NS}.svc.{ZONE}");
-    assert_eq!(both(lab, NS, &db, "A").await, vec![db0.clone()]);
-    assert_eq!(both(lab, NS, &db0_name, "A").await, vec![db0.clone()]);
+    assert_eq!(both(lab, NS, &db, "A").await, vec![db0.to_string()]);
+    assert_eq!(both(lab, NS, &db0_name, "A").await, vec![db0.to_string()]);
     negative(
         lab,
         NS,
@@ -309,16 +368,26 @@ async fn steps(lab: &mut Lab) {
         both(lab, NS, &format!("_tcp._tcp.db.{NS}.svc.{ZONE}"), "SRV").await,
         vec![format!("0 100 8080 {db0_name}.")]
     );
+}
 
+/// Pods answer A by their dashed address, and `dns-version` answers TXT.
+async fn pods_answer_a_and_dns_version_txt(lab: &Lab, client_ip: &str) {
     step("pod A records and dns-version");
     let pod_name = format!("{}.{NS}.pod.{ZONE}", client_ip.replace('.', "-"));
-    assert_eq!(both(lab, NS, &pod_name, "A").await, vec![client_ip.clone()]);
+    assert_eq!(
+        both(lab, NS, &pod_name, "A").await,
+        vec![client_ip.to_string()]
+    );
     assert_eq!(
         both(lab, NS, &format!("dns-version.{ZONE}"), "TXT").await,
         vec!["\"1.1.0\"".to_string()]
     );
+}
 
+/// Another type of a known name is NODATA; an unknown name and search-path misses NXDOMAIN.
+async fn negative_answers_tell_nodata_from_nxdomain(lab: &Lab) {
     step("negative answers: NODATA for another type, NXDOMAIN for no name, search-path misses");
+    let fq = format!("web.{NS}.svc.{ZONE}");
     negative(lab, NS, &fq, "AAAA", "NODATA").await;
     negative(lab, NS, &fq, "TXT", "NODATA").await;
     negative(lab, NS, &format!("{NS}.svc.{ZONE}"), "A", "NODATA").await;
@@ -347,7 +416,10 @@ async fn steps(lab: &mut Lab) {
         "NXDOMAIN",
     )
     .await;
+}
 
+/// A name of the lab's own upstream resolver answers over UDP and TCP, an unknown one NXDOMAIN.
+async fn upstream_names_resolve(lab: &Lab) {
     step("an upstream name (the lab's own resolver), over UDP and TCP");
     assert_eq!(
         both(lab, NS, &format!("www.{UPSTREAM_ZONE}"), "A").await,
@@ -360,20 +432,23 @@ async fn steps(lab: &mut Lab) {
     );
     let out = dig(lab, NS, &[&format!("nope.{UPSTREAM_ZONE}"), "A"]).await;
     assert_eq!(status_of(&out), "NXDOMAIN", "{out}");
+}
 
+/// getent and curl resolve short names through the pod's search path, and upstream names after it.
+async fn the_system_resolver_uses_the_search_path(lab: &Lab, web_vip: &str, db0: &str) {
     step("the system resolver: getent through the search path, curl by short name");
     let out = lab
         .exec(NS, "client", &["getent", "hosts", "web"])
         .await
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.starts_with(&web_vip), "getent hosts web: {text}");
+    assert!(text.starts_with(web_vip), "getent hosts web: {text}");
     let out = lab
         .exec(NS, "client", &["getent", "ahostsv4", "db"])
         .await
         .unwrap();
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains(&db0),
+        String::from_utf8_lossy(&out.stdout).contains(db0),
         "getent ahostsv4 db"
     );
     let out = lab
@@ -404,7 +479,10 @@ async fn steps(lab: &mut Lab) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
 
+/// A hostname added to a route answers within a second of the change.
+async fn a_route_change_is_answered_within_a_second(lab: &Lab, web_vip: &str) {
     step("a route change is answered within a second");
     let t0 = Instant::now();
     apply(
@@ -418,13 +496,17 @@ async fn steps(lab: &mut Lab) {
     )
     .await;
     let took = answered_within(lab, "www.dnst.example.internal", "A", t0, |a| {
-        a == [web_vip.clone()]
+        a == [web_vip.to_string()]
     })
     .await;
     eprintln!("route change answered after {took:?}");
     assert!(took < Duration::from_secs(1), "route change took {took:?}");
+}
 
+/// A new backend answers within a second of reaching its EndpointSlice.
+async fn a_backend_change_is_answered_within_a_second(lab: &Lab) {
     step("a backend change is answered within a second of its EndpointSlice");
+    let db = format!("db.{NS}.svc.{ZONE}");
     apply(lab, &pod(NS, "db-2", "node-1", "role: db", true)).await;
     wait_pods_ready(lab, NS, 4, 90).await;
     let db2 = pod_ip(lab, NS, "db-2").await;
@@ -440,7 +522,10 @@ async fn steps(lab: &mut Lab) {
         took < Duration::from_secs(1),
         "backend change took {took:?}"
     );
+}
 
+/// The agent's metrics count DNS queries by type and rcode and time the programming.
+async fn dns_metrics_count_queries(lab: &Lab) {
     step("the agent's DNS metrics count queries by type and rcode");
     let addr = lab.agent_addr("node-1").unwrap();
     let out = lab

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use common::*;
 use switchyard_e2e::compare::incumbents::{COREDNS_ADDR, Incumbents};
-use switchyard_e2e::lab::LabOptions;
+use switchyard_e2e::lab::{Lab, LabOptions};
 use switchyard_e2e::netns;
+use switchyard_e2e::topology::NodeNet;
 
 const NS: &str = "incumbents";
 
@@ -28,97 +29,162 @@ async fn kube_proxy_and_coredns_work_in_the_lab_and_the_comparison_runs() {
             examples: true,
             ..Default::default()
         },
-        |lab| {
-            Box::pin(async move {
-                let n0 = lab.topology.nodes[0].clone();
-                let n1 = lab.topology.nodes[1].clone();
-                let mut inc = Incumbents::new(lab).await.unwrap();
-                step("kube-proxy on both nodes, CoreDNS on the first");
-                for n in [&n0, &n1] {
-                    inc.start_kube_proxy(&n.name).unwrap();
-                }
-                for n in [&n0, &n1] {
-                    inc.wait_kube_proxy_synced(&n.name, Duration::from_secs(60))
-                        .await
-                        .unwrap();
-                }
-                inc.start_coredns(&n0.name, Duration::from_secs(60))
-                    .await
-                    .unwrap();
-
-                step("a native Service in front of a pod on the second node");
-                create_namespace(lab, NS).await;
-                apply(lab, &pod_yaml(NS, "backend", &n1.name, false)).await;
-                apply(lab, &pod_yaml(NS, "client", &n0.name, false)).await;
-                apply(
-                    lab,
-                    &format!(
-                        "apiVersion: v1\nkind: Service\nmetadata:\n  name: echo\n  namespace: {NS}\nspec:\n  selector: {{app: backend}}\n  ports:\n  - {{name: tcp, port: 80, targetPort: 8080, protocol: TCP}}\n"
-                    ),
-                )
-                .await;
-                wait_pods_ready(lab, NS, 2, 60).await;
-                let cluster_ip = kubectl(
-                    lab,
-                    &["get", "svc", "echo", "-n", NS, "-o", "jsonpath={.spec.clusterIP}"],
-                )
-                .await;
-                assert!(
-                    cluster_ip.starts_with("198.19.255."),
-                    "ClusterIP {cluster_ip:?} is not from the lab's service range"
-                );
-                let backend_ip = pod_ip(lab, NS, "backend").await;
-
-                step("kube-proxy programs the endpoint and carries the connection");
-                let ns0 = n0.netns.clone();
-                // A lone endpoint is a `dnat to <ip>:<port>` in the service's chain.
-                let want = format!(" to {backend_ip}:8080");
-                wait_until(60, || {
-                    let (ns0, want) = (ns0.clone(), want.clone());
-                    async move {
-                        netns::exec(&ns0, "nft", ["list", "table", "ip", "kube-proxy"])
-                            .await
-                            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&want))
-                    }
-                })
-                .await;
-                let reply = send(lab, NS, "client", "tcp", &format!("{cluster_ip}:80"), "hello")
-                    .await
-                    .unwrap_or_else(|e| panic!("client to ClusterIP {cluster_ip}:80: {e}"));
-                assert_eq!(reply, "backend hello", "the backend answers through kube-proxy's DNAT");
-
-                step("CoreDNS answers the Service's name with its ClusterIP");
-                let name = format!("echo.{NS}.svc.cluster.local");
-                let out = netns::exec(
-                    &n0.netns,
-                    "dig",
-                    [&format!("@{COREDNS_ADDR}"), "+short", "+time=2", "+tries=2", &name, "A"],
-                )
-                .await
-                .unwrap();
-                assert_eq!(
-                    String::from_utf8_lossy(&out.stdout).trim(),
-                    cluster_ip,
-                    "dig @{COREDNS_ADDR} {name}"
-                );
-                let out = netns::exec(
-                    &n0.netns,
-                    "dig",
-                    [&format!("@{COREDNS_ADDR}"), "+time=2", "+tries=2", &format!("nope.{NS}.svc.cluster.local"), "A"],
-                )
-                .await
-                .unwrap();
-                assert!(
-                    String::from_utf8_lossy(&out.stdout).contains("status: NXDOMAIN"),
-                    "an unknown name is NXDOMAIN: {}",
-                    String::from_utf8_lossy(&out.stdout)
-                );
-                inc.stop_all().await;
-            })
-        },
+        |lab| Box::pin(incumbents_in_the_lab(lab)),
     )
     .await;
+    the_comparison_prints_its_table_and_plots().await;
+}
 
+/// kube-proxy and CoreDNS, built from their pinned modules, serve a native Service in the lab.
+async fn incumbents_in_the_lab(lab: &mut Lab) {
+    let n0 = lab.topology.nodes[0].clone();
+    let n1 = lab.topology.nodes[1].clone();
+    let mut inc = Incumbents::new(lab).await.unwrap();
+    kube_proxy_and_coredns_start(&mut inc, &n0, &n1).await;
+    let (cluster_ip, backend_ip) = a_native_service_gets_a_cluster_ip(lab, &n0, &n1).await;
+    kube_proxy_carries_the_connection(lab, &n0, &cluster_ip, &backend_ip).await;
+    coredns_answers_the_service_name(&n0, &cluster_ip).await;
+    inc.stop_all().await;
+}
+
+/// kube-proxy starts and syncs on both nodes, and CoreDNS starts on the first.
+async fn kube_proxy_and_coredns_start(inc: &mut Incumbents, n0: &NodeNet, n1: &NodeNet) {
+    step("kube-proxy on both nodes, CoreDNS on the first");
+    for n in [n0, n1] {
+        inc.start_kube_proxy(&n.name).unwrap();
+    }
+    for n in [n0, n1] {
+        inc.wait_kube_proxy_synced(&n.name, Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+    inc.start_coredns(&n0.name, Duration::from_secs(60))
+        .await
+        .unwrap();
+}
+
+/// A native Service in front of a pod on the second node gets a ClusterIP from the lab's
+/// service range; returns the ClusterIP and the backend's address.
+async fn a_native_service_gets_a_cluster_ip(
+    lab: &Lab,
+    n0: &NodeNet,
+    n1: &NodeNet,
+) -> (String, String) {
+    step("a native Service in front of a pod on the second node");
+    create_namespace(lab, NS).await;
+    apply(lab, &pod_yaml(NS, "backend", &n1.name, false)).await;
+    apply(lab, &pod_yaml(NS, "client", &n0.name, false)).await;
+    apply(
+        lab,
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: echo\n  namespace: {NS}\nspec:\n  selector: {{app: backend}}\n  ports:\n  - {{name: tcp, port: 80, targetPort: 8080, protocol: TCP}}\n"
+        ),
+    )
+    .await;
+    wait_pods_ready(lab, NS, 2, 60).await;
+    let cluster_ip = kubectl(
+        lab,
+        &[
+            "get",
+            "svc",
+            "echo",
+            "-n",
+            NS,
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ],
+    )
+    .await;
+    assert!(
+        cluster_ip.starts_with("198.19.255."),
+        "ClusterIP {cluster_ip:?} is not from the lab's service range"
+    );
+    let backend_ip = pod_ip(lab, NS, "backend").await;
+    (cluster_ip, backend_ip)
+}
+
+/// kube-proxy programs the endpoint and carries the client's connection to the ClusterIP.
+async fn kube_proxy_carries_the_connection(
+    lab: &Lab,
+    n0: &NodeNet,
+    cluster_ip: &str,
+    backend_ip: &str,
+) {
+    step("kube-proxy programs the endpoint and carries the connection");
+    let ns0 = n0.netns.clone();
+    // A lone endpoint is a `dnat to <ip>:<port>` in the service's chain.
+    let want = format!(" to {backend_ip}:8080");
+    wait_until(60, || {
+        let (ns0, want) = (ns0.clone(), want.clone());
+        async move {
+            netns::exec(&ns0, "nft", ["list", "table", "ip", "kube-proxy"])
+                .await
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&want))
+        }
+    })
+    .await;
+    let reply = send(
+        lab,
+        NS,
+        "client",
+        "tcp",
+        &format!("{cluster_ip}:80"),
+        "hello",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("client to ClusterIP {cluster_ip}:80: {e}"));
+    assert_eq!(
+        reply, "backend hello",
+        "the backend answers through kube-proxy's DNAT"
+    );
+}
+
+/// CoreDNS answers the Service's name with its ClusterIP and an unknown name with NXDOMAIN.
+async fn coredns_answers_the_service_name(n0: &NodeNet, cluster_ip: &str) {
+    step("CoreDNS answers the Service's name with its ClusterIP");
+    let name = format!("echo.{NS}.svc.cluster.local");
+    let out = netns::exec(
+        &n0.netns,
+        "dig",
+        [
+            &format!("@{COREDNS_ADDR}"),
+            "+short",
+            "+time=2",
+            "+tries=2",
+            &name,
+            "A",
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        cluster_ip,
+        "dig @{COREDNS_ADDR} {name}"
+    );
+    let out = netns::exec(
+        &n0.netns,
+        "dig",
+        [
+            &format!("@{COREDNS_ADDR}"),
+            "+time=2",
+            "+tries=2",
+            &format!("nope.{NS}.svc.cluster.local"),
+            "A",
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("status: NXDOMAIN"),
+        "an unknown name is NXDOMAIN: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// `switchyard-lab bench --compare` at a tiny size prints every row of its table and writes
+/// every plot.
+async fn the_comparison_prints_its_table_and_plots() {
     step("switchyard-lab bench --compare at a tiny size");
     let out_dir = std::env::temp_dir().join(format!("switchyard-compare-{}", std::process::id()));
     let out = tokio::time::timeout(

@@ -152,6 +152,25 @@ fn strs(v: &Value) -> Vec<String> {
 }
 
 async fn steps(lab: &mut Lab) {
+    let (web1_ip, web2_ip) = pods_start_with_their_roles(lab).await;
+    let (web_vip, local_vip) = routes_are_programmed_and_ready(lab).await;
+    a_route_asking_for_a_taken_virtual_ip_is_not_accepted(lab, &web_vip).await;
+    status_lists_the_broken_route_first(lab, &web_vip).await;
+    status_json_through_kubeconfig_and_context(lab, &web_vip).await;
+    trace_allows_an_admitted_pod_and_traffic_passes(lab, &web_vip, &web1_ip, &web2_ip).await;
+    trace_denies_another_pod_and_traffic_is_refused(lab, &web_vip, &web2_ip).await;
+    trace_names_a_local_routes_backends_per_node(lab, &local_vip, &web1_ip, &web2_ip).await;
+    trace_finds_no_path_for_the_broken_route(lab).await;
+    kubectl_get_shows_the_printer_columns(lab, &web_vip).await;
+    kubectl_describe_shows_conditions_and_events(lab, &web_vip).await;
+    kubectl_explain_documents_the_fields(lab).await;
+    kubectl_waits_for_the_documented_conditions(lab).await;
+    the_binaries_export_the_documented_metrics(lab).await;
+    otlp_receives_the_reconcile_spans_and_logs_are_json(lab).await;
+}
+
+/// The default network turns Ready and four pods with their roles start; returns the web IPs.
+async fn pods_start_with_their_roles(lab: &Lab) -> (String, String) {
     apply(lab, &example("01-podnetwork-default.yaml")).await;
     wait_condition(lab, "podnetwork/default", "Ready", 60).await;
     create_namespace(lab, NS).await;
@@ -171,7 +190,12 @@ async fn steps(lab: &mut Lab) {
     wait_pods_ready(lab, NS, 4, 90).await;
     let web1_ip = pod_ip(lab, NS, "web-1").await;
     let web2_ip = pod_ip(lab, NS, "web-2").await;
+    (web1_ip, web2_ip)
+}
 
+/// Routes web (access from role=frontend) and local (Local) turn Programmed and Ready;
+/// returns their IPv4 virtual IPs.
+async fn routes_are_programmed_and_ready(lab: &Lab) -> (String, String) {
     step("routes: web (access from role=frontend), local (trafficPolicy Local)");
     route(
         lab,
@@ -188,7 +212,11 @@ async fn steps(lab: &mut Lab) {
     }
     let web_vip = vip(lab, "web").await;
     let local_vip = vip(lab, "local").await;
+    (web_vip, local_vip)
+}
 
+/// A route asking for web's virtual IP is not Accepted.
+async fn a_route_asking_for_a_taken_virtual_ip_is_not_accepted(lab: &Lab, web_vip: &str) {
     step("a broken route: it asks for web's virtual IP");
     route(
         lab,
@@ -203,7 +231,11 @@ async fn steps(lab: &mut Lab) {
         60,
     )
     .await;
+}
 
+/// `status` as text puts the broken route first among problems and routes, and lists the
+/// healthy route's details and the network.
+async fn status_lists_the_broken_route_first(lab: &Lab, web_vip: &str) {
     step("status: the broken route first, the healthy ones listed (text)");
     let text = plugin_ok(lab, &["status"]).await;
     eprintln!("{text}");
@@ -216,7 +248,7 @@ async fn steps(lab: &mut Lab) {
         first_problem.contains("ServiceRoute plug/zz-broken: Accepted=False VirtualIPUnavailable"),
         "{first_problem}"
     );
-    assert!(first_problem.contains(&web_vip), "{first_problem}");
+    assert!(first_problem.contains(web_vip), "{first_problem}");
     let route_rows: Vec<&str> = text[routes..networks].lines().skip(2).collect();
     assert!(
         route_rows[0].starts_with("plug/zz-broken"),
@@ -227,7 +259,7 @@ async fn steps(lab: &mut Lab) {
         .find(|l| l.starts_with("plug/web "))
         .unwrap();
     for want in [
-        web_vip.as_str(),
+        web_vip,
         "80/TCP",
         "2/2",
         "True",
@@ -236,7 +268,11 @@ async fn steps(lab: &mut Lab) {
         assert!(web_row.contains(want), "{want} missing in {web_row:?}");
     }
     assert!(text[networks..].contains("default"), "{text}");
+}
 
+/// `status -o json` through `KUBECONFIG` and `--context` holds the same facts; an unknown
+/// context is an error naming it.
+async fn status_json_through_kubeconfig_and_context(lab: &Lab, web_vip: &str) {
     step("status -o json, through KUBECONFIG and --context");
     let context = kubectl(lab, &["config", "current-context"]).await;
     let mut cmd = tokio::process::Command::new(&lab.bins.plugin);
@@ -264,7 +300,7 @@ async fn steps(lab: &mut Lab) {
     assert_eq!(web["readyEndpoints"], 2);
     assert_eq!(web["programmedNodes"], 2);
     assert_eq!(web["totalNodes"], 2);
-    assert_eq!(strs(&web["virtualIPs"]), [web_vip.as_str()]);
+    assert_eq!(strs(&web["virtualIPs"]), [web_vip]);
     let net = &s["networks"][0];
     assert_eq!(net["name"], "default");
     assert_eq!(net["allocatedBlocks"], 2);
@@ -277,7 +313,16 @@ async fn steps(lab: &mut Lab) {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+}
 
+/// `trace` allows front (role=frontend) → web, names both backends and the DNS name, and
+/// traffic passes, also when traced by DNS name as text.
+async fn trace_allows_an_admitted_pod_and_traffic_passes(
+    lab: &Lab,
+    web_vip: &str,
+    web1_ip: &str,
+    web2_ip: &str,
+) {
     step("trace: front (role=frontend) → web is allowed, and traffic passes");
     let (t, code) = trace(lab, &["plug/front", "web"]).await;
     assert_eq!(t["verdict"], "allow", "{t:#}");
@@ -322,8 +367,13 @@ async fn steps(lab: &mut Lab) {
         "{text}"
     );
     assert!(text.contains("spec.access.from[0]"), "{text}");
+}
 
+/// `trace` denies other (role=batch) → web, by virtual IP and straight to a backend, and the
+/// traffic is refused, while front reaches that backend.
+async fn trace_denies_another_pod_and_traffic_is_refused(lab: &Lab, web_vip: &str, web2_ip: &str) {
     step("trace: other (role=batch) → web is denied, and traffic is refused");
+    let target = format!("{web_vip}:80");
     let (t, code) = trace(lab, &["plug/other", "web"]).await;
     assert_eq!(t["verdict"], "deny", "{t:#}");
     assert_eq!(code, Some(2));
@@ -341,12 +391,20 @@ async fn steps(lab: &mut Lab) {
     let (t, _) = trace(lab, &["plug/front", &direct]).await;
     assert_eq!(t["verdict"], "allow", "{t:#}");
     answer(lab, "front", &direct).await.unwrap();
+}
 
+/// `trace` of a Local route names the source node's backend only, and only it answers.
+async fn trace_names_a_local_routes_backends_per_node(
+    lab: &Lab,
+    local_vip: &str,
+    web1_ip: &str,
+    web2_ip: &str,
+) {
     step("trace: a Local route's backends are the source node's, and they are who answers");
     let local_target = format!("{local_vip}:80");
     for (from, node, ip, pod) in [
-        ("front", "node-2", &web2_ip, "web-2"),
-        ("other", "node-1", &web1_ip, "web-1"),
+        ("front", "node-2", web2_ip, "web-2"),
+        ("other", "node-1", web1_ip, "web-1"),
     ] {
         let (t, code) = trace(lab, &[&format!("plug/{from}"), &local_target]).await;
         assert_eq!(code, Some(0), "{t:#}");
@@ -357,7 +415,7 @@ async fn steps(lab: &mut Lab) {
         assert_eq!(p["local"], true);
         assert_eq!(strs(&p["backendNodes"]), [node]);
         assert_eq!(p["backends"].as_array().unwrap().len(), 1, "{t:#}");
-        assert_eq!(p["backends"][0]["ip"], ip.as_str());
+        assert_eq!(p["backends"][0]["ip"], ip);
         assert_eq!(p["backends"][0]["pod"], format!("plug/{pod}"));
         for _ in 0..6 {
             let r = answer(lab, from, &local_target).await.unwrap();
@@ -367,13 +425,19 @@ async fn steps(lab: &mut Lab) {
             );
         }
     }
+}
 
+/// `trace` of the broken route finds no data-plane path and says unknown.
+async fn trace_finds_no_path_for_the_broken_route(lab: &Lab) {
     step("trace of the broken route: it has no data-plane path");
     let (t, code) = trace(lab, &["plug/front", "zz-broken"]).await;
     assert_eq!(code, Some(2));
     assert_eq!(t["verdict"], "unknown", "{t:#}");
     assert_eq!(t["paths"].as_array().unwrap().len(), 0);
+}
 
+/// `kubectl get sr,pn` shows the CRDs' printer columns with web's values.
+async fn kubectl_get_shows_the_printer_columns(lab: &Lab, web_vip: &str) {
     step("kubectl get sr,pn: the printer columns");
     let out = kubectl(lab, &["get", "sr,pn", "-n", NS]).await;
     eprintln!("{out}");
@@ -395,11 +459,14 @@ async fn steps(lab: &mut Lab) {
         .find(|l| l.starts_with("serviceroute.switchyard.dev/web "))
         .unwrap_or_else(|| panic!("no web row:\n{out}"));
     let cells: Vec<&str> = web_line.split_whitespace().collect();
-    assert!(cells[1].contains(web_vip.as_str()), "{web_line}");
+    assert!(cells[1].contains(web_vip), "{web_line}");
     assert_eq!(&cells[2..6], ["80", "2", "2", "True"], "{web_line}");
     let wide = kubectl(lab, &["get", "pn", "-o", "wide"]).await;
     assert!(wide.contains("FREE"), "{wide}");
+}
 
+/// `kubectl describe sr` shows the conditions and the Events of a broken and a healthy route.
+async fn kubectl_describe_shows_conditions_and_events(lab: &Lab, web_vip: &str) {
     step("kubectl describe sr: conditions and Events");
     let d = kubectl(lab, &["describe", "sr", "zz-broken", "-n", NS]).await;
     eprintln!("{d}");
@@ -413,10 +480,13 @@ async fn steps(lab: &mut Lab) {
         assert!(d.contains(want), "{want} missing:\n{d}");
     }
     let d = kubectl(lab, &["describe", "sr", "web", "-n", NS]).await;
-    for want in ["Programmed", "Ready", "VirtualIPAllocated", &web_vip] {
+    for want in ["Programmed", "Ready", "VirtualIPAllocated", web_vip] {
         assert!(d.contains(want), "{want} missing:\n{d}");
     }
+}
 
+/// `kubectl explain` describes the fields users look up.
+async fn kubectl_explain_documents_the_fields(lab: &Lab) {
     step("kubectl explain");
     for (field, want) in [
         ("serviceroute.spec.ports", "targetPort"),
@@ -431,7 +501,10 @@ async fn steps(lab: &mut Lab) {
         assert!(e.contains("DESCRIPTION"), "{field}:\n{e}");
         assert!(e.contains(want), "{field}: {want} missing:\n{e}");
     }
+}
 
+/// `kubectl wait --for=condition=...` works on every condition the docs promise.
+async fn kubectl_waits_for_the_documented_conditions(lab: &Lab) {
     step("kubectl wait for the documented conditions");
     for cond in ["Ready", "Programmed", "Accepted", "ResolvedRefs"] {
         kubectl(
@@ -470,7 +543,10 @@ async fn steps(lab: &mut Lab) {
         ],
     )
     .await;
+}
 
+/// The metric names docs/observability.md lists are what the operator and the agent export.
+async fn the_binaries_export_the_documented_metrics(lab: &Lab) {
     step("the metric names docs/observability.md lists are what the binaries export");
     let operator = http_get(lab.operator_addr(0), "/metrics").await;
     for name in [
@@ -514,7 +590,11 @@ async fn steps(lab: &mut Lab) {
     ] {
         assert!(agent.contains(name), "agent: {name} missing:\n{agent}");
     }
+}
 
+/// An operator started with `OTEL_EXPORTER_OTLP_ENDPOINT` exports its reconcile spans to a
+/// receiver on loopback and logs JSON lines.
+async fn otlp_receives_the_reconcile_spans_and_logs_are_json(lab: &mut Lab) {
     step("OTLP: an operator started with OTEL_EXPORTER_OTLP_ENDPOINT exports its reconcile spans");
     let (otlp, mut bodies) = otlp_receiver().await;
     lab.stop_operator(0).await;

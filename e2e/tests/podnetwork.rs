@@ -17,7 +17,10 @@ use common::*;
 use switchyard_api::NodeBlock;
 use switchyard_e2e::lab::{Lab, LabOptions};
 
-async fn blocks(lab: &Lab) -> BTreeMap<String, (String, String)> {
+/// Every NodeBlock by name: its network and its node.
+type Blocks = BTreeMap<String, (String, String)>;
+
+async fn blocks(lab: &Lab) -> Blocks {
     let api: kube::Api<NodeBlock> = kube::Api::all(lab.client.clone());
     api.list(&Default::default())
         .await
@@ -51,6 +54,23 @@ async fn podnetwork_end_to_end() {
 }
 
 async fn steps(lab: &mut Lab) {
+    default_network_gives_every_node_a_block(lab).await;
+    let (ip_b, ip_c) = pods_get_addresses_from_their_nodes_blocks(lab).await;
+    containers_of_a_pod_reach_each_other_over_localhost(lab).await;
+    pods_on_one_node_reach_each_other(lab, &ip_b).await;
+    pods_across_nodes_reach_each_other(lab, &ip_b, &ip_c).await;
+    let ip_d = a_second_network_allocates_from_its_own_pool(lab).await;
+    isolated_keeps_other_networks_out(lab, &ip_c, &ip_d).await;
+    an_overlapping_network_allocates_nothing(lab).await;
+    an_exhausted_pool_is_reported(lab).await;
+    let before = an_operator_restart_changes_no_allocation(lab).await;
+    a_standby_replica_takes_over_without_moving_a_block(lab, &before).await;
+    cnitool_drives_the_plugin(lab).await;
+    deleting_a_node_frees_its_block(lab, &before).await;
+}
+
+/// The default network gives each of the three nodes a block and turns Ready.
+async fn default_network_gives_every_node_a_block(lab: &Lab) {
     step("the default network gives every node a block and turns Ready");
     apply(lab, &example("01-podnetwork-default.yaml")).await;
     wait_condition(lab, "podnetwork/default", "Ready", 60).await;
@@ -60,7 +80,10 @@ async fn steps(lab: &mut Lab) {
         3,
         "{b:?}"
     );
+}
 
+/// Pods start on their nodes with addresses from the default pool; returns the IPs of b and c.
+async fn pods_get_addresses_from_their_nodes_blocks(lab: &Lab) -> (String, String) {
     step("pods start on their nodes with addresses from their node's block");
     create_namespace(lab, "t1").await;
     apply(lab, &pod_yaml("t1", "a", "node-1", true)).await;
@@ -73,7 +96,11 @@ async fn steps(lab: &mut Lab) {
         ip_b.starts_with("198.18.1") || ip_b.starts_with("198.18.2"),
         "{ip_b} is in the default pool"
     );
+    (ip_b, ip_c)
+}
 
+/// The containers of one pod reach each other over localhost.
+async fn containers_of_a_pod_reach_each_other_over_localhost(lab: &Lab) {
     step("container to container in one pod over localhost");
     assert_eq!(
         send(lab, "t1", "a", "tcp", "127.0.0.1:9090", "hi").await,
@@ -83,7 +110,10 @@ async fn steps(lab: &mut Lab) {
         send(lab, "t1", "a", "tcp", "127.0.0.1:8080", "hi").await,
         Ok("a hi".to_string())
     );
+}
 
+/// Two pods on one node reach each other over TCP and UDP.
+async fn pods_on_one_node_reach_each_other(lab: &Lab, ip_b: &str) {
     step("pod to pod on one node, TCP and UDP");
     assert_eq!(
         send(lab, "t1", "a", "tcp", &format!("{ip_b}:8080"), "x").await,
@@ -93,7 +123,10 @@ async fn steps(lab: &mut Lab) {
         send(lab, "t1", "a", "udp", &format!("{ip_b}:8081"), "y").await,
         Ok("b y".to_string())
     );
+}
 
+/// Pods on different nodes reach each other over TCP and UDP.
+async fn pods_across_nodes_reach_each_other(lab: &Lab, ip_b: &str, ip_c: &str) {
     step("pod to pod across nodes, TCP and UDP");
     assert_eq!(
         send(lab, "t1", "a", "tcp", &format!("{ip_c}:8080"), "x").await,
@@ -103,7 +136,11 @@ async fn steps(lab: &mut Lab) {
         send(lab, "t1", "c", "udp", &format!("{ip_b}:8081"), "y").await,
         Ok("b y".to_string())
     );
+}
 
+/// A second, dual-stack network gives its pods addresses from its own pool, and they talk over
+/// IPv4 and IPv6; returns d's IPv4 address.
+async fn a_second_network_allocates_from_its_own_pool(lab: &Lab) -> String {
     step("a second network with a namespace selector gives its pods addresses from its own pool");
     apply(lab, &example("02-podnetwork-tenant.yaml")).await;
     wait_condition(lab, "podnetwork/blue", "Ready", 60).await;
@@ -140,7 +177,11 @@ async fn steps(lab: &mut Lab) {
         Ok("e v6".to_string()),
         "IPv6 across nodes"
     );
+    ip_d
+}
 
+/// An Isolated network refuses other networks' pods; an Open one lets them in.
+async fn isolated_keeps_other_networks_out(lab: &Lab, ip_c: &str, ip_d: &str) {
     step("Isolated keeps other networks' pods out; Open lets them in");
     let denied = send(lab, "t1", "c", "tcp", &format!("{ip_d}:8080"), "no").await;
     assert!(
@@ -151,13 +192,19 @@ async fn steps(lab: &mut Lab) {
         send(lab, "blue", "d", "tcp", &format!("{ip_c}:8080"), "ok").await,
         Ok("c ok".to_string())
     );
+}
 
+/// A PodNetwork overlapping another reports Overlap and gets no block.
+async fn an_overlapping_network_allocates_nothing(lab: &Lab) {
     step("a PodNetwork that overlaps another reports Overlap and allocates nothing");
     apply(lab, "apiVersion: switchyard.dev/v1alpha1\nkind: PodNetwork\nmetadata: {name: overlap}\nspec:\n  podCIDRs: [\"198.18.192.0/18\"]\n  namespaceSelector: {matchLabels: {tenant: overlap}}\n").await;
     let reason = wait_condition_reason(lab, "podnetwork/overlap", "Accepted", "False", 30).await;
     assert_eq!(reason, "Overlap");
     assert!(!blocks(lab).await.values().any(|(n, _)| n == "overlap"));
+}
 
+/// A pool too small for the nodes reports PoolExhausted with each of its blocks given once.
+async fn an_exhausted_pool_is_reported(lab: &Lab) {
     step("a pool the nodes exhaust reports PoolExhausted and allocates no block twice");
     apply(lab, "apiVersion: switchyard.dev/v1alpha1\nkind: PodNetwork\nmetadata: {name: tiny}\nspec:\n  podCIDRs: [\"198.19.200.0/24\"]\n  blockPrefixLength: {ipv4: 25}\n  namespaceSelector: {matchLabels: {tenant: tiny}}\n").await;
     let reason = wait_condition_reason(lab, "podnetwork/tiny", "Ready", "False", 30).await;
@@ -169,14 +216,21 @@ async fn steps(lab: &mut Lab) {
         .map(|(k, _)| k)
         .collect();
     assert_eq!(tiny.len(), 2, "{tiny:?}");
+}
 
+/// Restarting the operator leaves every block where it was; returns the blocks.
+async fn an_operator_restart_changes_no_allocation(lab: &mut Lab) -> Blocks {
     step("restarting the operator changes no allocation");
     let before = blocks(lab).await;
     lab.stop_operator(0).await;
     lab.start_operator(0).unwrap();
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert_eq!(blocks(lab).await, before);
+    before
+}
 
+/// A second replica stands by and, when the leader stops, takes over without moving a block.
+async fn a_standby_replica_takes_over_without_moving_a_block(lab: &mut Lab, before: &Blocks) {
     step("a second replica stands by; when the leader stops it takes over without moving a block");
     lab.start_operator(1).unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -185,11 +239,17 @@ async fn steps(lab: &mut Lab) {
     lab.stop_operator(0).await;
     wait_until(20, || async { lease_holder(lab).await == "operator-1" }).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(blocks(lab).await, before);
+    assert_eq!(&blocks(lab).await, before);
+}
 
+/// cnitool, the reference runtime, drives switchyard-cni through every CNI verb.
+async fn cnitool_drives_the_plugin(lab: &Lab) {
     step("cnitool drives switchyard-cni through ADD, CHECK, STATUS, GC and DEL");
     cnitool_roundtrip(lab).await;
+}
 
+/// Deleting a node frees the block it held.
+async fn deleting_a_node_frees_its_block(lab: &mut Lab, before: &Blocks) {
     step("deleting a node frees its block");
     assert!(
         before

@@ -181,7 +181,46 @@ async fn service_traffic_end_to_end() {
     .await;
 }
 
+/// The IPv4 virtual IPs of the four routes.
+struct Vips {
+    web: String,
+    local: String,
+    sticky: String,
+    empty: String,
+}
+
 async fn steps(lab: &mut Lab) {
+    let v = backends_client_and_routes(lab).await;
+    let web_tcp = format!("{}:80", v.web);
+    let web_udp = format!("{}:81", v.web);
+    every_route_is_programmed_and_ready_with_a_backend(lab).await;
+    the_virtual_ip_reaches_a_backend(lab, &web_tcp, &web_udp).await;
+    connections_spread_over_every_backend(lab, &web_tcp).await;
+    a_route_without_backends_refuses_at_once(lab, &v.empty).await;
+    session_affinity_keeps_a_client_on_one_backend(lab, &v.sticky).await;
+    a_pod_reaches_itself_through_its_route(lab, &web_tcp).await;
+    traffic_policy_local_stays_on_the_node(lab, &v.local).await;
+    let gone = a_udp_flow_leaves_a_deleted_backend(lab, &v.web).await;
+    no_new_connection_reaches_the_deleted_backend(lab, &web_tcp, &gone).await;
+    let before = an_agent_restart_keeps_its_table(lab, &v.web, &web_tcp).await;
+    a_route_created_while_an_agent_is_down_waits_for_it(lab, &before, &web_tcp, &gone).await;
+}
+
+/// node-1's `backends_v4` map, as nft lists it.
+async fn node_1_backends_map(lab: &Lab) -> String {
+    let node_ns = lab.topology.node("node-1").unwrap().netns.clone();
+    let out = netns::exec(
+        &node_ns,
+        "nft",
+        ["list", "map", "inet", "switchyard", "backends_v4"],
+    )
+    .await
+    .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Three web backends and a client start, and the four routes select their ready backends.
+async fn backends_client_and_routes(lab: &Lab) -> Vips {
     apply(lab, &example("01-podnetwork-default.yaml")).await;
     wait_condition(lab, "podnetwork/default", "Ready", 60).await;
     create_namespace(lab, NS).await;
@@ -214,9 +253,16 @@ async fn steps(lab: &mut Lab) {
         ready_endpoints(lab, "local").await.len() == 3
     })
     .await;
-    let web_tcp = format!("{web}:80");
-    let web_udp = format!("{web}:81");
+    Vips {
+        web,
+        local,
+        sticky,
+        empty,
+    }
+}
 
+/// Every route is Programmed on both nodes, and Ready only with a ready backend.
+async fn every_route_is_programmed_and_ready_with_a_backend(lab: &Lab) {
     step("every route is Programmed on both nodes; Ready only with a ready backend");
     wait_until(30, || async {
         status(lab, "web")
@@ -240,15 +286,21 @@ async fn steps(lab: &mut Lab) {
         ("False".into(), "NoReadyBackends".into()),
         "{s:?}"
     );
+}
 
+/// The virtual IP reaches a backend over TCP and over UDP.
+async fn the_virtual_ip_reaches_a_backend(lab: &Lab, web_tcp: &str, web_udp: &str) {
     step("the virtual IP reaches a backend over TCP and UDP");
-    assert!(who(&first_ok(lab, "client", "tcp", &web_tcp).await).starts_with("web-"));
-    assert!(who(&first_ok(lab, "client", "udp", &web_udp).await).starts_with("web-"));
+    assert!(who(&first_ok(lab, "client", "tcp", web_tcp).await).starts_with("web-"));
+    assert!(who(&first_ok(lab, "client", "udp", web_udp).await).starts_with("web-"));
+}
 
+/// New connections reach every ready backend.
+async fn connections_spread_over_every_backend(lab: &Lab, web_tcp: &str) {
     step("new connections spread over every ready backend");
     let mut seen = BTreeSet::new();
     for _ in 0..40 {
-        let r = send(lab, NS, "client", "tcp", &web_tcp, "spread").await;
+        let r = send(lab, NS, "client", "tcp", web_tcp, "spread").await;
         seen.insert(who(&r.unwrap_or_else(|e| panic!("spread: {e}"))));
         if seen.len() == 3 {
             break;
@@ -259,7 +311,10 @@ async fn steps(lab: &mut Lab) {
         ["web-1", "web-2", "web-3"].map(String::from).into(),
         "40 connections did not reach every backend"
     );
+}
 
+/// A route without a ready backend rejects a connection at once rather than timing out.
+async fn a_route_without_backends_refuses_at_once(lab: &Lab, empty: &str) {
     step("a route without a ready backend refuses at once");
     let target = format!("{empty}:80");
     let mut refused = None;
@@ -279,7 +334,10 @@ async fn steps(lab: &mut Lab) {
         took < Duration::from_millis(1400),
         "refusal took {took:?}: a timeout, not a reject"
     );
+}
 
+/// Session affinity sends every connection of one client to the same backend.
+async fn session_affinity_keeps_a_client_on_one_backend(lab: &Lab, sticky: &str) {
     step("session affinity keeps one client on one backend");
     let first = who(&first_ok(lab, "client", "tcp", &format!("{sticky}:80")).await);
     for i in 0..20 {
@@ -288,11 +346,14 @@ async fn steps(lab: &mut Lab) {
             .unwrap_or_else(|e| panic!("sticky try {i}: {e}"));
         assert_eq!(who(&r), first, "affinity broke at try {i}");
     }
+}
 
+/// A backend reaches its own route's virtual IP and can land on itself (hairpin).
+async fn a_pod_reaches_itself_through_its_route(lab: &Lab, web_tcp: &str) {
     step("a pod reaches its own route and may land on itself (hairpin)");
     let mut myself = false;
     for i in 0..30 {
-        let r = send(lab, NS, "web-1", "tcp", &web_tcp, "self")
+        let r = send(lab, NS, "web-1", "tcp", web_tcp, "self")
             .await
             .unwrap_or_else(|e| panic!("hairpin try {i}: {e}"));
         if who(&r) == "web-1" {
@@ -301,7 +362,10 @@ async fn steps(lab: &mut Lab) {
         }
     }
     assert!(myself, "web-1 never reached itself through the virtual IP");
+}
 
+/// A Local route answers a client only from the backends on the client's node.
+async fn traffic_policy_local_stays_on_the_node(lab: &Lab, local: &str) {
     step("trafficPolicy Local keeps a client on its own node's backends");
     first_ok(lab, "client", "tcp", &format!("{local}:80")).await;
     for i in 0..20 {
@@ -313,9 +377,12 @@ async fn steps(lab: &mut Lab) {
             "a Local route on node-1 answered from {r}"
         );
     }
+}
 
+/// A UDP flow to a backend that is deleted moves to a live one; returns the deleted backend.
+async fn a_udp_flow_leaves_a_deleted_backend(lab: &Lab, web: &str) -> String {
     step("a UDP flow to a deleted backend moves to a live one at its next datagram");
-    let udp_first = match udp_fixed_port(lab, "client", &web, 81).await {
+    let udp_first = match udp_fixed_port(lab, "client", web, 81).await {
         Ok(r) => Some(who(&r)),
         Err(e) if e.contains("No such file") || e.contains("python3") => {
             eprintln!("python3 unavailable, fixed-port UDP check skipped: {e}");
@@ -346,7 +413,7 @@ async fn steps(lab: &mut Lab) {
         "{s:?}"
     );
     if udp_first.is_some() {
-        let r = udp_fixed_port(lab, "client", &web, 81)
+        let r = udp_fixed_port(lab, "client", web, 81)
             .await
             .unwrap_or_else(|e| panic!("next datagram after deleting {gone}: {e}"));
         assert_ne!(
@@ -355,33 +422,44 @@ async fn steps(lab: &mut Lab) {
             "the UDP flow still went to the deleted backend"
         );
     }
+    gone
+}
 
+/// No new connection reaches the deleted backend.
+async fn no_new_connection_reaches_the_deleted_backend(lab: &Lab, web_tcp: &str, gone: &str) {
     step("no new connection goes to the deleted backend");
     for i in 0..20 {
-        let r = send(lab, NS, "client", "tcp", &web_tcp, "after")
+        let r = send(lab, NS, "client", "tcp", web_tcp, "after")
             .await
             .unwrap_or_else(|e| panic!("after delete try {i}: {e}"));
         assert_ne!(who(&r), gone, "connection {i} reached the deleted backend");
     }
+}
 
+/// Killing an agent leaves its nftables map alone and traffic flowing; returns the map.
+async fn an_agent_restart_keeps_its_table(lab: &mut Lab, web: &str, web_tcp: &str) -> String {
     step("an agent restart keeps its table and the traffic");
-    let node_ns = lab.topology.node("node-1").unwrap().netns.clone();
-    let list = || async {
-        let out = netns::exec(
-            &node_ns,
-            "nft",
-            ["list", "map", "inet", "switchyard", "backends_v4"],
-        )
-        .await
-        .unwrap();
-        String::from_utf8_lossy(&out.stdout).to_string()
-    };
-    let before = list().await;
-    assert!(before.contains(&web), "{before}");
+    let before = node_1_backends_map(lab).await;
+    assert!(before.contains(web), "{before}");
     lab.kill_agent("node-1").await;
-    assert_eq!(list().await, before, "killing the agent changed the map");
+    assert_eq!(
+        node_1_backends_map(lab).await,
+        before,
+        "killing the agent changed the map"
+    );
     // Traffic keeps flowing while the agent is down.
-    first_ok(lab, "client", "tcp", &web_tcp).await;
+    first_ok(lab, "client", "tcp", web_tcp).await;
+    before
+}
+
+/// A route created while an agent is down stays Pending for that node; the restarted agent
+/// keeps the map's elements, adds the new route's and programs both.
+async fn a_route_created_while_an_agent_is_down_waits_for_it(
+    lab: &mut Lab,
+    before: &str,
+    web_tcp: &str,
+    gone: &str,
+) {
     step("a route created while an agent is down waits for it (its Lease is still fresh)");
     apply(lab, &format!("apiVersion: switchyard.dev/v1alpha1\nkind: ServiceRoute\nmetadata: {{name: probe, namespace: {NS}}}\nspec:\n  selector: {{matchLabels: {{role: web}}}}\n  ports: [{{port: 82, targetPort: 8080}}]\n")).await;
     wait_until(30, || async {
@@ -423,14 +501,14 @@ async fn steps(lab: &mut Lab) {
             .collect()
     };
     assert_eq!(
-        elements(&list().await),
-        elements(&before),
+        elements(&node_1_backends_map(lab).await),
+        elements(before),
         "the restarted agent rewrote the map"
     );
     wait_programmed(lab, "web").await;
     wait_programmed(lab, "probe").await;
     for i in 0..10 {
-        let r = send(lab, NS, "client", "tcp", &web_tcp, "restart")
+        let r = send(lab, NS, "client", "tcp", web_tcp, "restart")
             .await
             .unwrap_or_else(|e| panic!("after restart try {i}: {e}"));
         assert_ne!(who(&r), gone);

@@ -122,7 +122,20 @@ async fn serviceroute_operator_end_to_end() {
 async fn steps(lab: &mut Lab) {
     apply(lab, &example("01-podnetwork-default.yaml")).await;
     wait_condition(lab, "podnetwork/default", "Ready", 60).await;
+    a_route_gets_a_virtual_ip_dns_names_and_backends(lab).await;
+    agents_program_the_route_without_status_churn(lab).await;
+    a_spec_change_is_programmed_at_its_generation(lab).await;
+    a_deleted_backend_leaves_the_endpoints(lab).await;
+    a_requested_virtual_ip_is_honoured_once(lab).await;
+    an_operator_restart_moves_no_virtual_ip(lab).await;
+    a_released_virtual_ip_goes_to_the_route_asking_for_it(lab).await;
+    namespaces_without_consent_are_left_out(lab).await;
+    a_route_named_like_a_service_reports_conflict(lab).await;
+    kubectl_get_shows_the_virtual_ips(lab).await;
+}
 
+/// A route gets a virtual IP from its network's pool, its DNS names and its ready backends.
+async fn a_route_gets_a_virtual_ip_dns_names_and_backends(lab: &Lab) {
     step("a route gets a virtual IP from its network's pool, DNS names and its ready backends");
     apply(
         lab,
@@ -169,7 +182,10 @@ async fn steps(lab: &mut Lab) {
     let reason =
         wait_condition_reason(lab, "serviceroute/web -n shop", "Accepted", "True", 10).await;
     assert_eq!(reason, "Accepted");
+}
 
+/// Both node agents program the route, and their Lease renewals write no status.
+async fn agents_program_the_route_without_status_churn(lab: &Lab) {
     step("both node agents program the route; the status stays put while they renew");
     programmed(lab, "shop", "web", 1).await;
     let before = route(lab, "shop", "web").await.metadata.resource_version;
@@ -177,7 +193,10 @@ async fn steps(lab: &mut Lab) {
     tokio::time::sleep(Duration::from_secs(12)).await;
     let after = route(lab, "shop", "web").await.metadata.resource_version;
     assert_eq!(before, after, "lease renewals rewrote the route's status");
+}
 
+/// A spec change reaches the EndpointSlices' annotations and is Programmed at its generation.
+async fn a_spec_change_is_programmed_at_its_generation(lab: &Lab) {
     step("a spec change reaches the slices' annotations and is Programmed at its generation");
     kubectl(
         lab,
@@ -211,7 +230,10 @@ async fn steps(lab: &mut Lab) {
     })
     .await;
     programmed(lab, "shop", "web", generation).await;
+}
 
+/// A deleted backend pod leaves the route's endpoint set.
+async fn a_deleted_backend_leaves_the_endpoints(lab: &Lab) {
     step("a backend that is deleted leaves the endpoint set");
     kubectl(
         lab,
@@ -223,7 +245,10 @@ async fn steps(lab: &mut Lab) {
         ready_endpoints(lab, "shop", "web").await == vec![ip1.clone()]
     })
     .await;
+}
 
+/// A requested virtual IP is given to its route, and a second route asking for it is refused.
+async fn a_requested_virtual_ip_is_honoured_once(lab: &Lab) {
     step("a requested virtual IP is honoured; a second route asking for it is refused");
     apply(lab, "apiVersion: switchyard.dev/v1alpha1\nkind: ServiceRoute\nmetadata: {name: pay, namespace: shop}\nspec:\n  selector: {matchLabels: {role: pay}}\n  virtualIPs: [\"198.19.0.50\"]\n  ports: [{port: 9090}]\n").await;
     wait_until(30, || async {
@@ -242,14 +267,20 @@ async fn steps(lab: &mut Lab) {
             .await
             .contains(&("198.19.0.50".to_string(), "shop/pay".to_string()))
     );
+}
 
+/// Restarting the operator leaves every VirtualIP claim where it was.
+async fn an_operator_restart_moves_no_virtual_ip(lab: &mut Lab) {
     step("restarting the operator moves no virtual IP");
     let before = vips(lab).await;
     lab.stop_operator(0).await;
     lab.start_operator(0).unwrap();
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert_eq!(vips(lab).await, before);
+}
 
+/// Deleting a route releases its address to the route that was refused it.
+async fn a_released_virtual_ip_goes_to_the_route_asking_for_it(lab: &Lab) {
     step("deleting a route releases its address, and the route that asked for it gets it");
     Api::<ServiceRoute>::namespaced(lab.client.clone(), "shop")
         .delete("pay", &DeleteParams::default())
@@ -262,7 +293,10 @@ async fn steps(lab: &mut Lab) {
     })
     .await;
     wait_condition_reason(lab, "serviceroute/pay2 -n shop", "Accepted", "True", 30).await;
+}
 
+/// Pods of namespaces that do not consent are no backends and are named in ResolvedRefs.
+async fn namespaces_without_consent_are_left_out(lab: &Lab) {
     step("pods of namespaces without consent are left out and named in ResolvedRefs");
     apply(lab, "apiVersion: v1\nkind: Namespace\nmetadata: {name: canary, labels: {team: shop}, annotations: {switchyard.dev/allow-routes-from: shop}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: rogue, labels: {team: shop}}\n").await;
     wait_service_account(lab, "canary").await;
@@ -302,14 +336,20 @@ async fn steps(lab: &mut Lab) {
         ready_endpoints(lab, "shop", "api").await == vec![canary_ip.clone()]
     })
     .await;
+}
 
+/// A route named like a native Service of its namespace is not Accepted, for Conflict.
+async fn a_route_named_like_a_service_reports_conflict(lab: &Lab) {
     step("a route named like a native Service in its namespace reports Conflict");
     apply(lab, "apiVersion: v1\nkind: Service\nmetadata: {name: clash, namespace: shop}\nspec: {ports: [{port: 80}]}\n").await;
     apply(lab, "apiVersion: switchyard.dev/v1alpha1\nkind: ServiceRoute\nmetadata: {name: clash, namespace: shop}\nspec:\n  selector: {matchLabels: {role: web}}\n  ports: [{port: 80}]\n").await;
     let reason =
         wait_condition_reason(lab, "serviceroute/clash -n shop", "Accepted", "False", 30).await;
     assert_eq!(reason, "Conflict");
+}
 
+/// `kubectl get sr` shows the virtual IPs column with the requested address.
+async fn kubectl_get_shows_the_virtual_ips(lab: &Lab) {
     step("kubectl get sr answers the first questions");
     let table = kubectl(lab, &["get", "sr", "-n", "shop"]).await;
     assert!(
