@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
-# Builds the lab's control plane (etcd, kube-apiserver, kube-controller-manager,
-# kubectl), cnitool, the reference CNI runtime, and helm (for the chart tests) from the
-# Go modules pinned beside this script, into a cache keyed by
-# version. A cache hit costs nothing; a cold build takes a while on 2 cores and
-# shows its progress. Prints the cache directory on its last line.
+# Builds the Go programs the lab uses from the modules pinned beside this script, into a cache
+# keyed by version, and prints the cache directory on its last line. Only what is asked for is
+# built; a cache hit costs nothing.
+#
+#   build.sh [GROUP...]     GROUP: core (the default), cnitool, helm, incumbents, all
+#
+#   core        etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl:
+#               what `switchyard-lab up` and every lab test need
+#   cnitool     the reference CNI runtime (one lab test drives switchyard-cni with it)
+#   helm        helm, for the chart tests
+#   incumbents  kube-proxy and CoreDNS, for `switchyard-lab bench --compare`
+#
+# A cold build of `core` takes several minutes on 2 cores; it says what it builds and, every
+# 30 seconds, that it is still at it.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
@@ -13,24 +22,35 @@ if ! command -v go >/dev/null 2>&1; then
 fi
 
 # The versions come from the pinned modules, so go.mod is the single source.
-k8s=$(sed -n 's|^[[:space:]]*k8s.io/kubernetes v\([0-9.]*\).*|\1|p' "$here/k8s/go.mod" | head -n1)
-cni=$(sed -n 's|.*github.com/containernetworking/cni v\([0-9.]*\).*|\1|p' "$here/cni/go.mod" | head -n1)
-helm=$(sed -n 's|.*helm.sh/helm/v3 v\([0-9.]*\).*|\1|p' "$here/helm/go.mod" | head -n1)
-etcd=$(sed -n 's|.*go.etcd.io/etcd/server/v3 v\([0-9.]*\).*|\1|p' "$here/etcd/go.mod" | head -n1)
-# CoreDNS (the incumbent DNS for `switchyard-lab bench --compare`) has its own module, so its
-# dependencies do not move the control plane's; it lands in a versioned subdirectory.
-coredns=$(sed -n 's|.*github.com/coredns/coredns v\([0-9.]*\).*|\1|p' "$here/coredns/go.mod" | head -n1)
-[ -n "$coredns" ] || { echo "switchyard: cannot read the pinned CoreDNS version from $here/coredns/go.mod" >&2; exit 1; }
-[ -n "$k8s" ] && [ -n "$etcd" ] && [ -n "$helm" ] || { echo "switchyard: cannot read pinned versions from $here/{k8s,etcd,helm}/go.mod" >&2; exit 1; }
+pinned() { sed -n "s|.*$1 v\([0-9.]*\).*|\1|p" "$here/$2/go.mod" | head -n1; }
+k8s=$(pinned 'k8s.io/kubernetes' k8s)
+cni=$(pinned 'github.com/containernetworking/cni' cni)
+helm=$(pinned 'helm.sh/helm/v3' helm)
+etcd=$(pinned 'go.etcd.io/etcd/server/v3' etcd)
+coredns=$(pinned 'github.com/coredns/coredns' coredns)
+for v in k8s cni helm etcd coredns; do
+  [ -n "${!v}" ] || { echo "switchyard: cannot read the pinned $v version from $here/*/go.mod" >&2; exit 1; }
+done
 minor=$(cut -d. -f2 <<<"$k8s")
 
 out=${SWITCHYARD_CONTROLPLANE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/switchyard/k8s-v$k8s-etcd-v$etcd-cni-v$cni}
-# helm lives in its own versioned subdirectory, so bumping helm does not rebuild the rest
-# (and the control-plane directory name, which other tools may know, stays the same).
-bins=(etcd kube-apiserver kube-controller-manager kubectl cnitool "helm-v$helm/helm")
-bins+=(kube-proxy "coredns-v$coredns/coredns")
+
+# The binaries of each group, as paths below $out (helm and CoreDNS in versioned
+# subdirectories, so bumping them rebuilds nothing else).
+declare -A group=(
+  [core]="etcd kube-apiserver kube-controller-manager kube-scheduler kubectl"
+  [cnitool]="cnitool"
+  [helm]="helm-v$helm/helm"
+  [incumbents]="kube-proxy coredns-v$coredns/coredns"
+)
+asked=("$@")
+[ ${#asked[@]} -gt 0 ] || asked=(core)
+[ "${asked[*]}" != all ] || asked=(core cnitool helm incumbents)
 missing=()
-for b in "${bins[@]}"; do [ -x "$out/$b" ] || missing+=("$b"); done
+for g in "${asked[@]}"; do
+  [ -n "${group[$g]:-}" ] || { echo "switchyard: build.sh: unknown group '$g' (core, cnitool, helm, incumbents, all)" >&2; exit 2; }
+  for b in ${group[$g]}; do [ -x "$out/$b" ] || missing+=("$b"); done
+done
 if [ ${#missing[@]} -eq 0 ]; then
   echo "$out"
   exit 0
@@ -39,18 +59,50 @@ fi
 export GOWORK=off GOFLAGS=-mod=mod CGO_ENABLED=0
 mkdir -p "$out"
 start=$(date +%s)
-step() { echo "switchyard: [$(( $(date +%s) - start ))s] $*" >&2; }
+say() { echo "switchyard: [$(( $(date +%s) - start ))s] $*" >&2; }
+say "building ${#missing[@]} Go program(s) into $out (once; cached afterwards): ${missing[*]}"
 
+# build NAME DIR OUTPUT GO-BUILD-ARGS...: one `go build` in module DIR, with a line every 30 s
+# while it runs (module downloads and compiling print nothing for minutes).
+build() {
+  local name=$1 dir=$2 dest=$3
+  shift 3
+  say "building $name"
+  local t0 ticker
+  t0=$(date +%s)
+  ( while sleep 30; do say "  still building $name ($(( $(date +%s) - t0 ))s)"; done ) &
+  ticker=$!
+  mkdir -p "$(dirname "$dest")"
+  if (cd "$dir" && go build -trimpath -o "$dest.tmp" "$@"); then
+    kill "$ticker" 2>/dev/null; wait "$ticker" 2>/dev/null || true
+    mv "$dest.tmp" "$dest"
+    say "built $name in $(( $(date +%s) - t0 ))s"
+  else
+    kill "$ticker" 2>/dev/null; wait "$ticker" 2>/dev/null || true
+    say "building $name failed"
+    exit 1
+  fi
+}
 need() { printf '%s\n' "${missing[@]}" | grep -qx "$1"; }
 
 if need etcd; then
-  step "building etcd v$etcd"
-  (cd "$here/etcd" && go build -trimpath -ldflags="-s -w" -o "$out/etcd.tmp" . ) && mv "$out/etcd.tmp" "$out/etcd"
+  build "etcd v$etcd" "$here/etcd" "$out/etcd" -ldflags="-s -w" .
+fi
+
+ld="-s -w"
+for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  ld+=" -X $p.gitVersion=v$k8s -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
+done
+for b in kube-apiserver kube-controller-manager kube-scheduler kubectl kube-proxy; do
+  need "$b" || continue
+  build "$b v$k8s" "$here/k8s" "$out/$b" -tags=selinux,notest,grpcnotrace -ldflags="$ld" "k8s.io/kubernetes/cmd/$b"
+done
+
+if need cnitool; then
+  build "cnitool v$cni (the reference CNI runtime)" "$here/cni" "$out/cnitool" -ldflags="-s -w" github.com/containernetworking/cni/cnitool
 fi
 
 if need "helm-v$helm/helm"; then
-  step "building helm v$helm (for the chart tests)"
-  mkdir -p "$out/helm-v$helm"
   # As helm's Makefile does: the Kubernetes version `helm template` and `helm lint` assume is
   # that of the client-go it links (v0.37 -> 1.37), not the built-in 1.20.
   kminor=$(sed -n 's|.*k8s.io/client-go v0\.\([0-9]*\)\..*|\1|p' "$here/helm/go.mod" | head -n1)
@@ -58,30 +110,11 @@ if need "helm-v$helm/helm"; then
   for p in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
     hld+=" -X $p.k8sVersionMajor=1 -X $p.k8sVersionMinor=$kminor"
   done
-  (cd "$here/helm" && go build -trimpath -ldflags="$hld" \
-      -o "$out/helm-v$helm/helm.tmp" helm.sh/helm/v3/cmd/helm) && mv "$out/helm-v$helm/helm.tmp" "$out/helm-v$helm/helm"
+  build "helm v$helm (for the chart tests)" "$here/helm" "$out/helm-v$helm/helm" -ldflags="$hld" helm.sh/helm/v3/cmd/helm
 fi
 
-if need cnitool; then
-  step "building cnitool v$cni (the reference CNI runtime)"
-  (cd "$here/cni" && go build -trimpath -ldflags="-s -w" -o "$out/cnitool.tmp" github.com/containernetworking/cni/cnitool) && mv "$out/cnitool.tmp" "$out/cnitool"
-fi
-
-ld="-s -w"
-for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-  ld+=" -X $p.gitVersion=v$k8s -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
-done
-for b in kube-apiserver kube-controller-manager kubectl kube-proxy; do
-  need "$b" || continue
-  step "building $b v$k8s"
-  (cd "$here/k8s" && go build -trimpath -tags=selinux,notest,grpcnotrace -ldflags="$ld" \
-      -o "$out/$b.tmp" "k8s.io/kubernetes/cmd/$b") && mv "$out/$b.tmp" "$out/$b"
-done
 if need "coredns-v$coredns/coredns"; then
-  step "building coredns v$coredns (the incumbent DNS for bench --compare)"
-  mkdir -p "$out/coredns-v$coredns"
-  (cd "$here/coredns" && go build -trimpath -ldflags="-s -w" \
-      -o "$out/coredns-v$coredns/coredns.tmp" github.com/coredns/coredns) && mv "$out/coredns-v$coredns/coredns.tmp" "$out/coredns-v$coredns/coredns"
+  build "coredns v$coredns (the incumbent DNS for bench --compare)" "$here/coredns" "$out/coredns-v$coredns/coredns" -ldflags="-s -w" github.com/coredns/coredns
 fi
-step "control plane ready in $out"
+say "ready in $out"
 echo "$out"

@@ -7,7 +7,7 @@ use std::process::Stdio;
 
 use serde_json::Value;
 
-use crate::controlplane::Binaries;
+use crate::controlplane::{Binaries, Programs, ensure_programs};
 use crate::error::{Error, Result};
 
 /// The release namespace the chart insists on.
@@ -40,19 +40,24 @@ pub fn helm_version() -> Result<String> {
         })
 }
 
-/// helm as `build.sh` put it beside the control plane: `<cache>/helm-v<version>/helm`.
-pub fn helm(binaries: &Binaries) -> Result<PathBuf> {
+/// helm as `build.sh` puts it beside the control plane, `<cache>/helm-v<version>/helm`; built
+/// first when it is not there yet.
+pub async fn helm(binaries: &Binaries) -> Result<PathBuf> {
     let path = binaries
         .dir
         .join(format!("helm-v{}", helm_version()?))
         .join("helm");
+    if !path.is_file() {
+        ensure_programs(&[Programs::Helm]).await?;
+    }
     if path.is_file() {
         Ok(path)
     } else {
         Err(Error::Missing {
             what: path.display().to_string(),
-            hint: "run e2e/controlplane/build.sh (it builds helm from e2e/controlplane/helm)"
-                .into(),
+            hint:
+                "run `e2e/controlplane/build.sh helm` (it builds helm from e2e/controlplane/helm)"
+                    .into(),
         })
     }
 }

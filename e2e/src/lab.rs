@@ -15,104 +15,16 @@ use tokio::process::Child;
 use tokio::task::JoinHandle;
 use tracing::info;
 
+use crate::binaries::{SwitchyardBinaries, build_switchyard, workspace_root};
+use crate::child::{spawn_logged, wait_http_ok, with_log};
 use crate::controlplane::{self, ControlPlane, ControlPlaneOptions};
 use crate::error::{Error, Result};
 use crate::topology::{self, Topology};
-use crate::{netns, nodes, podsim};
+use crate::webhook::Webhook;
+use crate::{host, netns, nodes, podsim};
 
 /// Where labs keep their files and state.
 pub const LAB_ROOT: &str = "/tmp/switchyard-lab";
-
-/// Switchyard's own binaries the lab runs.
-#[derive(Clone, Debug)]
-pub struct SwitchyardBinaries {
-    /// switchyard-operator.
-    pub operator: PathBuf,
-    /// switchyard-agent.
-    pub agent: PathBuf,
-    /// switchyard-cni.
-    pub cni: PathBuf,
-    /// switchyard-testpod.
-    pub testpod: PathBuf,
-    /// switchyard-webhook.
-    pub webhook: PathBuf,
-    /// kubectl-switchyard, the kubectl plugin.
-    pub plugin: PathBuf,
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Builds (or finds up to date) Switchyard's binaries into `target/lab` of the workspace. A
-/// separate target folder keeps this build from waiting on the `cargo test` that runs it.
-pub async fn build_switchyard() -> Result<SwitchyardBinaries> {
-    if let Ok(dir) = std::env::var("SWITCHYARD_BIN_DIR") {
-        return binaries_in(Path::new(&dir));
-    }
-    let root = workspace_root();
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root.join("target"))
-        .join("lab");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = tokio::process::Command::new(&cargo)
-        .current_dir(&root)
-        .args([
-            "build",
-            "--bins",
-            "-p",
-            "switchyard-operator",
-            "-p",
-            "switchyard-agent",
-            "-p",
-            "switchyard-cni",
-            "-p",
-            "switchyard-e2e",
-            "-p",
-            "switchyard-webhook",
-            "-p",
-            "kubectl-switchyard",
-            "--target-dir",
-        ])
-        .arg(&target)
-        .status()
-        .await
-        .map_err(|source| Error::Spawn {
-            what: format!("{cargo} build"),
-            source,
-        })?;
-    if !status.success() {
-        return Err(Error::Command {
-            command: "cargo build --bins (Switchyard's binaries for the lab)".into(),
-            status: status.to_string(),
-            stderr: "see the compiler output above".into(),
-        });
-    }
-    binaries_in(&target.join("debug"))
-}
-
-fn binaries_in(dir: &Path) -> Result<SwitchyardBinaries> {
-    let find = |name: &str| {
-        let p = dir.join(name);
-        if p.is_file() {
-            Ok(p)
-        } else {
-            Err(Error::Missing {
-                what: p.display().to_string(),
-                hint: "build it with `cargo build --bins`".into(),
-            })
-        }
-    };
-    Ok(SwitchyardBinaries {
-        operator: find("switchyard-operator")?,
-        agent: find("switchyard-agent")?,
-        cni: find("switchyard-cni")?,
-        testpod: find("switchyard-testpod")?,
-        webhook: find("switchyard-webhook")?,
-        plugin: find("kubectl-switchyard")?,
-    })
-}
 
 /// What the lab records about itself, for `status`, `exec` and `down` from other processes.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -207,7 +119,7 @@ pub struct Lab {
     /// When `up` started and how long each phase took.
     pub timings: Vec<(String, Duration)>,
     /// The admission webhook, when the lab runs one.
-    pub webhook: Option<crate::webhook::Webhook>,
+    pub webhook: Option<Webhook>,
     /// The agents' upstream DNS resolver (dnsmasq serving [`UPSTREAM_ZONE`]), when installed.
     pub dns_upstream: Option<Child>,
 }
@@ -252,6 +164,40 @@ fn start_dns_upstream(dir: &Path, gateway: std::net::Ipv4Addr) -> Result<Child> 
     )
 }
 
+/// How long `up` waits for the example routes to become Ready (their pods start, pass their
+/// readiness probes and are programmed on every node).
+const EXAMPLES_READY_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Creates the lab's folder and records the run in it before anything else exists, so a
+/// crash at any later point leaves a state file that the next start (or `down`) cleans up by.
+fn claim_dir(run: &str) -> Result<PathBuf> {
+    let dir = PathBuf::from(LAB_ROOT).join(run);
+    std::fs::create_dir_all(dir.join("logs")).map_err(|source| Error::Io {
+        op: "create",
+        path: dir.clone(),
+        source,
+    })?;
+    let early = LabState {
+        run: run.to_string(),
+        pid: std::process::id(),
+        kubeconfig: PathBuf::new(),
+        server: String::new(),
+        nodes: BTreeMap::new(),
+        ready: false,
+    };
+    let state_path = dir.join("state.json");
+    std::fs::write(
+        &state_path,
+        serde_json::to_string_pretty(&early).unwrap_or_default(),
+    )
+    .map_err(|source| Error::Io {
+        op: "write",
+        path: state_path,
+        source,
+    })?;
+    Ok(dir)
+}
+
 fn random_run() -> String {
     let seed = std::process::id() as u64
         ^ Instant::now().elapsed().as_nanos() as u64
@@ -263,47 +209,38 @@ fn random_run() -> String {
 }
 
 impl Lab {
-    /// Brings a lab up: control plane, nodes, CRDs, operator, agents, simulators.
+    /// Brings a lab up: control plane, nodes, CRDs, operator, agents, simulators, and with the
+    /// options the webhook and `examples/`. Says on stderr what it is doing, phase by phase.
     pub async fn up(opts: LabOptions) -> Result<Lab> {
-        preflight().await?;
-        sweep_leftovers().await;
         let t0 = Instant::now();
-        let mut timings = Vec::new();
+        let say = |what: &str| {
+            eprintln!(
+                "switchyard-lab: [{:.0}s] {what}",
+                t0.elapsed().as_secs_f64()
+            )
+        };
+        say("checking the machine (root, iproute2, nftables, dnsmasq, dig, go)");
+        host::preflight(&[]).await?;
+        sweep_leftovers().await;
+        say(
+            "building the control plane from Go modules (first run only; cached in ~/.cache/switchyard)",
+        );
         let cp_bins = controlplane::ensure_binaries().await?;
+        say("building Switchyard's binaries into target/lab (cargo)");
         let bins = build_switchyard().await?;
-        timings.push(("binaries".to_string(), t0.elapsed()));
+        let mut timings = vec![("binaries".to_string(), t0.elapsed())];
 
         let run = random_run();
-        let dir = PathBuf::from(LAB_ROOT).join(&run);
-        std::fs::create_dir_all(dir.join("logs")).map_err(|source| Error::Io {
-            op: "create",
-            path: dir.clone(),
-            source,
-        })?;
-        // Record the run before creating anything, so a crash at any point leaves a state file
-        // that the next start (or `down`) uses to clean up.
-        let early = LabState {
-            run: run.clone(),
-            pid: std::process::id(),
-            kubeconfig: PathBuf::new(),
-            server: String::new(),
-            nodes: BTreeMap::new(),
-            ready: false,
-        };
-        let state_path = dir.join("state.json");
-        std::fs::write(
-            &state_path,
-            serde_json::to_string_pretty(&early).unwrap_or_default(),
-        )
-        .map_err(|source| Error::Io {
-            op: "write",
-            path: state_path,
-            source,
-        })?;
-        let index = topology::free_index().await?;
+        let dir = claim_dir(&run)?;
+        say(&format!(
+            "creating the network: a fabric and {} node namespaces",
+            opts.nodes
+        ));
         let t = Instant::now();
+        let index = topology::free_index().await?;
         let topology = Topology::create(&run, index, opts.nodes).await?;
         timings.push(("topology".to_string(), t.elapsed()));
+        say("starting etcd, kube-apiserver, kube-controller-manager and kube-scheduler");
         let t = Instant::now();
         let controlplane = ControlPlane::start(ControlPlaneOptions {
             dir: dir.join("controlplane"),
@@ -327,25 +264,42 @@ impl Lab {
             webhook: None,
             dns_upstream: None,
         };
-        match start_dns_upstream(&lab.dir, lab.topology.gateway) {
-            Ok(c) => lab.dns_upstream = Some(c),
-            Err(e) => {
-                tracing::warn!(error = %e, "no DNS upstream: names outside the cluster will SERVFAIL")
-            }
-        }
+        lab.dns_upstream = start_dns_upstream(&lab.dir, lab.topology.gateway)
+            .inspect_err(|e| tracing::warn!(error = %e, "no DNS upstream: names outside the cluster will SERVFAIL"))
+            .ok();
         lab.write_state(false)?;
 
+        say(&format!(
+            "installing the CRDs, starting {} switchyard-agent(s) and the operator",
+            lab.topology.nodes.len()
+        ));
         let t = Instant::now();
-        lab.kubectl_ok(&[
-            "apply",
-            "--server-side",
-            "-f",
-            &workspace_root()
-                .join("charts/switchyard/crds")
-                .to_string_lossy(),
-        ])
-        .await?;
-        lab.kubectl_ok(&[
+        lab.install_switchyard(opts.operators).await?;
+        timings_push(&mut lab.timings, "switchyard", t.elapsed());
+        if opts.webhook {
+            say("starting the admission webhook and registering it");
+            let t = Instant::now();
+            lab.webhook = Some(lab.start_webhook().await?);
+            timings_push(&mut lab.timings, "webhook", t.elapsed());
+        }
+        if opts.examples {
+            say("applying examples/ and waiting until their routes are Ready");
+            let t = Instant::now();
+            lab.apply_examples(EXAMPLES_READY_TIMEOUT).await?;
+            timings_push(&mut lab.timings, "examples", t.elapsed());
+        }
+        lab.timings.push(("total".into(), t0.elapsed()));
+        lab.write_state(true)?;
+        Ok(lab)
+    }
+
+    /// The CRDs, the `switchyard-system` namespace, every node's Node object, simulator and
+    /// agent, and `operators` operator replicas; returns once every agent is ready.
+    async fn install_switchyard(&mut self, operators: usize) -> Result<()> {
+        let crds = workspace_root().join("charts/switchyard/crds");
+        self.kubectl_ok(&["apply", "--server-side", "-f", &crds.to_string_lossy()])
+            .await?;
+        self.kubectl_ok(&[
             "wait",
             "--for=condition=Established",
             "--timeout=60s",
@@ -353,35 +307,47 @@ impl Lab {
             "--all",
         ])
         .await?;
-        lab.kubectl_ok(&["create", "namespace", "switchyard-system"])
+        self.kubectl_ok(&["create", "namespace", "switchyard-system"])
             .await?;
-        for node in lab.topology.nodes.clone() {
-            nodes::register(&lab.client, &node).await?;
-            lab.start_node_tasks(&node.name)?;
-            lab.start_agent(&node.name)?;
+        for node in self.topology.nodes.clone() {
+            nodes::register(&self.client, &node).await?;
+            self.start_node_tasks(&node.name)?;
+            self.start_agent(&node.name)?;
         }
-        for replica in 0..opts.operators.max(1) {
-            lab.start_operator(replica)?;
+        for replica in 0..operators.max(1) {
+            self.start_operator(replica)?;
         }
-        lab.wait_agents_ready(Duration::from_secs(60)).await?;
-        timings_push(&mut lab.timings, "switchyard", t.elapsed());
-        if opts.webhook {
-            let t = Instant::now();
-            lab.webhook = Some(crate::webhook::Webhook::start(&lab).await?);
-            timings_push(&mut lab.timings, "webhook", t.elapsed());
-        }
-        if opts.examples {
-            lab.kubectl_ok(&[
-                "apply",
-                "--server-side",
-                "-f",
-                &workspace_root().join("examples").to_string_lossy(),
-            ])
+        self.wait_agents_ready(Duration::from_secs(60)).await
+    }
+
+    /// Applies `examples/` (networks, routes, and the workloads behind the routes) and waits
+    /// until every ServiceRoute is Ready, so the first thing a newcomer sees works.
+    pub async fn apply_examples(&self, timeout: Duration) -> Result<()> {
+        let examples = workspace_root().join("examples");
+        self.kubectl_ok(&["apply", "--server-side", "-f", &examples.to_string_lossy()])
             .await?;
-        }
-        lab.timings.push(("total".into(), t0.elapsed()));
-        lab.write_state(true)?;
-        Ok(lab)
+        self.kubectl_ok(&[
+            "wait",
+            "--for=condition=Ready",
+            &format!("--timeout={}s", timeout.as_secs()),
+            "serviceroute",
+            "--all",
+            "--all-namespaces",
+        ])
+        .await
+        .map(drop)
+    }
+
+    /// Starts the admission webhook on the fabric address and registers it (see
+    /// [`Webhook::start`]).
+    pub async fn start_webhook(&self) -> Result<Webhook> {
+        Webhook::start(
+            &self.controlplane,
+            self.bins.webhook.clone(),
+            self.topology.gateway,
+            &self.dir.join("logs"),
+        )
+        .await
     }
 
     fn write_state(&self, ready: bool) -> Result<()> {
@@ -685,169 +651,4 @@ impl Lab {
 
 fn timings_push(t: &mut Vec<(String, Duration)>, what: &str, d: Duration) {
     t.push((what.to_string(), d));
-}
-
-fn with_log(e: Error, log: &Path) -> Error {
-    let tail = std::fs::read_to_string(log).unwrap_or_default();
-    let tail: Vec<&str> = tail.lines().rev().take(15).collect();
-    let tail: Vec<&str> = tail.into_iter().rev().collect();
-    Error::Invalid {
-        what: format!("{e}"),
-        message: format!("last lines of {}:\n{}", log.display(), tail.join("\n")),
-    }
-}
-
-/// Spawns `cmd` with stdin closed and stdout and stderr appended to `log`, killed on drop.
-pub(crate) fn spawn_logged(
-    mut cmd: tokio::process::Command,
-    log: &Path,
-    what: &str,
-) -> Result<Child> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(|source| Error::Io {
-            op: "open",
-            path: log.into(),
-            source,
-        })?;
-    let err = file.try_clone().map_err(|source| Error::Io {
-        op: "dup",
-        path: log.into(),
-        source,
-    })?;
-    cmd.stdin(std::process::Stdio::null())
-        .stdout(file)
-        .stderr(err)
-        .kill_on_drop(true);
-    cmd.spawn().map_err(|source| Error::Spawn {
-        what: what.into(),
-        source,
-    })
-}
-
-/// GETs `http://addr/path` from inside `netns_name` (or the root namespace when empty) until
-/// it answers 200.
-pub async fn wait_http_ok(
-    netns_name: &str,
-    addr: SocketAddr,
-    path: &str,
-    timeout: Duration,
-) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        let (ns, p) = (netns_name.to_string(), path.to_string());
-        let res = tokio::task::spawn_blocking(move || {
-            let get = move || http_get(addr, &p);
-            if ns.is_empty() {
-                get()
-            } else {
-                netns::in_netns(&ns, get).unwrap_or_else(|e| Err(e.to_string()))
-            }
-        })
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()));
-        match res {
-            Ok(200) => return Ok(()),
-            Ok(code) => last = format!("HTTP {code}"),
-            Err(e) => last = e,
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Err(Error::Timeout {
-        what: format!("http://{addr}{path}"),
-        after: timeout,
-        last: Some(last),
-    })
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> std::result::Result<u16, String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))
-        .map_err(|e| e.to_string())?;
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| e.to_string())?;
-    let mut buf = [0u8; 32];
-    let n = s.read(&mut buf).map_err(|e| e.to_string())?;
-    let head = String::from_utf8_lossy(&buf[..n]);
-    head.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("not HTTP: {head}"))
-}
-
-/// Checks what the lab needs from the machine. Missing Debian packages (iproute2, nftables,
-/// util-linux, conntrack) are installed with apt-get when it is there, since the lab runs as root anyway
-/// (set SWITCHYARD_LAB_NO_INSTALL to forbid that); anything else missing is an error that says
-/// what to install.
-pub async fn preflight() -> Result<()> {
-    if !nix::unistd::Uid::effective().is_root() {
-        return Err(Error::Missing {
-            what: "root".into(),
-            hint: "the lab creates network namespaces, links and nftables tables; run it as root"
-                .into(),
-        });
-    }
-    let on_path = |program: &str| {
-        std::env::var_os("PATH")
-            .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
-    };
-    let packages = [
-        ("ip", "iproute2"),
-        ("nft", "nftables"),
-        ("nsenter", "util-linux"),
-        ("conntrack", "conntrack"),
-        ("dnsmasq", "dnsmasq-base"),
-    ];
-    let missing: Vec<&str> = packages
-        .iter()
-        .filter(|(p, _)| !on_path(p))
-        .map(|(_, pkg)| *pkg)
-        .collect();
-    if !missing.is_empty()
-        && on_path("apt-get")
-        && std::env::var_os("SWITCHYARD_LAB_NO_INSTALL").is_none()
-    {
-        eprintln!(
-            "switchyard-lab: installing {} with apt-get",
-            missing.join(" ")
-        );
-        let update = tokio::process::Command::new("apt-get")
-            .args(["update", "-qq"])
-            .status()
-            .await;
-        let install = tokio::process::Command::new("apt-get")
-            .args(["install", "-y", "-qq"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .await;
-        if !matches!((update, install), (Ok(u), Ok(i)) if u.success() && i.success()) {
-            return Err(Error::Missing {
-                what: missing.join(", "),
-                hint: format!(
-                    "`apt-get install {}` failed; install them and run again",
-                    missing.join(" ")
-                ),
-            });
-        }
-    }
-    for (program, package) in packages
-        .iter()
-        .chain([("go", "golang (Go 1.26 or newer)")].iter())
-    {
-        if !on_path(program) {
-            return Err(Error::Missing {
-                what: format!("`{program}`"),
-                hint: format!("install {package}"),
-            });
-        }
-    }
-    Ok(())
 }

@@ -7,11 +7,14 @@
 //! server. Nothing here ships in product images.
 
 pub mod bench;
+pub mod binaries;
 pub mod chart;
 pub mod check;
+pub mod child;
 pub mod compare;
 pub mod controlplane;
 pub mod error;
+pub mod host;
 pub mod lab;
 pub mod netns;
 pub mod nodes;

@@ -346,7 +346,7 @@ async fn start(client: &Client, cfg: &PodSimConfig, pod: &Pod) -> Result<Sandbox
             }
         }
         let log = cfg.log_dir.join(format!("{ns}_{name}_{}.log", c.name));
-        children.push(crate::lab::spawn_logged(
+        children.push(crate::child::spawn_logged(
             cmd,
             &log,
             &format!("container {} of pod {ns}/{name}", c.name),

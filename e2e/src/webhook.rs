@@ -3,26 +3,20 @@
 //! reach it) in self-managed certificate mode, and registered with a `url:` client config,
 //! since the lab has no Service routing. The webhook writes its own `caBundle`.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Output, Stdio};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::process::Child;
 
+use crate::child::{spawn_logged, wait_http_ok, with_log};
+use crate::controlplane::ControlPlane;
 use crate::controlplane::process::free_ports;
 use crate::error::{Error, Result};
-use crate::lab::{Lab, wait_http_ok};
 
 /// Name of the ValidatingWebhookConfiguration the lab registers.
 pub const CONFIG_NAME: &str = "switchyard-webhook";
-
-/// `switchyard-webhook`, built with the lab's other binaries (one build, one feature set; see
-/// [`crate::lab::build_switchyard`]).
-pub async fn build_webhook() -> Result<PathBuf> {
-    Ok(crate::lab::build_switchyard().await?.webhook)
-}
 
 /// A running webhook process. Dropping it kills the process.
 pub struct Webhook {
@@ -45,11 +39,15 @@ const KNOWN_BAD: &str = r#"{"apiVersion":"switchyard.dev/v1alpha1","kind":"PodNe
 const KNOWN_BAD_FIELD: &str = "spec.namespaceSelector.matchLabels";
 
 impl Webhook {
-    /// Builds and starts the webhook, registers it, and returns once it refuses a known-bad
-    /// object (the API server trusts its certificate and its caches synced).
-    pub async fn start(lab: &Lab) -> Result<Webhook> {
-        let bin = build_webhook().await?;
-        let gateway = lab.topology.gateway;
+    /// Starts the webhook `bin` on `gateway` (an address kube-apiserver reaches), registers
+    /// it with `controlplane`, and returns once it refuses a known-bad object (the API server
+    /// trusts its certificate and its caches synced). Its log goes to `log_dir/webhook.log`.
+    pub async fn start(
+        controlplane: &ControlPlane,
+        bin: PathBuf,
+        gateway: Ipv4Addr,
+        log_dir: &Path,
+    ) -> Result<Webhook> {
         let ports = free_ports(&[gateway.into(), gateway.into()])?;
         let (https, http) = (
             ports.first().copied().unwrap_or(0),
@@ -57,9 +55,9 @@ impl Webhook {
         );
         let addr = SocketAddr::new(gateway.into(), https);
         let http_addr = SocketAddr::new(gateway.into(), http);
-        let log = lab.dir.join("logs").join("webhook.log");
+        let log = log_dir.join("webhook.log");
         let mut cmd = tokio::process::Command::new(&bin);
-        cmd.env("KUBECONFIG", lab.controlplane.kubeconfig())
+        cmd.env("KUBECONFIG", controlplane.kubeconfig())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .args(["--log-format", "text", "--webhook-config-name", CONFIG_NAME])
@@ -70,7 +68,7 @@ impl Webhook {
             .arg(http_addr.to_string())
             .arg("--ip")
             .arg(gateway.to_string());
-        let child = crate::lab::spawn_logged(cmd, &log, "switchyard-webhook")?;
+        let child = spawn_logged(cmd, &log, "switchyard-webhook")?;
         let webhook = Webhook {
             child,
             bin,
@@ -80,29 +78,18 @@ impl Webhook {
         };
         wait_http_ok("", http_addr, "/readyz", Duration::from_secs(60))
             .await
-            .map_err(|e| webhook.with_log(e))?;
-        webhook.register(lab).await?;
+            .map_err(|e| with_log(e, &webhook.log))?;
+        webhook.register(controlplane).await?;
         webhook
-            .wait_enforcing(lab, Duration::from_secs(60))
+            .wait_enforcing(controlplane, Duration::from_secs(60))
             .await
-            .map_err(|e| webhook.with_log(e))?;
+            .map_err(|e| with_log(e, &webhook.log))?;
         Ok(webhook)
-    }
-
-    fn with_log(&self, e: Error) -> Error {
-        Error::Invalid {
-            what: e.to_string(),
-            message: format!(
-                "last lines of {}:\n{}",
-                self.log.display(),
-                crate::controlplane::process::log_tail(&self.log, 20)
-            ),
-        }
     }
 
     /// Applies the ValidatingWebhookConfiguration, as `switchyard-webhook render-config`
     /// renders it for this URL (no caBundle: the webhook writes it).
-    pub async fn register(&self, lab: &Lab) -> Result<()> {
+    pub async fn register(&self, controlplane: &ControlPlane) -> Result<()> {
         let out = tokio::process::Command::new(&self.bin)
             .args(["render-config", "--output", "json", "--url", &self.url])
             .args(["--webhook-config-name", CONFIG_NAME])
@@ -119,8 +106,9 @@ impl Webhook {
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
             });
         }
-        let applied =
-            kubectl_stdin(lab, &["apply", "--server-side", "-f", "-"], &out.stdout).await?;
+        let applied = controlplane
+            .kubectl_with_input(&["apply", "--server-side", "-f", "-"], &out.stdout)
+            .await?;
         if !applied.status.success() {
             return Err(Error::Command {
                 command: "kubectl apply (ValidatingWebhookConfiguration)".into(),
@@ -134,16 +122,20 @@ impl Webhook {
     /// Waits until a server-side dry run of a known-bad PodNetwork is refused by the webhook
     /// (the message names a field only it checks). Before that, the API server either does
     /// not call it yet or does not trust its certificate yet.
-    pub async fn wait_enforcing(&self, lab: &Lab, timeout: Duration) -> Result<()> {
+    pub async fn wait_enforcing(
+        &self,
+        controlplane: &ControlPlane,
+        timeout: Duration,
+    ) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let mut last = String::new();
         while Instant::now() < deadline {
-            let out = kubectl_stdin(
-                lab,
-                &["apply", "--server-side", "--dry-run=server", "-f", "-"],
-                KNOWN_BAD.as_bytes(),
-            )
-            .await?;
+            let out = controlplane
+                .kubectl_with_input(
+                    &["apply", "--server-side", "--dry-run=server", "-f", "-"],
+                    KNOWN_BAD.as_bytes(),
+                )
+                .await?;
             let stderr = String::from_utf8_lossy(&out.stderr).to_string();
             if !out.status.success() && stderr.contains(KNOWN_BAD_FIELD) {
                 return Ok(());
@@ -196,31 +188,4 @@ impl Webhook {
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
-}
-
-/// Runs the lab's kubectl with `input` on its standard input.
-pub async fn kubectl_stdin(lab: &Lab, args: &[&str], input: &[u8]) -> Result<Output> {
-    let mut cmd = lab.controlplane.kubectl();
-    cmd.args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|source| Error::Spawn {
-        what: "kubectl".into(),
-        source,
-    })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(input).await.map_err(|source| Error::Io {
-            op: "write to kubectl's stdin",
-            path: PathBuf::from("-"),
-            source,
-        })?;
-    }
-    child
-        .wait_with_output()
-        .await
-        .map_err(|source| Error::Spawn {
-            what: "kubectl".into(),
-            source,
-        })
 }

@@ -19,7 +19,6 @@ use futures::StreamExt;
 use serde_json::Value;
 use switchyard_api::NodeBlock;
 use switchyard_e2e::lab::{Lab, LabOptions};
-use switchyard_e2e::webhook::{Webhook, kubectl_stdin};
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -62,7 +61,8 @@ fn split_documents(text: &str) -> Vec<(String, Value)> {
 }
 
 async fn apply_text(lab: &Lab, yaml: &str) -> Output {
-    kubectl_stdin(lab, &["apply", "--server-side", "-f", "-"], yaml.as_bytes())
+    lab.controlplane
+        .kubectl_with_input(&["apply", "--server-side", "-f", "-"], yaml.as_bytes())
         .await
         .unwrap()
 }
@@ -71,7 +71,8 @@ async fn apply_text(lab: &Lab, yaml: &str) -> Output {
 /// some invalid manifests before validation even runs (a duplicate key of a map list fails
 /// to merge, naming only the list).
 async fn apply_plain(lab: &Lab, yaml: &str) -> Output {
-    kubectl_stdin(lab, &["apply", "-f", "-"], yaml.as_bytes())
+    lab.controlplane
+        .kubectl_with_input(&["apply", "-f", "-"], yaml.as_bytes())
         .await
         .unwrap()
 }
@@ -136,7 +137,7 @@ async fn webhook_end_to_end() {
 async fn steps(lab: &mut Lab) {
     step("the webhook starts self-managed, writes its caBundle and refuses a known-bad object");
     let t = Instant::now();
-    let webhook = Webhook::start(lab).await.unwrap_or_else(|e| panic!("{e}"));
+    let webhook = lab.start_webhook().await.unwrap_or_else(|e| panic!("{e}"));
     eprintln!("enforcing {:?} after start ({})", t.elapsed(), webhook.url);
     let bundle = kubectl(
         lab,
@@ -321,8 +322,10 @@ async fn race(lab: &Lab, round: u8, via_api: bool) {
         )
     } else {
         let (oa, ob) = tokio::join!(
-            kubectl_stdin(lab, &["create", "-f", "-"], ya.as_bytes()),
-            kubectl_stdin(lab, &["create", "-f", "-"], yb.as_bytes()),
+            lab.controlplane
+                .kubectl_with_input(&["create", "-f", "-"], ya.as_bytes()),
+            lab.controlplane
+                .kubectl_with_input(&["create", "-f", "-"], yb.as_bytes()),
         );
         let res = |o: Output| {
             if o.status.success() {

@@ -38,7 +38,8 @@ fn find_tool(name: &str) -> Option<PathBuf> {
 }
 
 /// Whether to run. Not root: skip, but only outside CI (where a skip would hide the test).
-/// Missing tools: fail, saying which.
+/// Missing tools are installed from Debian packages by the lab's `e2e/host-packages.sh`
+/// (saying so), or the test fails naming the package.
 fn preflight(test: &str) -> Option<PathBuf> {
     if !is_root() {
         assert!(
@@ -53,16 +54,17 @@ fn preflight(test: &str) -> Option<PathBuf> {
         );
         return None;
     }
-    let ip = find_tool("ip").unwrap_or_else(|| {
-        panic!("{test}: iproute2's `ip` is not installed (apt-get install iproute2); the plugin and this test need it")
-    });
-    for tool in ["nsenter", "ping"] {
-        assert!(
-            find_tool(tool).is_some(),
-            "{test}: `{tool}` is not installed (nsenter: util-linux; ping: iputils-ping)"
-        );
-    }
-    Some(ip)
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../e2e/host-packages.sh");
+    let installed = Command::new("bash")
+        .arg(&script)
+        .args(["ip:iproute2", "nsenter:util-linux", "ping:iputils-ping"])
+        .status()
+        .unwrap_or_else(|e| panic!("{test}: cannot run {}: {e}", script.display()));
+    assert!(
+        installed.success(),
+        "{test}: iproute2, util-linux and iputils-ping are needed and could not be installed (see above)"
+    );
+    Some(find_tool("ip").unwrap_or_else(|| panic!("{test}: `ip` is still missing")))
 }
 
 fn sh(argv: &[&str]) -> Output {

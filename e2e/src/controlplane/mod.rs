@@ -1,6 +1,7 @@
-//! A real Kubernetes control plane as child processes: etcd, kube-apiserver and
-//! kube-controller-manager built from the Go modules pinned in `e2e/controlplane/`, with a PKI
-//! minted in-process. No kubelet, no scheduler: the lab's nodes are network namespaces.
+//! A real Kubernetes control plane as child processes: etcd, kube-apiserver,
+//! kube-controller-manager and kube-scheduler built from the Go modules pinned in
+//! `e2e/controlplane/`, with a PKI minted in-process. No kubelet: the lab's nodes are network
+//! namespaces and a pod simulator (`crate::podsim`) does a kubelet's part.
 //!
 //! ```no_run
 //! # async fn f() -> switchyard_e2e::Result<()> {
@@ -25,7 +26,7 @@ pub mod process;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -43,8 +44,33 @@ pub const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 1);
 const FRONT_PROXY_CLIENT: &str = "front-proxy-client";
 const APISERVER_READY_TIMEOUT: Duration = Duration::from_secs(60);
 const ETCD_READY_TIMEOUT: Duration = Duration::from_secs(30);
-const CONTROLLER_MANAGER_READY_TIMEOUT: Duration = Duration::from_secs(60);
+const COMPONENT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// The groups of Go programs `e2e/controlplane/build.sh` builds on demand, each only when
+/// something asks for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Programs {
+    /// etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl: every lab.
+    Core,
+    /// cnitool, the reference CNI runtime.
+    Cnitool,
+    /// helm, for the chart tests.
+    Helm,
+    /// kube-proxy and CoreDNS, for `switchyard-lab bench --compare`.
+    Incumbents,
+}
+
+impl Programs {
+    fn arg(self) -> &'static str {
+        match self {
+            Programs::Core => "core",
+            Programs::Cnitool => "cnitool",
+            Programs::Helm => "helm",
+            Programs::Incumbents => "incumbents",
+        }
+    }
+}
 
 /// The control plane's executables, all in one directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,14 +83,28 @@ pub struct Binaries {
     pub kube_apiserver: PathBuf,
     /// kube-controller-manager.
     pub kube_controller_manager: PathBuf,
+    /// kube-scheduler.
+    pub kube_scheduler: PathBuf,
     /// kubectl.
     pub kubectl: PathBuf,
-    /// cnitool, the reference CNI runtime.
-    pub cnitool: PathBuf,
+}
+
+fn missing_program(path: &Path, group: Programs) -> Error {
+    Error::Missing {
+        what: path.display().to_string(),
+        hint: format!(
+            "run `e2e/controlplane/build.sh {}` (it builds it into {})",
+            group.arg(),
+            path.parent()
+                .map(Path::display)
+                .map(|d| d.to_string())
+                .unwrap_or_default()
+        ),
+    }
 }
 
 impl Binaries {
-    /// The binaries in `dir`, checked to exist.
+    /// The core binaries in `dir`, checked to exist.
     pub fn from_dir(dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();
         let bin = |name: &str| {
@@ -72,69 +112,83 @@ impl Binaries {
             if path.is_file() {
                 Ok(path)
             } else {
-                Err(Error::Missing {
-                    what: path.display().to_string(),
-                    hint: format!(
-                        "run e2e/controlplane/build.sh (it builds {name} into {})",
-                        dir.display()
-                    ),
-                })
+                Err(missing_program(&path, Programs::Core))
             }
         };
         Ok(Self {
             etcd: bin("etcd")?,
             kube_apiserver: bin("kube-apiserver")?,
             kube_controller_manager: bin("kube-controller-manager")?,
+            kube_scheduler: bin("kube-scheduler")?,
             kubectl: bin("kubectl")?,
-            cnitool: bin("cnitool")?,
             dir,
         })
     }
-}
 
-impl Binaries {
-    /// kube-proxy, built beside the control plane (the incumbent for `bench --compare`).
-    pub fn kube_proxy(&self) -> Result<PathBuf> {
-        let path = self.dir.join("kube-proxy");
-        if path.is_file() {
-            Ok(path)
-        } else {
-            Err(Error::Missing {
-                what: path.display().to_string(),
-                hint: "run e2e/controlplane/build.sh (it builds kube-proxy from e2e/controlplane/k8s/go.mod)".into(),
-            })
+    /// cnitool, the reference CNI runtime, built first if it is not in the cache yet.
+    pub async fn cnitool(&self) -> Result<PathBuf> {
+        let path = self.dir.join("cnitool");
+        if !path.is_file() {
+            ensure_programs(&[Programs::Cnitool]).await?;
         }
+        path.is_file()
+            .then_some(path.clone())
+            .ok_or_else(|| missing_program(&path, Programs::Cnitool))
+    }
+
+    /// kube-proxy, built beside the control plane (the incumbent for `bench --compare`),
+    /// first if it is not in the cache yet.
+    pub async fn kube_proxy(&self) -> Result<PathBuf> {
+        let path = self.dir.join("kube-proxy");
+        if !path.is_file() {
+            ensure_programs(&[Programs::Incumbents]).await?;
+        }
+        path.is_file()
+            .then_some(path.clone())
+            .ok_or_else(|| missing_program(&path, Programs::Incumbents))
     }
 
     /// CoreDNS, built from `e2e/controlplane/coredns/go.mod` into `coredns-v<version>/` of the
-    /// cache directory (the newest version there when several are).
-    pub fn coredns(&self) -> Result<PathBuf> {
-        let missing = || {
-            Error::Missing {
-            what: self.dir.join("coredns-v*/coredns").display().to_string(),
-            hint: "run e2e/controlplane/build.sh (it builds CoreDNS from e2e/controlplane/coredns/go.mod)".into(),
+    /// cache directory (the newest version there when several are), first if it is not in the
+    /// cache yet.
+    pub async fn coredns(&self) -> Result<PathBuf> {
+        if self.newest_versioned("coredns").is_none() {
+            ensure_programs(&[Programs::Incumbents]).await?;
         }
-        };
-        let entries = std::fs::read_dir(&self.dir).map_err(|_| missing())?;
-        let mut found: Vec<(Vec<u64>, PathBuf)> = entries
+        self.newest_versioned("coredns").ok_or_else(|| {
+            missing_program(&self.dir.join("coredns-v*/coredns"), Programs::Incumbents)
+        })
+    }
+
+    /// `<dir>/<name>-v<version>/<name>` with the highest version, if any.
+    fn newest_versioned(&self, name: &str) -> Option<PathBuf> {
+        let prefix = format!("{name}-v");
+        let mut found: Vec<(Vec<u64>, PathBuf)> = std::fs::read_dir(&self.dir)
+            .ok()?
             .filter_map(|e| e.ok())
             .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let version = name.strip_prefix("coredns-v")?;
+                let dir_name = e.file_name().to_string_lossy().into_owned();
+                let version = dir_name.strip_prefix(&prefix)?;
                 let key: Vec<u64> = version.split('.').filter_map(|p| p.parse().ok()).collect();
-                let bin = e.path().join("coredns");
+                let bin = e.path().join(name);
                 bin.is_file().then_some((key, bin))
             })
             .collect();
         found.sort();
-        found.pop().map(|(_, p)| p).ok_or_else(missing)
+        found.pop().map(|(_, p)| p)
     }
 }
 
-/// Builds (or finds in the cache) the control plane's binaries by running
-/// `e2e/controlplane/build.sh`, whose progress goes to our stderr. A cold build takes a
-/// while; a cache hit returns at once.
+/// Builds (or finds in the cache) the core control plane: etcd, kube-apiserver,
+/// kube-controller-manager, kube-scheduler and kubectl.
 pub async fn ensure_binaries() -> Result<Binaries> {
+    Binaries::from_dir(ensure_programs(&[Programs::Core]).await?)
+}
+
+/// Builds (or finds in the cache) `groups` by running `e2e/controlplane/build.sh`, whose
+/// progress (what it builds, and a line every 30 s while it does) goes to our stderr; returns
+/// the cache directory. A cache hit returns at once.
+pub async fn ensure_programs(groups: &[Programs]) -> Result<PathBuf> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("controlplane")
         .join("build.sh");
@@ -146,6 +200,7 @@ pub async fn ensure_binaries() -> Result<Binaries> {
     }
     let output = tokio::process::Command::new("bash")
         .arg(&script)
+        .args(groups.iter().map(|g| g.arg()))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -182,16 +237,16 @@ pub async fn ensure_binaries() -> Result<Binaries> {
             });
         }
     }
-    let dir = stdout
+    stdout
         .lines()
         .rev()
         .map(str::trim)
         .find(|l| !l.is_empty())
+        .map(PathBuf::from)
         .ok_or_else(|| Error::Invalid {
             what: "build.sh output".into(),
             message: "no cache directory on the last line of stdout".into(),
-        })?;
-    Binaries::from_dir(dir)
+        })
 }
 
 /// How to run a control plane.
@@ -221,6 +276,7 @@ pub struct ControlPlane {
     binaries: Binaries,
     ready_after: Duration,
     // Stopped in this order: clients of the apiserver first, etcd last.
+    scheduler: Managed,
     controller_manager: Managed,
     apiserver: Managed,
     etcd: Managed,
@@ -232,13 +288,29 @@ struct Pki {
     ca_key: PathBuf,
     apiserver_crt: PathBuf,
     apiserver_key: PathBuf,
-    kcm_crt: PathBuf,
-    kcm_key: PathBuf,
     sa_key: PathBuf,
     sa_pub: PathBuf,
     front_proxy_ca_crt: PathBuf,
     front_proxy_client_crt: PathBuf,
     front_proxy_client_key: PathBuf,
+}
+
+/// Where a control plane listens.
+struct Ports {
+    etcd_client: u16,
+    etcd_peer: u16,
+    controller_manager: u16,
+    scheduler: u16,
+    apiserver: u16,
+}
+
+/// What the apiserver's clients among the components need: the PKI's files, the apiserver's
+/// URL and the cluster CA.
+struct Cluster<'a> {
+    dir: &'a Path,
+    pki: &'a Pki,
+    ca: &'a Ca,
+    server_url: &'a str,
 }
 
 fn create_dir(path: &Path) -> Result<()> {
@@ -250,185 +322,60 @@ fn create_dir(path: &Path) -> Result<()> {
 }
 
 impl ControlPlane {
-    /// Mints the PKI, starts etcd, kube-apiserver and kube-controller-manager, and returns once
-    /// the apiserver's `/readyz` and the controller manager's `/healthz` answer 200.
+    /// Mints the PKI, starts etcd, kube-apiserver, kube-controller-manager and kube-scheduler,
+    /// and returns once the apiserver's `/readyz` and the other two's `/healthz` answer 200.
     pub async fn start(opts: ControlPlaneOptions) -> Result<Self> {
         let ControlPlaneOptions {
             dir,
             bind,
             binaries,
         } = opts;
-        if bind.is_loopback() || bind.is_unspecified() || bind.is_multicast() {
-            return Err(Error::Invalid {
-                what: format!("bind address {bind}"),
-                message: "kube-apiserver needs a local, non-loopback, unicast address to bind and \
-                          advertise (put one on the fabric bridge)"
-                    .into(),
-            });
-        }
+        check_bind(bind)?;
         let started = Instant::now();
-        let logs = dir.join("logs");
-        let pki_dir = dir.join("pki");
-        for d in [&dir, &logs, &pki_dir] {
+        for d in [&dir, &dir.join("logs"), &dir.join("pki")] {
             create_dir(d)?;
         }
-        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        let ports =
-            free_ports(&[loopback, loopback, loopback, IpAddr::V4(bind)]).map_err(|e| match e {
-                Error::Io { ref source, .. }
-                    if source.kind() == std::io::ErrorKind::AddrNotAvailable =>
-                {
-                    Error::Invalid {
-                        what: format!("bind address {bind}"),
-                        message: format!(
-                            "{e}: put the address on a local interface (the fabric bridge) first"
-                        ),
-                    }
-                }
-                e => e,
-            })?;
-        let [etcd_client, etcd_peer, kcm_port, apiserver_port] = ports[..] else {
-            return Err(Error::Invalid {
-                what: "free ports".into(),
-                message: format!("{ports:?}"),
-            });
-        };
-        let server_url = format!("https://{bind}:{apiserver_port}");
-        let etcd_url = format!("http://127.0.0.1:{etcd_client}");
-        let etcd_peer_url = format!("http://127.0.0.1:{etcd_peer}");
-
-        // PKI.
+        let ports = pick_ports(bind)?;
+        let server_url = format!("https://{bind}:{}", ports.apiserver);
+        let etcd_url = format!("http://127.0.0.1:{}", ports.etcd_client);
         let ca = Ca::new("switchyard-lab-ca")?;
-        let pki = write_pki(&pki_dir, &ca, bind)?;
+        let pki = write_pki(&dir.join("pki"), &ca, bind)?;
         let admin_kubeconfig = dir.join("admin.kubeconfig");
-        let admin = ca.client("admin", &["system:masters"])?;
         kubeconfig::write_private(
             &admin_kubeconfig,
-            &kubeconfig::render(&server_url, &ca.pem().cert, "admin", &admin)?,
-        )?;
-        let kcm_kubeconfig = dir.join("kube-controller-manager.kubeconfig");
-        let kcm_user = "system:kube-controller-manager";
-        kubeconfig::write_private(
-            &kcm_kubeconfig,
             &kubeconfig::render(
                 &server_url,
                 &ca.pem().cert,
-                kcm_user,
-                &ca.client(kcm_user, &[])?,
+                "admin",
+                &ca.client("admin", &["system:masters"])?,
             )?,
         )?;
 
-        // etcd.
-        let mut etcd = Managed::spawn(
-            "etcd",
-            &binaries.etcd,
-            [
-                "--name=switchyard-lab".into(),
-                format!("--data-dir={}", dir.join("etcd").display()),
-                format!("--listen-client-urls={etcd_url}"),
-                format!("--advertise-client-urls={etcd_url}"),
-                format!("--listen-peer-urls={etcd_peer_url}"),
-                format!("--initial-advertise-peer-urls={etcd_peer_url}"),
-                format!("--initial-cluster=switchyard-lab={etcd_peer_url}"),
-                "--unsafe-no-fsync".into(),
-            ],
-            &logs.join("etcd.log"),
-        )?;
-        let health = format!("127.0.0.1:{etcd_client}");
-        wait_ready("etcd /health", ETCD_READY_TIMEOUT, &mut etcd, || {
-            etcd_health(health.clone())
-        })
-        .await?;
+        let etcd = start_etcd(&binaries, &dir, &ports).await?;
         tracing::info!(after = ?started.elapsed(), %etcd_url, "etcd healthy");
-
-        // kube-apiserver.
         let apiserver_started = Instant::now();
-        let mut apiserver = Managed::spawn(
-            "kube-apiserver",
-            &binaries.kube_apiserver,
-            [
-                format!("--etcd-servers={etcd_url}"),
-                format!("--bind-address={bind}"),
-                format!("--advertise-address={bind}"),
-                format!("--secure-port={apiserver_port}"),
-                format!("--tls-cert-file={}", pki.apiserver_crt.display()),
-                format!("--tls-private-key-file={}", pki.apiserver_key.display()),
-                format!("--client-ca-file={}", pki.ca_crt.display()),
-                "--authorization-mode=Node,RBAC".into(),
-                format!("--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}"),
-                "--allow-privileged=true".into(),
-                "--service-account-issuer=https://kubernetes.default.svc".into(),
-                format!("--service-account-key-file={}", pki.sa_pub.display()),
-                format!(
-                    "--service-account-signing-key-file={}",
-                    pki.sa_key.display()
-                ),
-                "--enable-aggregator-routing=true".into(),
-                format!(
-                    "--requestheader-client-ca-file={}",
-                    pki.front_proxy_ca_crt.display()
-                ),
-                format!("--requestheader-allowed-names={FRONT_PROXY_CLIENT}"),
-                "--requestheader-username-headers=X-Remote-User".into(),
-                "--requestheader-group-headers=X-Remote-Group".into(),
-                "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
-                format!(
-                    "--proxy-client-cert-file={}",
-                    pki.front_proxy_client_crt.display()
-                ),
-                format!(
-                    "--proxy-client-key-file={}",
-                    pki.front_proxy_client_key.display()
-                ),
-            ],
-            &logs.join("kube-apiserver.log"),
-        )?;
-        let admin_client = client_from_kubeconfig(&admin_kubeconfig).await?;
-        wait_ready(
-            "kube-apiserver /readyz",
-            APISERVER_READY_TIMEOUT,
-            &mut apiserver,
-            || get_ok(admin_client.clone(), "readyz"),
+        let apiserver = start_apiserver(
+            &binaries,
+            &dir,
+            &pki,
+            bind,
+            &ports,
+            &etcd_url,
+            &admin_kubeconfig,
         )
         .await?;
         let ready_after = apiserver_started.elapsed();
         tracing::info!(after = ?ready_after, %server_url, "kube-apiserver ready");
-
-        // kube-controller-manager.
-        let kcm_kubeconfig_arg = kcm_kubeconfig.display().to_string();
-        let mut controller_manager = Managed::spawn(
-            "kube-controller-manager",
-            &binaries.kube_controller_manager,
-            [
-                format!("--kubeconfig={kcm_kubeconfig_arg}"),
-                format!("--authentication-kubeconfig={kcm_kubeconfig_arg}"),
-                format!("--authorization-kubeconfig={kcm_kubeconfig_arg}"),
-                format!(
-                    "--service-account-private-key-file={}",
-                    pki.sa_key.display()
-                ),
-                format!("--root-ca-file={}", pki.ca_crt.display()),
-                format!("--cluster-signing-cert-file={}", pki.ca_crt.display()),
-                format!("--cluster-signing-key-file={}", pki.ca_key.display()),
-                format!("--tls-cert-file={}", pki.kcm_crt.display()),
-                format!("--tls-private-key-file={}", pki.kcm_key.display()),
-                "--use-service-account-credentials=true".into(),
-                "--leader-elect=false".into(),
-                "--bind-address=127.0.0.1".into(),
-                format!("--secure-port={kcm_port}"),
-                format!("--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}"),
-                "--controllers=*".into(),
-            ],
-            &logs.join("kube-controller-manager.log"),
+        let cluster = Cluster {
+            dir: &dir,
+            pki: &pki,
+            ca: &ca,
+            server_url: &server_url,
+        };
+        let (controller_manager, scheduler) = tokio::try_join!(
+            start_controller_manager(&binaries, &cluster, ports.controller_manager),
+            start_scheduler(&binaries, &cluster, ports.scheduler),
         )?;
-        let kcm_client = anonymous_client(&format!("https://127.0.0.1:{kcm_port}"), ca.der())?;
-        wait_ready(
-            "kube-controller-manager /healthz",
-            CONTROLLER_MANAGER_READY_TIMEOUT,
-            &mut controller_manager,
-            || get_ok(kcm_client.clone(), "healthz"),
-        )
-        .await?;
         tracing::info!(after = ?started.elapsed(), "control plane up");
 
         Ok(Self {
@@ -440,6 +387,7 @@ impl ControlPlane {
             admin_kubeconfig,
             binaries,
             ready_after,
+            scheduler,
             controller_manager,
             apiserver,
             etcd,
@@ -513,6 +461,33 @@ impl ControlPlane {
         cmd
     }
 
+    /// Runs kubectl (admin) with `input` on its standard input.
+    pub async fn kubectl_with_input(&self, args: &[&str], input: &[u8]) -> Result<Output> {
+        let mut cmd = self.kubectl();
+        cmd.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|source| Error::Spawn {
+            what: "kubectl".into(),
+            source,
+        })?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(input).await.map_err(|source| Error::Io {
+                op: "write to kubectl's stdin",
+                path: PathBuf::from("-"),
+                source,
+            })?;
+        }
+        child
+            .wait_with_output()
+            .await
+            .map_err(|source| Error::Spawn {
+                what: "kubectl".into(),
+                source,
+            })
+    }
+
     /// Writes a kubeconfig for `user` in `groups` (client certificate signed by the cluster
     /// CA; at most [`certs::MAX_GROUPS`] groups) to `path`, mode 0600.
     pub fn mint_client_kubeconfig(&self, user: &str, groups: &[&str], path: &Path) -> Result<()> {
@@ -523,10 +498,11 @@ impl ControlPlane {
         )
     }
 
-    /// Stops everything: SIGTERM, then SIGKILL after 5 s; the controller manager and the
-    /// apiserver together, etcd last. Idempotent.
+    /// Stops everything: SIGTERM, then SIGKILL after 5 s; the scheduler, the controller
+    /// manager and the apiserver together, etcd last. Idempotent.
     pub async fn stop(&mut self) {
         tokio::join!(
+            self.scheduler.stop(STOP_GRACE),
             self.controller_manager.stop(STOP_GRACE),
             self.apiserver.stop(STOP_GRACE)
         );
@@ -539,6 +515,7 @@ impl Drop for ControlPlane {
         // Each `Managed` also kills its process when dropped (and tokio's kill_on_drop backs
         // that up); doing it here keeps the order: apiserver clients first, etcd last.
         for proc in [
+            &mut self.scheduler,
             &mut self.controller_manager,
             &mut self.apiserver,
             &mut self.etcd,
@@ -548,14 +525,258 @@ impl Drop for ControlPlane {
     }
 }
 
+/// kube-apiserver needs a local, non-loopback, unicast address to bind and advertise.
+fn check_bind(bind: Ipv4Addr) -> Result<()> {
+    if bind.is_loopback() || bind.is_unspecified() || bind.is_multicast() {
+        return Err(Error::Invalid {
+            what: format!("bind address {bind}"),
+            message: "kube-apiserver needs a local, non-loopback, unicast address to bind and \
+                      advertise (put one on the fabric bridge)"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
+/// Free ports: etcd's two, the controller manager's and the scheduler's on loopback, the
+/// apiserver's on `bind`.
+fn pick_ports(bind: Ipv4Addr) -> Result<Ports> {
+    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let ports = free_ports(&[loopback, loopback, loopback, loopback, IpAddr::V4(bind)]).map_err(
+        |e| match e {
+            Error::Io { ref source, .. }
+                if source.kind() == std::io::ErrorKind::AddrNotAvailable =>
+            {
+                Error::Invalid {
+                    what: format!("bind address {bind}"),
+                    message: format!(
+                        "{e}: put the address on a local interface (the fabric bridge) first"
+                    ),
+                }
+            }
+            e => e,
+        },
+    )?;
+    let [
+        etcd_client,
+        etcd_peer,
+        controller_manager,
+        scheduler,
+        apiserver,
+    ] = ports[..]
+    else {
+        return Err(Error::Invalid {
+            what: "free ports".into(),
+            message: format!("{ports:?}"),
+        });
+    };
+    Ok(Ports {
+        etcd_client,
+        etcd_peer,
+        controller_manager,
+        scheduler,
+        apiserver,
+    })
+}
+
+/// etcd on loopback, without fsync (a lab's data lives as long as the lab); returns once
+/// `/health` says true.
+async fn start_etcd(binaries: &Binaries, dir: &Path, ports: &Ports) -> Result<Managed> {
+    let url = format!("http://127.0.0.1:{}", ports.etcd_client);
+    let peer_url = format!("http://127.0.0.1:{}", ports.etcd_peer);
+    let mut etcd = Managed::spawn(
+        "etcd",
+        &binaries.etcd,
+        [
+            "--name=switchyard-lab".into(),
+            format!("--data-dir={}", dir.join("etcd").display()),
+            format!("--listen-client-urls={url}"),
+            format!("--advertise-client-urls={url}"),
+            format!("--listen-peer-urls={peer_url}"),
+            format!("--initial-advertise-peer-urls={peer_url}"),
+            format!("--initial-cluster=switchyard-lab={peer_url}"),
+            "--unsafe-no-fsync".into(),
+        ],
+        &dir.join("logs").join("etcd.log"),
+    )?;
+    let health = format!("127.0.0.1:{}", ports.etcd_client);
+    wait_ready("etcd /health", ETCD_READY_TIMEOUT, &mut etcd, || {
+        etcd_health(health.clone())
+    })
+    .await?;
+    Ok(etcd)
+}
+
+/// kube-apiserver with RBAC, service accounts and the aggregation layer's front proxy;
+/// returns once `/readyz` answers 200 to the admin.
+async fn start_apiserver(
+    binaries: &Binaries,
+    dir: &Path,
+    pki: &Pki,
+    bind: Ipv4Addr,
+    ports: &Ports,
+    etcd_url: &str,
+    admin_kubeconfig: &Path,
+) -> Result<Managed> {
+    let mut apiserver = Managed::spawn(
+        "kube-apiserver",
+        &binaries.kube_apiserver,
+        [
+            format!("--etcd-servers={etcd_url}"),
+            format!("--bind-address={bind}"),
+            format!("--advertise-address={bind}"),
+            format!("--secure-port={}", ports.apiserver),
+            format!("--tls-cert-file={}", pki.apiserver_crt.display()),
+            format!("--tls-private-key-file={}", pki.apiserver_key.display()),
+            format!("--client-ca-file={}", pki.ca_crt.display()),
+            "--authorization-mode=Node,RBAC".into(),
+            format!("--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}"),
+            "--allow-privileged=true".into(),
+            "--service-account-issuer=https://kubernetes.default.svc".into(),
+            format!("--service-account-key-file={}", pki.sa_pub.display()),
+            format!(
+                "--service-account-signing-key-file={}",
+                pki.sa_key.display()
+            ),
+            "--enable-aggregator-routing=true".into(),
+            format!(
+                "--requestheader-client-ca-file={}",
+                pki.front_proxy_ca_crt.display()
+            ),
+            format!("--requestheader-allowed-names={FRONT_PROXY_CLIENT}"),
+            "--requestheader-username-headers=X-Remote-User".into(),
+            "--requestheader-group-headers=X-Remote-Group".into(),
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
+            format!(
+                "--proxy-client-cert-file={}",
+                pki.front_proxy_client_crt.display()
+            ),
+            format!(
+                "--proxy-client-key-file={}",
+                pki.front_proxy_client_key.display()
+            ),
+        ],
+        &dir.join("logs").join("kube-apiserver.log"),
+    )?;
+    let admin_client = client_from_kubeconfig(admin_kubeconfig).await?;
+    wait_ready(
+        "kube-apiserver /readyz",
+        APISERVER_READY_TIMEOUT,
+        &mut apiserver,
+        || get_ok(admin_client.clone(), "readyz"),
+    )
+    .await?;
+    Ok(apiserver)
+}
+
+/// kube-controller-manager with every controller (garbage collection, namespaces,
+/// ReplicaSets, service accounts, ...), each with its own service-account credentials.
+async fn start_controller_manager(
+    binaries: &Binaries,
+    cluster: &Cluster<'_>,
+    port: u16,
+) -> Result<Managed> {
+    let pki = cluster.pki;
+    start_component(
+        "kube-controller-manager",
+        &binaries.kube_controller_manager,
+        "system:kube-controller-manager",
+        cluster,
+        port,
+        vec![
+            format!(
+                "--service-account-private-key-file={}",
+                pki.sa_key.display()
+            ),
+            format!("--root-ca-file={}", pki.ca_crt.display()),
+            format!("--cluster-signing-cert-file={}", pki.ca_crt.display()),
+            format!("--cluster-signing-key-file={}", pki.ca_key.display()),
+            "--use-service-account-credentials=true".into(),
+            format!("--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}"),
+            "--controllers=*".into(),
+        ],
+    )
+    .await
+}
+
+/// kube-scheduler, which binds pods created without a node (a Deployment's, say) to one of
+/// the lab's nodes.
+async fn start_scheduler(binaries: &Binaries, cluster: &Cluster<'_>, port: u16) -> Result<Managed> {
+    start_component(
+        "kube-scheduler",
+        &binaries.kube_scheduler,
+        "system:kube-scheduler",
+        cluster,
+        port,
+        Vec::new(),
+    )
+    .await
+}
+
+/// A control-plane component that talks to the apiserver as `user` (a kubeconfig with a
+/// client certificate of that name, which the default RBAC bindings know) and serves
+/// `/healthz` on `127.0.0.1:port` with a serving certificate of the cluster CA; returns once
+/// `/healthz` answers 200.
+async fn start_component(
+    name: &str,
+    program: &Path,
+    user: &str,
+    cluster: &Cluster<'_>,
+    port: u16,
+    extra: Vec<String>,
+) -> Result<Managed> {
+    let kubeconfig = cluster.dir.join(format!("{name}.kubeconfig"));
+    kubeconfig::write_private(
+        &kubeconfig,
+        &kubeconfig::render(
+            cluster.server_url,
+            &cluster.ca.pem().cert,
+            user,
+            &cluster.ca.client(user, &[])?,
+        )?,
+    )?;
+    let serving = cluster
+        .ca
+        .serving(name, &["localhost"], &[IpAddr::V4(Ipv4Addr::LOCALHOST)])?;
+    let crt = cluster.dir.join("pki").join(format!("{name}.crt"));
+    let key = cluster.dir.join("pki").join(format!("{name}.key"));
+    kubeconfig::write_public(&crt, &serving.cert)?;
+    kubeconfig::write_private(&key, &serving.key)?;
+    let kubeconfig = kubeconfig.display().to_string();
+    let mut args = vec![
+        format!("--kubeconfig={kubeconfig}"),
+        format!("--authentication-kubeconfig={kubeconfig}"),
+        format!("--authorization-kubeconfig={kubeconfig}"),
+        format!("--tls-cert-file={}", crt.display()),
+        format!("--tls-private-key-file={}", key.display()),
+        "--leader-elect=false".into(),
+        "--bind-address=127.0.0.1".into(),
+        format!("--secure-port={port}"),
+    ];
+    args.extend(extra);
+    let mut process = Managed::spawn(
+        name,
+        program,
+        args,
+        &cluster.dir.join("logs").join(format!("{name}.log")),
+    )?;
+    let client = anonymous_client(&format!("https://127.0.0.1:{port}"), cluster.ca.der())?;
+    wait_ready(
+        &format!("{name} /healthz"),
+        COMPONENT_READY_TIMEOUT,
+        &mut process,
+        || get_ok(client.clone(), "healthz"),
+    )
+    .await?;
+    Ok(process)
+}
+
 fn write_pki(dir: &Path, ca: &Ca, bind: Ipv4Addr) -> Result<Pki> {
     let pki = Pki {
         ca_crt: dir.join("ca.crt"),
         ca_key: dir.join("ca.key"),
         apiserver_crt: dir.join("kube-apiserver.crt"),
         apiserver_key: dir.join("kube-apiserver.key"),
-        kcm_crt: dir.join("kube-controller-manager.crt"),
-        kcm_key: dir.join("kube-controller-manager.key"),
         sa_key: dir.join("service-account.key"),
         sa_pub: dir.join("service-account.pub"),
         front_proxy_ca_crt: dir.join("front-proxy-ca.crt"),
@@ -581,13 +802,6 @@ fn write_pki(dir: &Path, ca: &Ca, bind: Ipv4Addr) -> Result<Pki> {
     )?;
     kubeconfig::write_public(&pki.apiserver_crt, &apiserver.cert)?;
     kubeconfig::write_private(&pki.apiserver_key, &apiserver.key)?;
-    let kcm = ca.serving(
-        "kube-controller-manager",
-        &["localhost"],
-        &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
-    )?;
-    kubeconfig::write_public(&pki.kcm_crt, &kcm.cert)?;
-    kubeconfig::write_private(&pki.kcm_key, &kcm.key)?;
     let (sa_key, sa_pub) = certs::key_pair("the service-account signing key")?;
     kubeconfig::write_private(&pki.sa_key, &sa_key)?;
     kubeconfig::write_public(&pki.sa_pub, &sa_pub)?;

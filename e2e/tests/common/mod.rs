@@ -9,11 +9,13 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
-use switchyard_e2e::lab::{Lab, preflight};
-use switchyard_e2e::netns;
+use switchyard_e2e::lab::Lab;
+use switchyard_e2e::{host, netns};
 
-/// Whether the lab can run here. Missing prerequisites fail the test under CI and are
-/// reported as a printed skip elsewhere.
+/// Whether the lab can run here: root, and the programs the lab and the tests drive, which are
+/// installed from Debian packages when missing. Only a machine where that is impossible (not
+/// root, no apt-get) skips, with a printed reason, and only when `CI` is unset; under CI
+/// anything missing fails the test.
 pub fn prerequisites() -> bool {
     let _ = tracing_subscriber::fmt()
         .with_ansi(false)
@@ -23,7 +25,7 @@ pub fn prerequisites() -> bool {
         )
         .try_init();
     let rt = tokio::runtime::Handle::current();
-    let res = tokio::task::block_in_place(|| rt.block_on(preflight()));
+    let res = tokio::task::block_in_place(|| rt.block_on(host::preflight(host::TESTS)));
     match res {
         Ok(()) => true,
         Err(e) if std::env::var_os("CI").is_some() => panic!("lab prerequisite missing: {e}"),
@@ -69,21 +71,11 @@ pub async fn kubectl(lab: &Lab, args: &[&str]) -> String {
 
 /// `kubectl apply --server-side -f -` of `yaml`.
 pub async fn apply(lab: &Lab, yaml: &str) {
-    let mut cmd = lab.controlplane.kubectl();
-    cmd.args(["apply", "--server-side", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    use tokio::io::AsyncWriteExt;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
+    let out = lab
+        .controlplane
+        .kubectl_with_input(&["apply", "--server-side", "-f", "-"], yaml.as_bytes())
         .await
         .unwrap();
-    let out = child.wait_with_output().await.unwrap();
     assert!(
         out.status.success(),
         "kubectl apply failed: {}\n{yaml}",
@@ -309,7 +301,7 @@ pub async fn cnitool_roundtrip(lab: &Lab) {
     std::fs::write(conf_dir.join("10-switchyard.conflist"), list.to_string()).unwrap();
     let sandbox = format!("{}-cnitool", lab.run);
     netns::add(&sandbox).await.unwrap();
-    let cnitool = lab.controlplane.binaries().cnitool.clone();
+    let cnitool = lab.controlplane.binaries().cnitool().await.unwrap();
     let run = |verb: &'static str| {
         let (cnitool, conf_dir, sandbox) = (cnitool.clone(), conf_dir.clone(), sandbox.clone());
         let cni_path = lab.bins.cni.parent().unwrap().to_path_buf();
