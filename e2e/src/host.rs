@@ -60,8 +60,16 @@ pub async fn preflight(extra: &[Program]) -> Result<()> {
 }
 
 /// Installs the Debian packages of the missing `programs` (saying so on stderr), or fails
-/// naming them.
+/// naming them; `SWITCHYARD_NO_INSTALL` (or the older `SWITCHYARD_LAB_NO_INSTALL`) forbids
+/// installing.
 pub async fn ensure_programs(programs: &[Program]) -> Result<()> {
+    let forbidden = std::env::var_os("SWITCHYARD_NO_INSTALL")
+        .or_else(|| std::env::var_os("SWITCHYARD_LAB_NO_INSTALL"))
+        .is_some_and(|v| !v.is_empty());
+    ensure(programs, !forbidden).await
+}
+
+async fn ensure(programs: &[Program], may_install: bool) -> Result<()> {
     if programs.iter().all(|(p, _)| on_path(p)) {
         return Ok(());
     }
@@ -69,12 +77,7 @@ pub async fn ensure_programs(programs: &[Program]) -> Result<()> {
     let status = tokio::process::Command::new("bash")
         .arg(&script)
         .args(programs.iter().map(|(p, pkg)| format!("{p}:{pkg}")))
-        .env(
-            "SWITCHYARD_NO_INSTALL",
-            std::env::var_os("SWITCHYARD_NO_INSTALL")
-                .or_else(|| std::env::var_os("SWITCHYARD_LAB_NO_INSTALL"))
-                .unwrap_or_default(),
-        )
+        .env("SWITCHYARD_NO_INSTALL", if may_install { "" } else { "1" })
         .stdin(Stdio::null())
         .status()
         .await
@@ -114,4 +117,38 @@ pub fn on_path(program: &str) -> bool {
         .iter()
         .chain(sbin.iter())
         .any(|d| d.join(program).is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn present_programs_need_nothing() {
+        ensure(&[("bash", "bash"), ("sh", "dash")], false)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_names_its_package_when_installing_is_forbidden() {
+        let err = ensure(
+            &[
+                ("bash", "bash"),
+                ("switchyard-no-such-program", "switchyard-no-such-package"),
+            ],
+            false,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`switchyard-no-such-program`"), "{err}");
+        assert!(
+            err.contains("apt-get install switchyard-no-such-package"),
+            "{err}"
+        );
+        assert!(!err.contains("`bash`"), "{err}");
+    }
 }

@@ -597,3 +597,31 @@ async fn bench_dns(
     );
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    #[test]
+    fn log_echo_returns_what_was_appended_since_it_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("detached.log");
+        std::fs::write(&path, "switchyard-lab: [0s] checking the machine\n").unwrap();
+        let mut echo = LogEcho::open(&path).unwrap();
+        assert_eq!(
+            echo.more().unwrap(),
+            "switchyard-lab: [0s] checking the machine\n"
+        );
+        assert!(!echo.more().unwrap().contains(UP_MARKER));
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        writeln!(f, "{UP_MARKER}").unwrap();
+        let seen = echo.more().unwrap();
+        assert!(seen.starts_with("switchyard-lab: [0s]"), "{seen}");
+        assert!(seen.contains(UP_MARKER), "{seen}");
+    }
+}

@@ -925,3 +925,34 @@ where
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    #[test]
+    fn build_script_refuses_an_unknown_group_by_name() {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("controlplane/build.sh");
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .arg("kubelets")
+            .env("SWITCHYARD_CONTROLPLANE_DIR", tempfile_dir())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // 127: no Go toolchain, which the script checks first.
+        if out.status.code() == Some(127) {
+            assert!(stderr.contains("'go'"), "{stderr}");
+            return;
+        }
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("unknown group 'kubelets'"), "{stderr}");
+        assert!(out.stdout.is_empty());
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        std::env::temp_dir().join(format!("switchyard-build-test-{}", std::process::id()))
+    }
+}
