@@ -63,24 +63,34 @@ pub async fn preflight(extra: &[Program]) -> Result<()> {
 /// naming them; `SWITCHYARD_NO_INSTALL` (or the older `SWITCHYARD_LAB_NO_INSTALL`) forbids
 /// installing.
 pub async fn ensure_programs(programs: &[Program]) -> Result<()> {
+    let programs = programs.to_vec();
+    tokio::task::spawn_blocking(move || ensure_programs_blocking(&programs))
+        .await
+        .map_err(|e| Error::Invalid {
+            what: "installing host packages".into(),
+            message: e.to_string(),
+        })?
+}
+
+/// [`ensure_programs`] for a caller outside an async runtime (a plain `#[test]`).
+pub fn ensure_programs_blocking(programs: &[Program]) -> Result<()> {
     let forbidden = std::env::var_os("SWITCHYARD_NO_INSTALL")
         .or_else(|| std::env::var_os("SWITCHYARD_LAB_NO_INSTALL"))
         .is_some_and(|v| !v.is_empty());
-    ensure(programs, !forbidden).await
+    ensure(programs, !forbidden)
 }
 
-async fn ensure(programs: &[Program], may_install: bool) -> Result<()> {
+fn ensure(programs: &[Program], may_install: bool) -> Result<()> {
     if programs.iter().all(|(p, _)| on_path(p)) {
         return Ok(());
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("host-packages.sh");
-    let status = tokio::process::Command::new("bash")
+    let status = std::process::Command::new("bash")
         .arg(&script)
         .args(programs.iter().map(|(p, pkg)| format!("{p}:{pkg}")))
         .env("SWITCHYARD_NO_INSTALL", if may_install { "" } else { "1" })
         .stdin(Stdio::null())
         .status()
-        .await
         .map_err(|source| Error::Spawn {
             what: format!("bash {}", script.display()),
             source,
@@ -125,15 +135,13 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test]
-    async fn present_programs_need_nothing() {
-        ensure(&[("bash", "bash"), ("sh", "dash")], false)
-            .await
-            .unwrap();
+    #[test]
+    fn present_programs_need_nothing() {
+        ensure(&[("bash", "bash"), ("sh", "dash")], false).unwrap();
     }
 
-    #[tokio::test]
-    async fn a_missing_program_names_its_package_when_installing_is_forbidden() {
+    #[test]
+    fn a_missing_program_names_its_package_when_installing_is_forbidden() {
         let err = ensure(
             &[
                 ("bash", "bash"),
@@ -141,7 +149,6 @@ mod tests {
             ],
             false,
         )
-        .await
         .unwrap_err()
         .to_string();
         assert!(err.contains("`switchyard-no-such-program`"), "{err}");

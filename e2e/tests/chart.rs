@@ -130,11 +130,9 @@ fn header(text: &str, key: &str) -> Option<String> {
         .next()
 }
 
-fn have_lua() -> bool {
-    std::process::Command::new("lua5.1")
-        .arg("-v")
-        .output()
-        .is_ok_and(|o| o.status.success())
+/// lua5.1, installed from its Debian package when missing (see `host::ensure_programs`).
+fn have_lua() -> Result<(), Error> {
+    switchyard_e2e::host::ensure_programs_blocking(&[("lua5.1", "lua5.1")])
 }
 
 fn run_lua(program: &str) -> (bool, String) {
@@ -165,11 +163,8 @@ fn run_lua(program: &str) -> (bool, String) {
 
 #[test]
 fn argocd_health_checks_judge_every_fixture() {
-    if !have_lua() {
-        return missing(
-            "argocd_health_checks_judge_every_fixture",
-            "the `lua5.1` interpreter (apt-get install lua5.1)",
-        );
+    if let Err(e) = have_lua() {
+        return missing("argocd_health_checks_judge_every_fixture", &e.to_string());
     }
     let scripts = repo_root().join("charts/switchyard/argocd");
     let cm = std::fs::read_to_string(repo_root().join("examples/argocd/argocd-cm.yaml")).unwrap();
@@ -885,11 +880,9 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn have_ip() -> bool {
-    std::process::Command::new("ip")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success())
+/// iproute2 and diffutils (`kubectl diff`), installed from Debian packages when missing.
+fn have_tools() -> Result<(), Error> {
+    switchyard_e2e::host::ensure_programs_blocking(&[("ip", "iproute2"), ("diff", "diffutils")])
 }
 
 fn ip(args: &[&str]) {
@@ -1179,8 +1172,8 @@ async fn chart_applies_cleanly_to_a_real_api_server() {
             "root (the test puts a bridge with the apiserver's address in the root network namespace)",
         );
     }
-    if !have_ip() {
-        return missing(TEST, "the `ip` command (apt-get install iproute2)");
+    if let Err(e) = have_tools() {
+        return missing(TEST, &e.to_string());
     }
     let started = Instant::now();
     let Some((helm, binaries)) = Helm::new(TEST).await else {

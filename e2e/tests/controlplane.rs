@@ -37,11 +37,9 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn have_ip() -> bool {
-    std::process::Command::new("ip")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success())
+/// iproute2, installed from its Debian package when missing.
+fn have_ip() -> Result<(), Error> {
+    switchyard_e2e::host::ensure_programs_blocking(&[("ip", "iproute2")])
 }
 
 fn ip(args: &[&str]) {
@@ -116,8 +114,8 @@ async fn prerequisites() -> Option<Binaries> {
         );
         return None;
     }
-    if !have_ip() {
-        missing("the `ip` command (apt-get install iproute2)");
+    if let Err(e) = have_ip() {
+        missing(&e.to_string());
         return None;
     }
     match ensure_binaries().await {
