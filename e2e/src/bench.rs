@@ -31,6 +31,18 @@ impl PodStart {
     pub fn quantile(&self, q: f64) -> Duration {
         nearest_rank(&self.latencies, q).unwrap_or(Duration::ZERO)
     }
+
+    /// `p50 .. ms, p90 .. ms, p99 .. ms, max .. ms`.
+    pub fn percentiles(&self) -> String {
+        let ms = |q| self.quantile(q).as_secs_f64() * 1000.0;
+        format!(
+            "p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            ms(0.5),
+            ms(0.9),
+            ms(0.99),
+            ms(1.0)
+        )
+    }
 }
 
 /// The `q` quantile (0..=1) of `sorted` by nearest rank; `None` without samples. Exact, and

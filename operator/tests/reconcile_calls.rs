@@ -4,15 +4,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
 use k8s_openapi::api::core::v1::{Namespace, Node};
+use kube::Client;
 use kube::client::Body;
-use kube::runtime::reflector::{self, store::Writer};
-use kube::runtime::watcher;
-use kube::{Client, Resource};
+use kube::runtime::reflector;
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use switchyard_api::{NodeBlock, PodNetwork};
@@ -20,13 +21,7 @@ use switchyard_operator::context::{Context, Stores};
 use switchyard_operator::metrics::Metrics;
 use switchyard_operator::pod_network::reconcile;
 
-fn fill<K: Resource<DynamicType = ()> + Clone>(writer: &mut Writer<K>, objs: Vec<K>) {
-    writer.apply_watcher_event(&watcher::Event::Init);
-    for o in objs {
-        writer.apply_watcher_event(&watcher::Event::InitApply(o));
-    }
-    writer.apply_watcher_event(&watcher::Event::InitDone);
-}
+use common::{fill, read_request};
 
 fn network() -> PodNetwork {
     let mut pn: PodNetwork = serde_json::from_value(json!({
@@ -43,16 +38,10 @@ fn node() -> Node {
     serde_json::from_value(json!({"metadata": {"name": "n1"}, "status": {"addresses": [{"type": "InternalIP", "address": "198.18.0.11"}]}})).unwrap()
 }
 
+/// Method, the whole URI (path and query) and the JSON body of a request.
 async fn body_json(req: Request<Body>) -> (String, String, Value) {
-    let method = req.method().to_string();
-    let uri = req.uri().to_string();
-    let bytes = req.into_body().collect_bytes().await.unwrap();
-    let v = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap()
-    };
-    (method, uri, v)
+    let (method, path, query, body) = read_request(req).await;
+    (method, format!("{path}?{query}"), body)
 }
 
 #[tokio::test]

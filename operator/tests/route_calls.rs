@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,11 +18,10 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
+use kube::Client;
 use kube::client::Body;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::{self, store::Writer};
-use kube::runtime::watcher;
-use kube::{Client, Resource};
+use kube::runtime::reflector;
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use switchyard_api::dataplane::{APPLIED_SLICES_ANNOTATION, APPLIED_VIPS_ANNOTATION};
@@ -29,13 +30,7 @@ use switchyard_operator::context::{Context, Stores};
 use switchyard_operator::metrics::Metrics;
 use switchyard_operator::service_route::{FINALIZER, reconcile};
 
-fn fill<K: Resource<DynamicType = ()> + Clone>(writer: &mut Writer<K>, objs: Vec<K>) {
-    writer.apply_watcher_event(&watcher::Event::Init);
-    for o in objs {
-        writer.apply_watcher_event(&watcher::Event::InitApply(o));
-    }
-    writer.apply_watcher_event(&watcher::Event::InitDone);
-}
+use common::{fill, read_request};
 
 fn from<K: serde::de::DeserializeOwned>(v: Value) -> K {
     serde_json::from_value(v).unwrap()
@@ -156,15 +151,7 @@ async fn serve(mut handle: tower_test::mock::Handle<Request<Body>, Response<Body
     while let Ok(Some((req, send))) =
         tokio::time::timeout(Duration::from_millis(300), handle.next_request()).await
     {
-        let method = req.method().to_string();
-        let path = req.uri().path().to_string();
-        let query = req.uri().query().unwrap_or_default().to_string();
-        let bytes = req.into_body().collect_bytes().await.unwrap();
-        let body: Value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap()
-        };
+        let (method, path, query, body) = read_request(req).await;
         let (code, answer) = match (method.as_str(), path.as_str()) {
             ("DELETE", _) => (200, status_body()),
             ("POST", p) if p.ends_with("/virtualips") => {

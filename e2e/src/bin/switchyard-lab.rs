@@ -484,18 +484,14 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         return bench_dns(args, &s, &client).await;
     }
     let nodes: Vec<String> = s.nodes.keys().cloned().collect();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     if let Some(changes) = args.programming {
         let r =
             switchyard_e2e::bench::programming(&client, &nodes, changes, Duration::from_secs(30))
                 .await?;
         println!(
-            "programming latency (backend change to Programmed on all {} nodes), {changes} changes: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms; {:.1} s in all",
+            "programming latency (backend change to Programmed on all {} nodes), {changes} changes: {}; {:.1} s in all",
             nodes.len(),
-            ms(r.quantile(0.5)),
-            ms(r.quantile(0.9)),
-            ms(r.quantile(0.99)),
-            ms(r.quantile(1.0)),
+            r.percentiles(),
             r.wall.as_secs_f64()
         );
         return Ok(ExitCode::SUCCESS);
@@ -504,12 +500,9 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let r =
         switchyard_e2e::bench::pod_start(&client, &nodes, pods, Duration::from_secs(300)).await?;
     println!(
-        "pod start (created to Ready), {pods} pods over {} nodes: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms; all {pods} Ready after {:.2} s",
+        "pod start (created to Ready), {pods} pods over {} nodes: {}; all {pods} Ready after {:.2} s",
         nodes.len(),
-        ms(r.quantile(0.5)),
-        ms(r.quantile(0.9)),
-        ms(r.quantile(0.99)),
-        ms(r.quantile(1.0)),
+        r.percentiles(),
         r.wall.as_secs_f64()
     );
     Ok(ExitCode::SUCCESS)
