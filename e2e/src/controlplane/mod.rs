@@ -198,6 +198,7 @@ pub async fn ensure_programs(groups: &[Programs]) -> Result<PathBuf> {
             hint: "the lab's build script belongs to the switchyard-e2e crate; check out the whole repository".into(),
         });
     }
+    // Not `output()`: tokio's pipes stderr too, which would swallow the build's progress.
     let output = tokio::process::Command::new("bash")
         .arg(&script)
         .args(groups.iter().map(|g| g.arg()))
@@ -205,8 +206,7 @@ pub async fn ensure_programs(groups: &[Programs]) -> Result<PathBuf> {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
-        .output()
-        .await
+        .spawn()
         .map_err(|source| match source.kind() {
             std::io::ErrorKind::NotFound => Error::Missing {
                 what: "bash".into(),
@@ -216,6 +216,12 @@ pub async fn ensure_programs(groups: &[Programs]) -> Result<PathBuf> {
                 what: format!("bash {}", script.display()),
                 source,
             },
+        })?
+        .wait_with_output()
+        .await
+        .map_err(|source| Error::Spawn {
+            what: format!("bash {}", script.display()),
+            source,
         })?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     match output.status.code() {
