@@ -56,10 +56,25 @@ if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
 
-export GOWORK=off GOFLAGS=-mod=mod CGO_ENABLED=0
 mkdir -p "$out"
 start=$(date +%s)
 say() { echo "switchyard: [$(( $(date +%s) - start ))s] $*" >&2; }
+# One build at a time per cache (tests run in parallel and may ask for the same program);
+# whoever waited looks again, since the first may have built what it needs.
+exec 9>"$out/.build.lock"
+if ! flock -n 9; then
+  say "waiting for another build into $out"
+  flock 9
+  still=()
+  for b in "${missing[@]}"; do [ -x "$out/$b" ] || still+=("$b"); done
+  missing=("${still[@]}")
+  if [ ${#missing[@]} -eq 0 ]; then
+    echo "$out"
+    exit 0
+  fi
+fi
+
+export GOWORK=off GOFLAGS=-mod=mod CGO_ENABLED=0
 say "building ${#missing[@]} Go program(s) into $out (once; cached afterwards): ${missing[*]}"
 
 # build NAME DIR OUTPUT GO-BUILD-ARGS...: one `go build` in module DIR, with a line every 30 s
