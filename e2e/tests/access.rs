@@ -18,24 +18,6 @@ use switchyard_e2e::lab::{Lab, LabOptions};
 const NS: &str = "guarded";
 const GUEST: &str = "guest";
 
-async fn vip(lab: &Lab) -> String {
-    let api = Api::<ServiceRoute>::namespaced(lab.client.clone(), NS);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if let Some(v) = api
-            .get("web")
-            .await
-            .ok()
-            .and_then(|r| r.status)
-            .and_then(|s| s.virtual_ips.into_iter().find(|v| !v.contains(':')))
-        {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    panic!("route web got no IPv4 virtual IP");
-}
-
 /// The route `web` with the given `access` block (YAML flow style; empty: none), applied and
 /// waited for until every node agent programmed it.
 async fn route(lab: &Lab, access: &str) {
@@ -161,7 +143,7 @@ async fn steps(lab: &mut Lab) {
         "{from: [{podSelector: {matchLabels: {role: frontend}}}]}",
     )
     .await;
-    let web = format!("{}:80", vip(lab).await);
+    let web = format!("{}:80", route_vip4(lab, NS, "web").await);
     reaches(lab, NS, "front", &web).await;
     reaches(lab, NS, "front", &web1).await;
     reaches(lab, NS, "front", &web2).await;

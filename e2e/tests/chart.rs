@@ -20,11 +20,14 @@
 //! A missing prerequisite (lua5.1, go, root, ip) fails the test under CI; without CI it is
 //! printed and the test passes.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::bridge::{Bridge, is_root, missing};
 use futures::StreamExt as _;
 use serde_json::{Value, json};
 use switchyard_e2e::Error;
@@ -34,14 +37,6 @@ use switchyard_e2e::controlplane::{Binaries, ControlPlane, ControlPlaneOptions, 
 
 const BRIDGE_ADDR: &str = "198.18.251.1";
 const FIELD_MANAGER: &str = "switchyard-chart-test";
-
-/// A prerequisite is missing: fail under CI, otherwise say so and skip.
-fn missing(test: &str, what: &str) {
-    if std::env::var_os("CI").is_some() {
-        panic!("prerequisite missing: {what}");
-    }
-    eprintln!("SKIPPED {test}: {what} (set CI=1 to make this a failure)");
-}
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -869,57 +864,9 @@ async fn bad_values_fail_naming_the_field(helm: &Helm, chart_dir: &str) {
 // ---------------------------------------------------------------------------------------------
 // Against the real API server
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
-        })
-        .unwrap_or(false)
-}
-
 /// iproute2 and diffutils (`kubectl diff`), installed from Debian packages when missing.
 fn have_tools() -> Result<(), Error> {
     switchyard_e2e::host::ensure_programs_blocking(&[("ip", "iproute2"), ("diff", "diffutils")])
-}
-
-fn ip(args: &[&str]) {
-    let out = std::process::Command::new("ip")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The bridge holding the apiserver's address, deleted on drop (success or panic).
-struct Bridge(String);
-
-impl Bridge {
-    fn create(name: &str, cidr: &str) -> Self {
-        let bridge = Bridge(name.to_string());
-        let _ = std::process::Command::new("ip")
-            .args(["link", "del", name])
-            .output();
-        ip(&["link", "add", name, "type", "bridge"]);
-        ip(&["addr", "add", cidr, "dev", name]);
-        ip(&["link", "set", name, "up"]);
-        bridge
-    }
-}
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["link", "del", &self.0])
-            .output();
-    }
 }
 
 struct Kubectl<'a> {

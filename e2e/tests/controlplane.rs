@@ -7,9 +7,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::bridge::{Bridge, is_root, missing};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
 use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
@@ -18,66 +21,9 @@ use switchyard_e2e::controlplane::{Binaries, ControlPlane, ControlPlaneOptions, 
 
 const BRIDGE_ADDR: &str = "198.18.250.1";
 
-/// A prerequisite is missing: fail under CI, otherwise say so and skip.
-fn missing(what: &str) {
-    if std::env::var_os("CI").is_some() {
-        panic!("prerequisite missing: {what}");
-    }
-    eprintln!("SKIPPED controlplane test: {what} (set CI=1 to make this a failure)");
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
-        })
-        .unwrap_or(false)
-}
-
 /// iproute2, installed from its Debian package when missing.
 fn have_ip() -> Result<(), Error> {
     switchyard_e2e::host::ensure_programs_blocking(&[("ip", "iproute2")])
-}
-
-fn ip(args: &[&str]) {
-    let out = std::process::Command::new("ip")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The fabric bridge in the root namespace, deleted on drop (success or panic).
-struct Bridge(String);
-
-impl Bridge {
-    fn create(name: &str, cidr: &str) -> Self {
-        let bridge = Bridge(name.to_string());
-        // Leftover from a killed run with the same pid: start clean.
-        let _ = std::process::Command::new("ip")
-            .args(["link", "del", name])
-            .output();
-        ip(&["link", "add", name, "type", "bridge"]);
-        ip(&["addr", "add", cidr, "dev", name]);
-        ip(&["link", "set", name, "up"]);
-        bridge
-    }
-}
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["link", "del", &self.0])
-            .output();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,22 +52,25 @@ async fn control_plane_serves_clients_and_runs_controllers() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+const TEST: &str = "control_plane_serves_clients_and_runs_controllers";
+
 /// The control plane binaries, or `None` (after `missing`) when a prerequisite is absent.
 async fn prerequisites() -> Option<Binaries> {
     if !is_root() {
         missing(
+            TEST,
             "root (the test puts a bridge with the apiserver's address in the root network namespace)",
         );
         return None;
     }
     if let Err(e) = have_ip() {
-        missing(&e.to_string());
+        missing(TEST, &e.to_string());
         return None;
     }
     match ensure_binaries().await {
         Ok(b) => Some(b),
         Err(e @ Error::Missing { .. }) => {
-            missing(&e.to_string());
+            missing(TEST, &e.to_string());
             None
         }
         Err(e) => panic!("building the control plane binaries: {e}"),

@@ -19,9 +19,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::*;
-use kube::api::Api;
 use serde_json::Value;
-use switchyard_api::ServiceRoute;
 use switchyard_e2e::lab::{Lab, LabOptions};
 
 const NS: &str = "plug";
@@ -85,24 +83,6 @@ async fn trace(lab: &Lab, args: &[&str]) -> (Value, Option<i32>) {
         )
     });
     (v, o.status.code())
-}
-
-async fn vip(lab: &Lab, name: &str) -> String {
-    let api = Api::<ServiceRoute>::namespaced(lab.client.clone(), NS);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if let Some(v) = api
-            .get(name)
-            .await
-            .ok()
-            .and_then(|r| r.status)
-            .and_then(|s| s.virtual_ips.into_iter().find(|v| !v.contains(':')))
-        {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    panic!("route {name} got no IPv4 virtual IP");
 }
 
 async fn route(lab: &Lab, name: &str, extra: &str) {
@@ -210,8 +190,8 @@ async fn routes_are_programmed_and_ready(lab: &Lab) -> (String, String) {
         wait_condition(lab, &obj, "Programmed", 60).await;
         wait_condition(lab, &obj, "Ready", 60).await;
     }
-    let web_vip = vip(lab, "web").await;
-    let local_vip = vip(lab, "local").await;
+    let web_vip = route_vip4(lab, NS, "web").await;
+    let local_vip = route_vip4(lab, NS, "local").await;
     (web_vip, local_vip)
 }
 

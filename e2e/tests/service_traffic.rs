@@ -14,49 +14,13 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::*;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use switchyard_api::service_route::NodeCounts;
 use switchyard_api::{ServiceRoute, ServiceRouteStatus};
 use switchyard_e2e::lab::{Lab, LabOptions};
 use switchyard_e2e::netns;
 
 const NS: &str = "traffic";
-
-async fn vip(lab: &Lab, name: &str) -> String {
-    let api = Api::<ServiceRoute>::namespaced(lab.client.clone(), NS);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if let Some(v) = api
-            .get(name)
-            .await
-            .ok()
-            .and_then(|r| r.status)
-            .and_then(|s| s.virtual_ips.into_iter().find(|v| !v.contains(':')))
-        {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    panic!("route {name} got no IPv4 virtual IP");
-}
-
-async fn ready_endpoints(lab: &Lab, name: &str) -> Vec<String> {
-    let lp = ListParams::default().labels(&format!("switchyard.dev/route={name}"));
-    let mut out: Vec<String> = Api::<EndpointSlice>::namespaced(lab.client.clone(), NS)
-        .list(&lp)
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .flat_map(|s| s.endpoints)
-        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false))
-        .flat_map(|e| e.addresses)
-        .filter(|a| !a.contains(':'))
-        .collect();
-    out.sort();
-    out
-}
 
 async fn status(lab: &Lab, name: &str) -> ServiceRouteStatus {
     Api::<ServiceRoute>::namespaced(lab.client.clone(), NS)
@@ -131,14 +95,6 @@ async fn first_ok(lab: &Lab, from: &str, proto: &str, target: &str) -> String {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     panic!("{from} → {proto} {target} never answered: {last}");
-}
-
-fn labelled(yaml: String, role: &str) -> String {
-    yaml.replacen(
-        "  labels: {app: ",
-        &format!("  labels: {{role: {role}, app: "),
-        1,
-    )
 }
 
 /// A UDP exchange from a fixed source port inside `pod`'s namespace (the test client picks a
@@ -237,20 +193,20 @@ async fn backends_client_and_routes(lab: &Lab) -> Vips {
     apply(lab, &format!("apiVersion: switchyard.dev/v1alpha1\nkind: ServiceRoute\nmetadata: {{name: sticky, namespace: {NS}}}\nspec:\n  selector: {{matchLabels: {{role: web}}}}\n  sessionAffinity: {{clientIP: {{timeoutSeconds: 60}}}}\n  ports: [{{port: 80, targetPort: 8080}}]\n")).await;
     apply(lab, &format!("apiVersion: switchyard.dev/v1alpha1\nkind: ServiceRoute\nmetadata: {{name: empty, namespace: {NS}}}\nspec:\n  selector: {{matchLabels: {{role: nobody}}}}\n  ports: [{{port: 80, targetPort: 8080}}]\n")).await;
     apply(lab, &format!("apiVersion: switchyard.dev/v1alpha1\nkind: ServiceRoute\nmetadata: {{name: local, namespace: {NS}}}\nspec:\n  selector: {{matchLabels: {{role: web}}}}\n  trafficPolicy: Local\n  ports: [{{port: 80, targetPort: 8080}}]\n")).await;
-    let web = vip(lab, "web").await;
-    let local = vip(lab, "local").await;
-    let sticky = vip(lab, "sticky").await;
-    let empty = vip(lab, "empty").await;
+    let web = route_vip4(lab, NS, "web").await;
+    let local = route_vip4(lab, NS, "local").await;
+    let sticky = route_vip4(lab, NS, "sticky").await;
+    let empty = route_vip4(lab, NS, "empty").await;
     wait_until(60, || async {
-        ready_endpoints(lab, "web").await.len() == 3
+        ready_endpoints(lab, NS, "web").await.len() == 3
     })
     .await;
     wait_until(60, || async {
-        ready_endpoints(lab, "sticky").await.len() == 3
+        ready_endpoints(lab, NS, "sticky").await.len() == 3
     })
     .await;
     wait_until(60, || async {
-        ready_endpoints(lab, "local").await.len() == 3
+        ready_endpoints(lab, NS, "local").await.len() == 3
     })
     .await;
     Vips {
@@ -394,7 +350,7 @@ async fn a_udp_flow_leaves_a_deleted_backend(lab: &Lab, web: &str) -> String {
     let gone_ip = pod_ip(lab, NS, &gone).await;
     kubectl(lab, &["delete", "pod", "-n", NS, &gone, "--wait=false"]).await;
     wait_until(60, || async {
-        !ready_endpoints(lab, "web").await.contains(&gone_ip)
+        !ready_endpoints(lab, NS, "web").await.contains(&gone_ip)
     })
     .await;
     // The status written with the new slices, then Programmed again: both agents applied them.
@@ -489,7 +445,7 @@ async fn a_route_created_while_an_agent_is_down_waits_for_it(
         .await
         .unwrap();
     // The same elements, plus those of the route created meanwhile.
-    let probe = vip(lab, "probe").await;
+    let probe = route_vip4(lab, NS, "probe").await;
     let elements = |map: &str| -> BTreeSet<String> {
         map.split_once("elements = {")
             .and_then(|(_, rest)| rest.split_once('}'))

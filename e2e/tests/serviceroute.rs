@@ -85,23 +85,6 @@ async fn vips(lab: &Lab) -> Vec<(String, String)> {
     v
 }
 
-/// Ready endpoint addresses in the route's EndpointSlices.
-async fn ready_endpoints(lab: &Lab, ns: &str, name: &str) -> Vec<String> {
-    let lp = ListParams::default().labels(&format!("switchyard.dev/route={name}"));
-    let mut out: Vec<String> = Api::<EndpointSlice>::namespaced(lab.client.clone(), ns)
-        .list(&lp)
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .flat_map(|s| s.endpoints)
-        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false))
-        .flat_map(|e| e.addresses)
-        .collect();
-    out.sort();
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn serviceroute_operator_end_to_end() {
     if !prerequisites() {
@@ -356,13 +339,4 @@ async fn kubectl_get_shows_the_virtual_ips(lab: &Lab) {
         table.contains("VIRTUAL IPS") && table.contains("198.19.0.50"),
         "{table}"
     );
-}
-
-/// Adds the label `role: <role>` to a pod manifest from `pod_yaml`.
-fn labelled(yaml: String, role: &str) -> String {
-    yaml.replacen(
-        "  labels: {app: ",
-        &format!("  labels: {{role: {role}, app: "),
-        1,
-    )
 }

@@ -12,6 +12,8 @@ use kube::api::Api;
 use switchyard_e2e::lab::Lab;
 use switchyard_e2e::{host, netns};
 
+pub mod bridge;
+
 /// Whether the lab can run here: root, and the programs the lab and the tests drive, which are
 /// installed from Debian packages when missing. Only a machine where that is impossible (not
 /// root, no apt-get) skips, with a printed reason, and only when `CI` is unset; under CI
@@ -52,6 +54,52 @@ where
     if let Err(p) = outcome {
         std::panic::resume_unwind(p);
     }
+}
+
+/// Route `ns/name`'s first IPv4 virtual IP, once it has one (at most 60 s).
+pub async fn route_vip4(lab: &Lab, ns: &str, name: &str) -> String {
+    let api = Api::<switchyard_api::ServiceRoute>::namespaced(lab.client.clone(), ns);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Some(v) = api
+            .get(name)
+            .await
+            .ok()
+            .and_then(|r| r.status)
+            .and_then(|s| s.virtual_ips.into_iter().find(|v| !v.contains(':')))
+        {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    panic!("route {ns}/{name} got no IPv4 virtual IP");
+}
+
+/// Ready endpoint addresses in route `ns/name`'s EndpointSlices, sorted.
+pub async fn ready_endpoints(lab: &Lab, ns: &str, name: &str) -> Vec<String> {
+    let lp = kube::api::ListParams::default().labels(&format!("switchyard.dev/route={name}"));
+    let mut out: Vec<String> =
+        Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::namespaced(lab.client.clone(), ns)
+            .list(&lp)
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .flat_map(|s| s.endpoints)
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false))
+            .flat_map(|e| e.addresses)
+            .collect();
+    out.sort();
+    out
+}
+
+/// Adds the label `role: <role>` to a pod manifest from [`pod_yaml`].
+pub fn labelled(yaml: String, role: &str) -> String {
+    yaml.replacen(
+        "  labels: {app: ",
+        &format!("  labels: {{role: {role}, app: "),
+        1,
+    )
 }
 
 pub fn step(what: &str) {
