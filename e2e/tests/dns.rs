@@ -13,8 +13,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use switchyard_api::ServiceRoute;
 use switchyard_e2e::lab::{Lab, LabOptions, UPSTREAM_WWW, UPSTREAM_ZONE};
 
@@ -102,22 +101,6 @@ async fn vips(lab: &Lab, ns: &str, name: &str, count: usize) -> Vec<String> {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     panic!("route {ns}/{name} got no {count} virtual IPs");
-}
-
-async fn slice_addresses(lab: &Lab, ns: &str, route: &str) -> Vec<String> {
-    let lp = ListParams::default().labels(&format!("switchyard.dev/route={route}"));
-    let mut v: Vec<String> = Api::<EndpointSlice>::namespaced(lab.client.clone(), ns)
-        .list(&lp)
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .flat_map(|s| s.endpoints)
-        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false))
-        .flat_map(|e| e.addresses)
-        .collect();
-    v.sort();
-    v
 }
 
 /// Polls `dig` until `pred` holds; the time it took from `t0`.
@@ -511,7 +494,7 @@ async fn a_backend_change_is_answered_within_a_second(lab: &Lab) {
     wait_pods_ready(lab, NS, 4, 90).await;
     let db2 = pod_ip(lab, NS, "db-2").await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !slice_addresses(lab, NS, "db").await.contains(&db2) {
+    while !ready_endpoints(lab, NS, "db").await.contains(&db2) {
         assert!(Instant::now() < deadline, "db-2 never reached the slices");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
