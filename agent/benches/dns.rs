@@ -112,6 +112,8 @@ fn build(n: usize) -> Result<(Snapshot, Duration, usize)> {
         slices: &slices,
         namespaces: &[NS, "default"],
         pod_cidrs: &[],
+        services: &[],
+        service_slices: &[],
     });
     let took = t0.elapsed();
     let bytes = heap().saturating_sub(before);

@@ -20,6 +20,7 @@ pub mod desired;
 pub mod dns;
 pub mod error;
 pub mod kernel;
+pub mod native;
 pub mod report;
 pub mod route_index;
 pub mod run;

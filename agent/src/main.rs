@@ -69,6 +69,15 @@ struct Args {
     /// UDP sockets (one receive loop each) on the DNS address; 0 = one per core.
     #[arg(long, default_value_t = 0)]
     dns_sockets: usize,
+    /// Also serve core Services (ClusterIP, NodePort, LoadBalancer node ports, external IPs)
+    /// and their DNS names (headless and ExternalName included), so that a cluster runs
+    /// without kube-proxy and CoreDNS. Off: Services are not watched at all.
+    #[arg(long, default_value_t = false)]
+    native_services: bool,
+    /// This node's addresses, where node ports are served (comma separated; the chart passes
+    /// the pod's `status.hostIPs`).
+    #[arg(long, env = "NODE_IPS", value_delimiter = ',')]
+    node_ip: Vec<std::net::IpAddr>,
 }
 
 fn socket_addr(flag: &'static str, s: &str) -> anyhow::Result<SocketAddr> {
@@ -141,6 +150,8 @@ async fn main() -> anyhow::Result<()> {
         pod_routes: args.pod_routes,
         resync: Duration::from_secs(args.resync_seconds),
         dns,
+        native_services: args.native_services,
+        node_ips: args.node_ip.clone(),
     };
     tokio::select! {
         res = run(client, config, metrics, health) => res.context("agent stopped")?,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Service as CoreService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
@@ -29,6 +29,7 @@ use tracing::{Instrument, info, warn};
 use crate::desired::{DesiredNode, desired};
 use crate::dns::{self, DnsConfig, server::DnsMetrics};
 use crate::kernel::{links, netlink, nft, services as svc_kernel};
+use crate::native::{NATIVE_SLICE_SELECTOR, NodeView, native_desired, service_key, slice_service};
 use crate::report::{Report, Seen};
 use crate::route_index::{SharedDirty, SharedIndex, indexed_cache, lock};
 use crate::service_table::ServiceTable;
@@ -52,6 +53,11 @@ pub struct AgentConfig {
     pub resync: Duration,
     /// The node-local DNS server; `None`: no DNS.
     pub dns: Option<DnsConfig>,
+    /// Serve core Services (ClusterIP, NodePort, LoadBalancer node ports, headless and
+    /// ExternalName names) as well, in place of kube-proxy and CoreDNS.
+    pub native_services: bool,
+    /// The addresses this node serves node ports on.
+    pub node_ips: Vec<std::net::IpAddr>,
 }
 
 /// The agent's metrics, under `switchyard_agent_`.
@@ -186,7 +192,7 @@ pub async fn run(
     let (pass_tx, pass_rx) = mpsc::channel::<Instant>(1);
     // DNS rebuilds its snapshot on its own trigger, so a slow kernel pass never delays it.
     let (dns_tx, dns_rx) = mpsc::channel::<Instant>(1);
-    let (caches, drivers) = Caches::watch(&client, &pass_tx, &dns_tx);
+    let (caches, drivers) = Caches::watch(&client, config.native_services, &pass_tx, &dns_tx);
     let (dns_synced_tx, dns_synced_rx) = oneshot::channel::<()>();
     let dns_tasks = start_dns(&config, &metrics, &caches, dns_rx, dns_synced_rx).await;
     let view = Arc::new(caches.view(&config.node, pod_routes(&config)));
@@ -217,6 +223,15 @@ pub async fn run(
     stop(drivers, reporter, dns_tasks, server).await
 }
 
+/// Core Services and the EndpointSlices of kube-controller-manager and kube-apiserver, each
+/// indexed by the Service's table id (`service:<ns>/<name>`).
+pub(crate) struct NativeCaches {
+    pub(crate) services: Store<CoreService>,
+    service_index: SharedIndex<CoreService>,
+    pub(crate) slices: Store<EndpointSlice>,
+    slice_index: SharedIndex<EndpointSlice>,
+}
+
 /// The stores the agent programs and answers from, and what their watches note for it.
 struct Caches {
     networks: Store<PodNetwork>,
@@ -228,6 +243,10 @@ struct Caches {
     slice_index: SharedIndex<EndpointSlice>,
     /// ServiceRoutes feed DNS only (names, virtual IPs, ports, hostnames).
     routes: Store<ServiceRoute>,
+    /// Core Services and their EndpointSlices, with `--native-services` only.
+    native: Option<NativeCaches>,
+    /// The pod pools the native Services were last computed with.
+    native_pools: std::sync::Mutex<Vec<IpNet>>,
     /// Routes whose slices or claims changed since the last pass.
     dirty: SharedDirty,
     /// Highest VirtualIP event version stored, for the report.
@@ -241,6 +260,7 @@ impl Caches {
     /// snapshot rebuild (`dns`). Returns the caches and the task driving the watches.
     fn watch(
         client: &Client,
+        native_services: bool,
         pass: &mpsc::Sender<Instant>,
         dns: &mpsc::Sender<Instant>,
     ) -> (Self, JoinHandle<()>) {
@@ -294,8 +314,46 @@ impl Caches {
             None,
             None,
         );
+        let (native, d7) = if native_services {
+            // Their versions are not reported: the operator's Programmed condition is about
+            // ServiceRoutes only.
+            let unreported = Arc::new(Seen::default());
+            let (services, service_index, d7a) = indexed_cache(
+                Api::<CoreService>::all(client.clone()),
+                all(),
+                pass.clone(),
+                unreported.clone(),
+                service_key,
+                dirty.clone(),
+                Some(dns.clone()),
+            );
+            let (nslices, nslice_index, d7b) = indexed_cache(
+                Api::<EndpointSlice>::all(client.clone()),
+                all().labels(NATIVE_SLICE_SELECTOR),
+                pass.clone(),
+                unreported,
+                slice_service,
+                dirty.clone(),
+                Some(dns.clone()),
+            );
+            let native = NativeCaches {
+                services,
+                service_index,
+                slices: nslices,
+                slice_index: nslice_index,
+            };
+            let driver: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
+                Box::pin(async move {
+                    tokio::join!(d7a, d7b);
+                });
+            (Some(native), driver)
+        } else {
+            let idle: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
+                Box::pin(async {});
+            (None, idle)
+        };
         let drivers = tokio::spawn(async move {
-            tokio::join!(d1, d2, d3, d4, d5, d6);
+            tokio::join!(d1, d2, d3, d4, d5, d6, d7);
         });
         let caches = Caches {
             networks,
@@ -306,6 +364,8 @@ impl Caches {
             slices,
             slice_index,
             routes,
+            native,
+            native_pools: Default::default(),
             dirty,
             seen_vips,
             seen_slices,
@@ -332,6 +392,10 @@ impl Caches {
             slices: self.slices.clone(),
             namespaces: self.namespaces.clone(),
             networks: self.networks.clone(),
+            native: self
+                .native
+                .as_ref()
+                .map(|n| (n.services.clone(), n.slices.clone())),
         }
     }
 
@@ -342,6 +406,10 @@ impl Caches {
         let _ = self.namespaces.wait_until_ready().await;
         let _ = self.vips.wait_until_ready().await;
         let _ = self.slices.wait_until_ready().await;
+        if let Some(n) = &self.native {
+            let _ = n.services.wait_until_ready().await;
+            let _ = n.slices.wait_until_ready().await;
+        }
     }
 
     /// What a pass starting now covers: every event up to these versions is in the caches
@@ -367,32 +435,100 @@ impl Caches {
         desired(node, &net_refs, &accepted, &block_refs)
     }
 
-    /// Recomputes in `table` the routes whose slices or claims changed (all of them after a
-    /// relist); returns how many it recomputed.
-    fn refresh_routes(&self, node: &str, table: &mut ServiceTable) -> usize {
+    /// The pod pools of every accepted PodNetwork (a native backend outside them is
+    /// masqueraded).
+    fn pod_pools(&self) -> Vec<IpNet> {
+        let mut pools: Vec<IpNet> = self
+            .networks
+            .state()
+            .iter()
+            .filter(|n| is_accepted(n))
+            .flat_map(|n| n.spec.pod_cidrs.iter().filter_map(|c| c.parse().ok()))
+            .collect();
+        pools.sort();
+        pools.dedup();
+        pools
+    }
+
+    /// Recomputes in `table` the routes and native Services whose objects changed (all of
+    /// them after a relist; every native Service when the pod pools changed); returns how many
+    /// it recomputed.
+    fn refresh_routes(&self, config: &AgentConfig, table: &mut ServiceTable) -> usize {
+        let node = config.node.as_str();
         let changed = lock(&self.dirty).take();
-        let ids: Vec<String> = match changed {
-            Some(ids) => ids.into_iter().collect(),
+        let mut ids: BTreeSet<String> = match changed {
+            Some(ids) => ids,
             None => {
                 let mut ids: BTreeSet<String> = table.routes().cloned().collect();
                 ids.extend(lock(&self.slice_index).routes().cloned());
                 ids.extend(lock(&self.vip_index).routes().cloned());
-                ids.into_iter().collect()
+                if let Some(n) = &self.native {
+                    ids.extend(lock(&n.service_index).routes().cloned());
+                    ids.extend(lock(&n.slice_index).routes().cloned());
+                }
+                ids
             }
         };
+        let mut view = None;
+        if let Some(n) = &self.native {
+            let pools = self.pod_pools();
+            let mut last = lock(&self.native_pools);
+            if *last != pools {
+                ids.extend(lock(&n.service_index).routes().cloned());
+                ids.extend(
+                    table
+                        .routes()
+                        .filter(|r| r.starts_with("service:"))
+                        .cloned(),
+                );
+                last.clone_from(&pools);
+            }
+            view = Some(NodeView {
+                node: node.to_string(),
+                node_ips: config.node_ips.clone(),
+                pod_pools: pools,
+            });
+        }
         for id in &ids {
-            let slice_refs = lock(&self.slice_index).refs(id);
-            let vip_refs = lock(&self.vip_index).refs(id);
-            let route_slices: Vec<_> = slice_refs
-                .iter()
-                .filter_map(|r| self.slices.get(r))
-                .collect();
-            let route_vips: Vec<_> = vip_refs.iter().filter_map(|r| self.vips.get(r)).collect();
-            let s: Vec<&EndpointSlice> = route_slices.iter().map(|s| s.as_ref()).collect();
-            let v: Vec<&VirtualIP> = route_vips.iter().map(|v| v.as_ref()).collect();
-            table.set_route(id, route_desired(node, id, &s, &v));
+            let want = match (&self.native, &view) {
+                (Some(n), Some(view)) if id.starts_with("service:") => {
+                    self.native_desired(n, view, id)
+                }
+                (None, _) if id.starts_with("service:") => None,
+                _ => self.route_desired(node, id),
+            };
+            table.set_route(id, want);
         }
         ids.len()
+    }
+
+    /// What ServiceRoute `id` asks of `node`, from its cached slices and claims.
+    fn route_desired(&self, node: &str, id: &str) -> Option<crate::services::RouteDesired> {
+        let slice_refs = lock(&self.slice_index).refs(id);
+        let vip_refs = lock(&self.vip_index).refs(id);
+        let route_slices: Vec<_> = slice_refs
+            .iter()
+            .filter_map(|r| self.slices.get(r))
+            .collect();
+        let route_vips: Vec<_> = vip_refs.iter().filter_map(|r| self.vips.get(r)).collect();
+        let s: Vec<&EndpointSlice> = route_slices.iter().map(|s| s.as_ref()).collect();
+        let v: Vec<&VirtualIP> = route_vips.iter().map(|v| v.as_ref()).collect();
+        route_desired(node, id, &s, &v)
+    }
+
+    /// What native Service `id` asks of this node, from its cached object and slices.
+    fn native_desired(
+        &self,
+        n: &NativeCaches,
+        view: &NodeView,
+        id: &str,
+    ) -> Option<crate::services::RouteDesired> {
+        let svc_ref = lock(&n.service_index).refs(id).into_iter().next()?;
+        let svc = n.services.get(&svc_ref)?;
+        let slice_refs = lock(&n.slice_index).refs(id);
+        let slices: Vec<_> = slice_refs.iter().filter_map(|r| n.slices.get(r)).collect();
+        let s: Vec<&EndpointSlice> = slices.iter().map(|s| s.as_ref()).collect();
+        native_desired(view, id, &svc, &s)
     }
 }
 
@@ -489,7 +625,7 @@ impl Passes<'_> {
         loop {
             let covers = self.caches.covers();
             let want = self.caches.desired_node(node);
-            let routes_changed = self.caches.refresh_routes(node, &mut kernel.table);
+            let routes_changed = self.caches.refresh_routes(self.config, &mut kernel.table);
             let outcome = kernel
                 .apply(&want, self.metrics)
                 .instrument(tracing::info_span!(

@@ -154,6 +154,7 @@ pub struct ServiceTable {
     dispatch: Tracked<Key, u32>,
     backends: Tracked<(Key, u32), (IpAddr, u16)>,
     no_endpoints: Tracked<Key, ()>,
+    masq: Tracked<Key, ()>,
     affinity: Tracked<Key, u32>,
     hairpin: Counted<IpAddr>,
     chains_n: Counted<u32>,
@@ -310,6 +311,7 @@ impl ServiceTable {
         self.dispatch.remove(k);
         self.affinity.remove(k);
         self.no_endpoints.remove(k);
+        self.masq.remove(k);
         for i in 0..count {
             let i = u32::try_from(i).unwrap_or(u32::MAX);
             self.backends.remove(&(*k, i));
@@ -328,10 +330,14 @@ impl ServiceTable {
             self.no_endpoints.insert(*k, ());
             return;
         }
+        let masq = s.masq;
         let local: Vec<IpAddr> = local_backends(&self.node, s).collect();
         let entries: Vec<(IpAddr, u16)> = s.backends.iter().map(|b| (b.ip, b.port)).collect();
         let affinity = s.affinity.filter(|_| k.vip.is_ipv4());
         let n = u32::try_from(entries.len()).unwrap_or(u32::MAX);
+        if masq {
+            self.masq.insert(*k, ());
+        }
         self.dispatch.insert(*k, n);
         self.chains_n.add(n);
         for (i, e) in entries.into_iter().enumerate() {
@@ -386,6 +392,7 @@ impl ServiceTable {
                 dispatch: self.dispatch.take(),
                 backends: self.backends.take(),
                 no_endpoints: self.no_endpoints.take(),
+                masq: self.masq.take(),
                 hairpin: self.hairpin.set.take(),
                 affinity: self.affinity.take(),
                 chains_n: self.chains_n.set.take(),
@@ -409,6 +416,7 @@ impl ServiceTable {
             dispatch: self.dispatch.map.clone(),
             backends: self.backends.map.clone(),
             no_endpoints: self.no_endpoints.map.clone(),
+            masq: self.masq.map.clone(),
             hairpin: self.hairpin.set.map.clone(),
             affinity: self.affinity.map.clone(),
             chains_n: self.chains_n.set.map.clone(),
@@ -419,11 +427,12 @@ impl ServiceTable {
     }
 
     /// Element counts by map, for metrics.
-    pub fn sizes(&self) -> [(&'static str, usize); 7] {
+    pub fn sizes(&self) -> [(&'static str, usize); 8] {
         [
             ("dispatch", self.dispatch.map.len()),
             ("backends", self.backends.map.len()),
             ("no_endpoints", self.no_endpoints.map.len()),
+            ("masq", self.masq.map.len()),
             ("hairpin", self.hairpin.set.map.len()),
             ("affinity_routes", self.affinity.map.len()),
             ("access_route", self.access_route.map.len()),
@@ -529,6 +538,7 @@ mod tests {
                                         .collect(),
                                     affinity: aff,
                                     local: false,
+                                    masq: aff.is_some_and(|t| t % 2 == 0),
                                 },
                             )
                         })
@@ -614,6 +624,7 @@ mod tests {
                         .collect(),
                     affinity: None,
                     local: false,
+                    masq: false,
                 },
             )]
             .into(),

@@ -99,6 +99,9 @@ pub struct Service {
     pub affinity: Option<u32>,
     /// `trafficPolicy: Local`.
     pub local: bool,
+    /// Connections DNATed through this key are masqueraded (native node ports and backends
+    /// outside the pod pools; see `native`).
+    pub masq: bool,
 }
 
 /// The desired service state of this node.
@@ -329,6 +332,7 @@ pub fn route_desired(
                         .collect(),
                     affinity,
                     local,
+                    masq: false,
                 },
             );
             if let Some(a) = out.access.as_mut() {
@@ -386,6 +390,8 @@ pub struct Elements {
     pub backends: BTreeMap<(Key, u32), (IpAddr, u16)>,
     /// `no_endpoints_v4/6`: keys with no ready backend (rejected).
     pub no_endpoints: BTreeMap<Key, ()>,
+    /// `masq_v4/6`: keys whose DNATed connections are masqueraded.
+    pub masq: BTreeMap<Key, ()>,
     /// `hairpin_v4/6`: local backend addresses (element `ip . ip`).
     pub hairpin: BTreeMap<IpAddr, ()>,
     /// `affinity_routes_v4`: key → affinity timeout T (`jump svc_aff_<T>`); IPv4 only.
@@ -406,6 +412,7 @@ impl Elements {
         self.dispatch.len()
             + self.backends.len()
             + self.no_endpoints.len()
+            + self.masq.len()
             + self.hairpin.len()
             + self.affinity.len()
             + self.access_route.len()
@@ -433,6 +440,9 @@ pub fn elements(node: &str, d: &DesiredServices) -> Elements {
         if s.backends.is_empty() {
             e.no_endpoints.insert(*key, ());
             continue;
+        }
+        if s.masq {
+            e.masq.insert(*key, ());
         }
         let n = u32::try_from(s.backends.len()).unwrap_or(u32::MAX);
         e.dispatch.insert(*key, n);
@@ -527,6 +537,8 @@ pub struct Diff {
     pub backends: MapDiff<(Key, u32), (IpAddr, u16)>,
     /// No-endpoint keys.
     pub no_endpoints: MapDiff<Key, ()>,
+    /// Masqueraded keys.
+    pub masq: MapDiff<Key, ()>,
     /// Hairpin addresses.
     pub hairpin: MapDiff<IpAddr, ()>,
     /// Affinity routes.
@@ -547,6 +559,7 @@ impl Diff {
         self.dispatch.is_empty()
             && self.backends.is_empty()
             && self.no_endpoints.is_empty()
+            && self.masq.is_empty()
             && self.hairpin.is_empty()
             && self.affinity.is_empty()
             && self.chains_n.is_empty()
@@ -562,6 +575,7 @@ pub fn diff(a: &Elements, b: &Elements) -> Diff {
         dispatch: map_diff(&a.dispatch, &b.dispatch),
         backends: map_diff(&a.backends, &b.backends),
         no_endpoints: map_diff(&a.no_endpoints, &b.no_endpoints),
+        masq: map_diff(&a.masq, &b.masq),
         hairpin: map_diff(&a.hairpin, &b.hairpin),
         affinity: map_diff(&a.affinity, &b.affinity),
         chains_n: map_diff(&a.chains_n, &b.chains_n),
@@ -577,6 +591,7 @@ pub fn apply(a: &Elements, d: &Diff) -> Elements {
     apply_map(&mut e.dispatch, &d.dispatch);
     apply_map(&mut e.backends, &d.backends);
     apply_map(&mut e.no_endpoints, &d.no_endpoints);
+    apply_map(&mut e.masq, &d.masq);
     apply_map(&mut e.hairpin, &d.hairpin);
     apply_map(&mut e.affinity, &d.affinity);
     apply_map(&mut e.chains_n, &d.chains_n);
@@ -844,6 +859,7 @@ mod tests {
                 0..8,
             ),
             prop::collection::btree_map(arb_key(), Just(()), 0..4),
+            prop::collection::btree_map(arb_key(), Just(()), 0..3),
             prop::collection::btree_map(
                 (0u8..4).prop_map(|i| IpAddr::from([198, 18, 128, i])),
                 Just(()),
@@ -867,6 +883,7 @@ mod tests {
                     dispatch,
                     backends,
                     no_endpoints,
+                    masq,
                     hairpin,
                     affinity,
                     chains_n,
@@ -878,6 +895,7 @@ mod tests {
                         dispatch,
                         backends,
                         no_endpoints,
+                        masq,
                         hairpin,
                         affinity,
                         chains_n,

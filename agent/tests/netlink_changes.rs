@@ -48,6 +48,7 @@ fn route(i: u8, n: u8, affinity: Option<u32>, access: bool) -> RouteDesired {
                         .collect(),
                     affinity,
                     local: false,
+                    masq: i % 2 == 1,
                 },
             );
         }

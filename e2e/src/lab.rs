@@ -86,6 +86,10 @@ pub struct LabOptions {
     pub operators: usize,
     /// Run the admission webhook and register it (before `examples/` are applied).
     pub webhook: bool,
+    /// Agents also serve core Services and their DNS names (`--native-services`): the lab
+    /// then runs as a cluster without kube-proxy and CoreDNS. Off where kube-proxy runs beside
+    /// them (the comparison).
+    pub native_services: bool,
 }
 
 impl Default for LabOptions {
@@ -95,6 +99,7 @@ impl Default for LabOptions {
             examples: false,
             operators: 1,
             webhook: false,
+            native_services: false,
         }
     }
 }
@@ -122,6 +127,8 @@ pub struct Lab {
     pub webhook: Option<Webhook>,
     /// The agents' upstream DNS resolver (dnsmasq serving [`UPSTREAM_ZONE`]), when installed.
     pub dns_upstream: Option<Child>,
+    /// Whether agents serve core Services.
+    pub native_services: bool,
 }
 
 /// The zone the lab's upstream resolver serves (nothing else: no query leaves the machine).
@@ -263,6 +270,7 @@ impl Lab {
             timings,
             webhook: None,
             dns_upstream: None,
+            native_services: opts.native_services,
         };
         lab.dns_upstream = start_dns_upstream(&lab.dir, lab.topology.gateway)
             .inspect_err(|e| tracing::warn!(error = %e, "no DNS upstream: names outside the cluster will SERVFAIL"))
@@ -456,6 +464,11 @@ impl Lab {
             .arg(dir.join("agent.sock"))
             .arg("--cni-state-dir")
             .arg(dir.join("cni-state"));
+        if self.native_services {
+            cmd.arg("--native-services")
+                .arg("--node-ip")
+                .arg(format!("{},{}", net.ipv4, net.ipv6));
+        }
         let child = spawn_logged(cmd, &log, "switchyard-agent")?;
         self.agents.insert(node.to_string(), child);
         Ok(())

@@ -105,6 +105,7 @@ async fn access_rules_end_to_end() {
             examples: false,
             operators: 1,
             webhook: false,
+            native_services: false,
         },
         |lab| Box::pin(steps(lab)),
     )

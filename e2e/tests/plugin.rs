@@ -37,6 +37,7 @@ async fn kubectl_plugin_end_to_end() {
             // The broken route below is one the webhook would refuse; the operator's own
             // condition is what `status` must surface.
             webhook: false,
+            native_services: false,
         },
         |lab| Box::pin(steps(lab)),
     )

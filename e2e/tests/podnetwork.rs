@@ -47,6 +47,7 @@ async fn podnetwork_end_to_end() {
             examples: false,
             operators: 1,
             webhook: false,
+            native_services: false,
         },
         |lab| Box::pin(steps(lab)),
     )
@@ -159,12 +160,31 @@ async fn a_second_network_allocates_from_its_own_pool(lab: &Lab) -> String {
         ips_d.iter().any(|i| i.starts_with("fd00:10:")),
         "dual-stack: {ips_d:?}"
     );
+    // First contact across nodes in a new network: bounded waits (see `send_until`).
     assert_eq!(
-        send(lab, "blue", "e", "tcp", &format!("{ip_d}:8080"), "z").await,
+        send_until(
+            lab,
+            ("blue", "e"),
+            "tcp",
+            &format!("{ip_d}:8080"),
+            "z",
+            "d z",
+            20
+        )
+        .await,
         Ok("d z".to_string())
     );
     assert_eq!(
-        send(lab, "blue", "d", "udp", &format!("{ip_e}:8081"), "z").await,
+        send_until(
+            lab,
+            ("blue", "d"),
+            "udp",
+            &format!("{ip_e}:8081"),
+            "z",
+            "e z",
+            20
+        )
+        .await,
         Ok("e z".to_string())
     );
     let ip6_e = pod_ips(lab, "blue", "e")
@@ -173,7 +193,16 @@ async fn a_second_network_allocates_from_its_own_pool(lab: &Lab) -> String {
         .find(|i| i.contains(':'))
         .expect("e has an IPv6 address");
     assert_eq!(
-        send(lab, "blue", "d", "tcp", &format!("[{ip6_e}]:8080"), "v6").await,
+        send_until(
+            lab,
+            ("blue", "d"),
+            "tcp",
+            &format!("[{ip6_e}]:8080"),
+            "v6",
+            "e v6",
+            20
+        )
+        .await,
         Ok("e v6".to_string()),
         "IPv6 across nodes"
     );

@@ -38,6 +38,7 @@ async fn routes_under_failover_and_agent_restarts() {
             examples: false,
             operators: 2,
             webhook: false,
+            native_services: false,
         },
         |lab| Box::pin(steps(lab)),
     )

@@ -131,6 +131,7 @@ async fn service_traffic_end_to_end() {
             examples: false,
             operators: 1,
             webhook: false,
+            native_services: false,
         },
         |lab| Box::pin(steps(lab)),
     )

@@ -96,6 +96,7 @@ async fn serviceroute_operator_end_to_end() {
             examples: false,
             operators: 1,
             webhook: false,
+            native_services: false,
         },
         |lab| Box::pin(steps(lab)),
     )

@@ -128,6 +128,7 @@ async fn webhook_end_to_end() {
             examples: false,
             operators: 1,
             webhook: false,
+            native_services: false,
         },
         |lab| Box::pin(steps(lab)),
     )

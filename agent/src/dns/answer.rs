@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use hickory_proto::op::{Edns, Message, MessageType, Metadata, OpCode, Query, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, PTR, SOA, SRV, TXT};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
 use super::records::{Found, Node, Snapshot, key_of};
@@ -20,6 +20,9 @@ pub enum Decision {
     Reply(Box<Message>),
     /// Not ours: ask the upstream resolvers.
     Forward(Box<Message>),
+    /// A CNAME of ours to a name that is not: ask the upstream resolvers the second question
+    /// and append its answers to the first reply (which holds the CNAME).
+    Chase(Box<Message>, Box<Message>),
     /// Not worth an answer (a response, or too short to carry an ID).
     Drop,
 }
@@ -207,6 +210,38 @@ pub fn respond(snap: Option<&Snapshot>, req: Message) -> (Decision, Asked) {
             }
             m
         }
+        Found::Node { node, .. } if node.cname.is_some() => {
+            let target = node.cname.clone().unwrap_or_else(Name::root);
+            let mut m = skeleton(&req, ResponseCode::NoError);
+            m.answers.push(Record::from_rdata(
+                owner,
+                snap.ttl,
+                RData::CNAME(CNAME(target.clone())),
+            ));
+            if matches!(qtype, RecordType::CNAME | RecordType::ANY) {
+                m.metadata.authoritative = true;
+                return (Decision::Reply(Box::new(m)), asked);
+            }
+            match snap.find(&key_of(&target)) {
+                Found::Node { node: t, .. } if t.cname.is_none() => {
+                    push_node(&mut m.answers, &target, t, qtype, snap.ttl);
+                }
+                Found::Pod(_) | Found::Node { .. } => {}
+                Found::NxDomain => {
+                    m.metadata.response_code = ResponseCode::NXDomain;
+                    m.authorities.push(soa(snap, &snap.zone));
+                }
+                Found::Elsewhere => {
+                    let mut q = Message::query();
+                    q.metadata.id = req.id;
+                    q.metadata.recursion_desired = true;
+                    q.edns = req.edns.clone();
+                    q.add_query(Query::query(target, qtype));
+                    return (Decision::Chase(Box::new(m), Box::new(q)), asked);
+                }
+            }
+            m
+        }
         Found::Node { node, cluster } => {
             let mut m = skeleton(&req, ResponseCode::NoError);
             push_node(&mut m.answers, &owner, node, qtype, snap.ttl);
@@ -265,6 +300,47 @@ mod tests {
             Decision::Reply(m) => *m,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn an_external_name_is_a_cname_chased_upstream_or_in_the_zone() {
+        use crate::dns::records::tests::{mk_service, native_snapshot};
+        let snap = native_snapshot(
+            &[
+                mk_service("shop", "ext", "ExternalName", &[], Some("db.example.test")),
+                mk_service(
+                    "shop",
+                    "alias",
+                    "ExternalName",
+                    &[],
+                    Some("web.shop.svc.cluster.local"),
+                ),
+                mk_service("shop", "web", "ClusterIP", &["198.18.240.9"], None),
+            ],
+            &[],
+        );
+        let q = ask("ext.shop.svc.cluster.local.", RecordType::A);
+        match respond(Some(&snap), q).0 {
+            Decision::Chase(reply, target) => {
+                assert_eq!(reply.answers.len(), 1);
+                assert_eq!(reply.answers[0].record_type(), RecordType::CNAME);
+                assert_eq!(target.queries[0].name().to_ascii(), "db.example.test.");
+                assert_eq!(target.queries[0].query_type(), RecordType::A);
+            }
+            other => panic!("{other:?}"),
+        }
+        let m = reply(
+            Some(&snap),
+            ask("ext.shop.svc.cluster.local.", RecordType::CNAME),
+        );
+        assert_eq!(m.answers.len(), 1);
+        // An in-zone target is answered at once: CNAME, then the target's address.
+        let m = reply(
+            Some(&snap),
+            ask("alias.shop.svc.cluster.local.", RecordType::A),
+        );
+        let types: Vec<RecordType> = m.answers.iter().map(|r| r.record_type()).collect();
+        assert_eq!(types, [RecordType::CNAME, RecordType::A]);
     }
 
     fn snap() -> Snapshot {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Service as CoreService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use kube::runtime::reflector::Store;
@@ -98,6 +98,8 @@ pub struct Sources {
     pub namespaces: Store<Namespace>,
     /// PodNetworks (their pod pools bound pod names).
     pub networks: Store<PodNetwork>,
+    /// Core Services and their EndpointSlices (`--native-services` only).
+    pub native: Option<(Store<CoreService>, Store<EndpointSlice>)>,
 }
 
 fn build(config: &DnsConfig, sources: &Sources, serial: u32) -> records::Snapshot {
@@ -115,6 +117,12 @@ fn build(config: &DnsConfig, sources: &Sources, serial: u32) -> records::Snapsho
         .flat_map(|n| n.spec.pod_cidrs.clone())
         .filter_map(|c| c.parse().ok())
         .collect();
+    let (services, service_slices) = match &sources.native {
+        Some((svcs, slices)) => (svcs.state(), slices.state()),
+        None => (Vec::new(), Vec::new()),
+    };
+    let svc_refs: Vec<&CoreService> = services.iter().map(|s| s.as_ref()).collect();
+    let svc_slice_refs: Vec<&EndpointSlice> = service_slices.iter().map(|s| s.as_ref()).collect();
     records::build(&records::Inputs {
         cluster_domain: &config.cluster_domain,
         ttl: config.ttl,
@@ -123,6 +131,8 @@ fn build(config: &DnsConfig, sources: &Sources, serial: u32) -> records::Snapsho
         slices: &slice_refs,
         namespaces: &ns_refs,
         pod_cidrs: &pod_cidrs,
+        services: &svc_refs,
+        service_slices: &svc_slice_refs,
     })
 }
 

@@ -7,6 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use hickory_proto::rr::Name;
 use ipnet::IpNet;
+use k8s_openapi::api::core::v1::Service as CoreService;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use switchyard_api::ServiceRoute;
@@ -44,6 +45,8 @@ pub struct Node {
     pub ptr: Vec<Name>,
     /// Text strings (`dns-version`).
     pub txt: Vec<String>,
+    /// The canonical name (an ExternalName Service): the owner holds nothing else.
+    pub cname: Option<Name>,
     /// Whether this is the cluster zone's apex (holds the SOA).
     pub apex: bool,
 }
@@ -56,6 +59,7 @@ impl Node {
             && self.srv.is_empty()
             && self.ptr.is_empty()
             && self.txt.is_empty()
+            && self.cname.is_none()
             && !self.apex
     }
 }
@@ -120,6 +124,10 @@ pub struct Inputs<'a> {
     pub namespaces: &'a [&'a str],
     /// Pod address pools: pod names answer only inside them.
     pub pod_cidrs: &'a [IpNet],
+    /// Core Services (empty unless the agent serves native Services).
+    pub services: &'a [&'a CoreService],
+    /// The EndpointSlices of core Services.
+    pub service_slices: &'a [&'a EndpointSlice],
 }
 
 /// The lowercase key of a name: ASCII, fully qualified, with the trailing dot.
@@ -266,9 +274,76 @@ impl Builder {
             })
             .collect();
         if route.spec.headless {
-            self.headless(route, slices, &names, &named_ports);
+            self.headless(backends_of(route, slices), &names, &named_ports);
         } else {
-            self.virtual_ips(route, &names, &named_ports);
+            let vips: Vec<IpAddr> = route
+                .status
+                .iter()
+                .flat_map(|s| s.virtual_ips.iter())
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            self.virtual_ips(&vips, &names, &named_ports);
+        }
+    }
+
+    /// One core Service's records, as CoreDNS's kubernetes plugin serves them: the cluster
+    /// IPs (or, headless, the ready endpoints with their host names), an SRV per named port,
+    /// PTRs, and for `ExternalName` a CNAME.
+    fn service(&mut self, svc: &CoreService, slices: &[&EndpointSlice]) {
+        let (ns, name) = (
+            svc.namespace().unwrap_or_default().to_ascii_lowercase(),
+            svc.name_any().to_ascii_lowercase(),
+        );
+        let svc_key = format!("{name}.{ns}.svc.{}", self.zone_key);
+        let Some(svc_name) = name_of(&svc_key) else {
+            return;
+        };
+        let Some(spec) = svc.spec.as_ref() else {
+            return;
+        };
+        let names = RouteNames {
+            svc_key,
+            svc_name,
+            hostnames: vec![],
+        };
+        if spec.type_.as_deref() == Some("ExternalName") {
+            let target = spec
+                .external_name
+                .as_deref()
+                .map(|t| format!("{}.", t.trim_end_matches('.').to_ascii_lowercase()))
+                .and_then(|t| name_of(&t));
+            if let Some(t) = target {
+                self.routes += 1;
+                self.node(&names.svc_key).cname = Some(t);
+            }
+            return;
+        }
+        self.routes += 1;
+        let named_ports: Vec<NamedPort<'_>> = spec
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| {
+                let n = p.name.as_deref().filter(|n| !n.is_empty())?;
+                Some((n, p.protocol.as_deref().unwrap_or("TCP"), p.port))
+            })
+            .collect();
+        let vips: Vec<IpAddr> = spec
+            .cluster_ips
+            .iter()
+            .flatten()
+            .chain(spec.cluster_ip.iter())
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        if vips.is_empty() {
+            let publish = spec.publish_not_ready_addresses.unwrap_or(false);
+            self.headless(
+                service_backends(&ns, &name, publish, slices),
+                &names,
+                &named_ports,
+            );
+        } else {
+            self.virtual_ips(&vips, &names, &named_ports);
         }
     }
 
@@ -300,12 +375,10 @@ impl Builder {
     /// its own host name, with a PTR to that host name and an SRV per named port.
     fn headless(
         &mut self,
-        route: &ServiceRoute,
-        slices: &[&EndpointSlice],
+        backends: Vec<Backend>,
         names: &RouteNames,
         named_ports: &[NamedPort<'_>],
     ) {
-        let backends = backends_of(route, slices);
         // No ready backend: the name does not exist (the specification's NXDOMAIN).
         if backends.is_empty() {
             return;
@@ -346,24 +419,13 @@ impl Builder {
 
     /// A route with virtual IPs: the service name and hostnames exist (even before an address
     /// is claimed) and hold the virtual IPs, each with a PTR, and an SRV per named port.
-    fn virtual_ips(
-        &mut self,
-        route: &ServiceRoute,
-        names: &RouteNames,
-        named_ports: &[NamedPort<'_>],
-    ) {
+    fn virtual_ips(&mut self, vips: &[IpAddr], names: &RouteNames, named_ports: &[NamedPort<'_>]) {
         let svc_key = &names.svc_key;
-        let vips: Vec<IpAddr> = route
-            .status
-            .iter()
-            .flat_map(|s| s.virtual_ips.iter())
-            .filter_map(|v| v.parse().ok())
-            .collect();
         self.node(svc_key);
         for h in &names.hostnames {
             self.node(h);
         }
-        for ip in &vips {
+        for ip in vips {
             self.address(svc_key, *ip);
             for h in &names.hostnames {
                 self.address(h, *ip);
@@ -453,17 +515,44 @@ fn srv_key(port_name: &str, proto: &str, svc_key: &str) -> String {
 
 fn backends_of(route: &ServiceRoute, slices: &[&EndpointSlice]) -> Vec<Backend> {
     let (ns, name) = (route.namespace().unwrap_or_default(), route.name_any());
-    let publish = route.spec.publish_not_ready_addresses;
+    let ours = slices.iter().copied().filter(|slice| {
+        let labels = slice.labels();
+        slice.namespace().as_deref() == Some(ns.as_str())
+            && labels.get(ROUTE_LABEL).map(String::as_str) == Some(name.as_str())
+            && labels.get(SLICE_ROLE_LABEL).map(String::as_str) != Some(SLICE_ROLE_ACCESS)
+    });
+    collect_backends(ours, route.spec.publish_not_ready_addresses)
+}
+
+/// The ready endpoints (every endpoint with `publishNotReadyAddresses`) of a headless core
+/// Service, with their host names: `hostname` when the slice gives one, else the dashed address.
+fn service_backends(
+    ns: &str,
+    name: &str,
+    publish: bool,
+    slices: &[&EndpointSlice],
+) -> Vec<Backend> {
+    let ours = slices.iter().copied().filter(|slice| {
+        slice
+            .namespace()
+            .is_some_and(|n| n.eq_ignore_ascii_case(ns))
+            && slice
+                .labels()
+                .get(crate::native::SERVICE_NAME_LABEL)
+                .is_some_and(|n| n.eq_ignore_ascii_case(name))
+    });
+    collect_backends(ours, publish)
+}
+
+/// The ready endpoints of `slices` (every endpoint with `publish`), one per address, sorted,
+/// labelled with their `hostname` or else the dashed address.
+fn collect_backends<'a>(
+    slices: impl Iterator<Item = &'a EndpointSlice>,
+    publish: bool,
+) -> Vec<Backend> {
     let mut out: Vec<Backend> = Vec::new();
     let mut seen: HashSet<IpAddr> = HashSet::new();
     for slice in slices {
-        let labels = slice.labels();
-        if slice.namespace().as_deref() != Some(ns.as_str())
-            || labels.get(ROUTE_LABEL).map(String::as_str) != Some(name.as_str())
-            || labels.get(SLICE_ROLE_LABEL).map(String::as_str) == Some(SLICE_ROLE_ACCESS)
-        {
-            continue;
-        }
         let ports: Vec<(String, i32)> = slice
             .ports
             .iter()
@@ -507,6 +596,22 @@ pub fn build(input: &Inputs<'_>) -> Snapshot {
     b.namespaces(input.namespaces);
     for route in input.routes.iter().filter(|r| is_accepted(r)) {
         b.route(route, input.slices);
+    }
+    let mut slices_of: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
+    for s in input.service_slices {
+        if let Some(svc) = s.labels().get(crate::native::SERVICE_NAME_LABEL) {
+            slices_of
+                .entry((s.namespace().unwrap_or_default(), svc.clone()))
+                .or_default()
+                .push(s);
+        }
+    }
+    for svc in input.services {
+        let k = (svc.namespace().unwrap_or_default(), svc.name_any());
+        b.service(
+            svc,
+            slices_of.get(&k).map(Vec::as_slice).unwrap_or_default(),
+        );
     }
     b.finish(input)
 }
@@ -634,7 +739,169 @@ pub(crate) mod tests {
             slices: &s,
             namespaces: &["shop", "default"],
             pod_cidrs: &cidrs,
+            services: &[],
+            service_slices: &[],
         })
+    }
+
+    /// A core Service: `kind`, cluster IPs (empty: headless), named ports, ExternalName.
+    pub fn mk_service(
+        ns: &str,
+        name: &str,
+        kind: &str,
+        ips: &[&str],
+        external: Option<&str>,
+    ) -> CoreService {
+        use k8s_openapi::api::core::v1::{ServicePort, ServiceSpec};
+        let headless = ips.is_empty() && kind != "ExternalName";
+        CoreService {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(ns.into()),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                type_: Some(kind.into()),
+                cluster_ip: if headless {
+                    Some("None".into())
+                } else {
+                    ips.first().map(|s| s.to_string())
+                },
+                cluster_ips: Some(if headless {
+                    vec!["None".into()]
+                } else {
+                    ips.iter().map(|s| s.to_string()).collect()
+                }),
+                external_name: external.map(str::to_string),
+                ports: Some(vec![ServicePort {
+                    name: Some("http".into()),
+                    protocol: Some("TCP".into()),
+                    port: 80,
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            status: None,
+        }
+    }
+
+    /// A kube-controller-manager slice of Service `svc`: (address, hostname, ready).
+    pub fn mk_service_slice(
+        ns: &str,
+        svc: &str,
+        eps: &[(&str, Option<&str>, bool)],
+    ) -> EndpointSlice {
+        EndpointSlice {
+            metadata: ObjectMeta {
+                name: Some(format!("{svc}-x1")),
+                namespace: Some(ns.into()),
+                labels: Some(
+                    [(
+                        crate::native::SERVICE_NAME_LABEL.to_string(),
+                        svc.to_string(),
+                    )]
+                    .into(),
+                ),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: eps
+                .iter()
+                .map(|(a, h, ready)| Endpoint {
+                    addresses: vec![a.to_string()],
+                    hostname: h.map(str::to_string),
+                    conditions: Some(EndpointConditions {
+                        ready: Some(*ready),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+            ports: Some(vec![EndpointPort {
+                name: Some("http".into()),
+                port: Some(8080),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+        }
+    }
+
+    pub fn native_snapshot(services: &[CoreService], slices: &[EndpointSlice]) -> Snapshot {
+        let v: Vec<&CoreService> = services.iter().collect();
+        let s: Vec<&EndpointSlice> = slices.iter().collect();
+        build(&Inputs {
+            cluster_domain: "cluster.local",
+            ttl: 5,
+            serial: 1,
+            routes: &[],
+            slices: &[],
+            namespaces: &["shop", "default"],
+            pod_cidrs: &[],
+            services: &v,
+            service_slices: &s,
+        })
+    }
+
+    #[test]
+    fn native_services_answer_like_the_dns_specification() {
+        let snap = native_snapshot(
+            &[
+                mk_service(
+                    "default",
+                    "kubernetes",
+                    "ClusterIP",
+                    &["198.18.240.1"],
+                    None,
+                ),
+                mk_service(
+                    "shop",
+                    "web",
+                    "NodePort",
+                    &["198.18.240.9", "fd00:18::9"],
+                    None,
+                ),
+                mk_service("shop", "db", "ClusterIP", &[], None),
+                mk_service("shop", "ext", "ExternalName", &[], Some("db.example.test")),
+            ],
+            &[mk_service_slice(
+                "shop",
+                "db",
+                &[
+                    ("198.19.0.7", Some("db-0"), true),
+                    ("198.19.0.8", None, true),
+                    ("198.19.0.9", None, false),
+                ],
+            )],
+        );
+        let k = node(&snap, "kubernetes.default.svc.cluster.local.");
+        assert_eq!(k.a, ["198.18.240.1".parse::<Ipv4Addr>().unwrap()]);
+        let web = node(&snap, "web.shop.svc.cluster.local.");
+        assert_eq!(web.a.len(), 1);
+        assert_eq!(web.aaaa.len(), 1, "dual-stack cluster IPs");
+        let srv = node(&snap, "_http._tcp.web.shop.svc.cluster.local.");
+        assert_eq!(srv.srv[0].port, 80);
+        let ptr = node(&snap, "9.240.18.198.in-addr.arpa.");
+        assert_eq!(ptr.ptr[0].to_ascii(), "web.shop.svc.cluster.local.");
+        // Headless: ready endpoints only, under their hostname or dashed address.
+        let db = node(&snap, "db.shop.svc.cluster.local.");
+        assert_eq!(db.a.len(), 2);
+        assert_eq!(node(&snap, "db-0.db.shop.svc.cluster.local.").a.len(), 1);
+        assert_eq!(
+            node(&snap, "198-19-0-8.db.shop.svc.cluster.local.").a.len(),
+            1
+        );
+        let srv = node(&snap, "_http._tcp.db.shop.svc.cluster.local.");
+        assert_eq!(srv.srv.len(), 2);
+        assert!(
+            srv.srv.iter().all(|s| s.port == 8080),
+            "headless SRV: target ports"
+        );
+        let ext = node(&snap, "ext.shop.svc.cluster.local.");
+        assert_eq!(
+            ext.cname.as_ref().map(|n| n.to_ascii()).as_deref(),
+            Some("db.example.test.")
+        );
+        assert_eq!(snap.find("nope.shop.svc.cluster.local."), Found::NxDomain);
     }
 
     fn node<'a>(s: &'a Snapshot, key: &str) -> &'a Node {

@@ -150,7 +150,8 @@ pub struct Dns {
 /// What one datagram needs.
 enum Step {
     Done(Option<Vec<u8>>),
-    Forward(Box<Message>, Asked),
+    /// Forward the query; with a reply, append the upstream's answers to it (a CNAME chase).
+    Forward(Box<Message>, Asked, Option<Box<Message>>),
 }
 
 impl Dns {
@@ -205,7 +206,8 @@ impl Dns {
                 self.count(asked.qtype, m.response_code, start);
                 Step::Done(encode(&m, if tcp { 65535 } else { asked.udp_limit }))
             }
-            Decision::Forward(req) => Step::Forward(req, asked),
+            Decision::Forward(req) => Step::Forward(req, asked, None),
+            Decision::Chase(reply, req) => Step::Forward(req, asked, Some(reply)),
         }
     }
 
@@ -213,6 +215,7 @@ impl Dns {
         &self,
         req: Box<Message>,
         asked: Asked,
+        chase: Option<Box<Message>>,
         tcp: bool,
         start: Instant,
     ) -> Option<Vec<u8>> {
@@ -230,6 +233,17 @@ impl Dns {
                 servfail(&req)
             }
         };
+        let m = match chase {
+            Some(mut reply) => {
+                // The target's answer under our CNAME: its code, records and authority.
+                reply.metadata.response_code = m.response_code;
+                reply.metadata.authoritative = false;
+                reply.answers.extend(m.answers.iter().cloned());
+                reply.authorities = m.authorities.clone();
+                *reply
+            }
+            None => m,
+        };
         self.count(asked.qtype, m.response_code, start);
         encode(&m, if tcp { 65535 } else { asked.udp_limit })
     }
@@ -239,7 +253,7 @@ impl Dns {
         let start = Instant::now();
         match self.step(bytes, tcp, start) {
             Step::Done(out) => out,
-            Step::Forward(req, asked) => self.forward(req, asked, tcp, start).await,
+            Step::Forward(req, asked, chase) => self.forward(req, asked, chase, tcp, start).await,
         }
     }
 }
@@ -322,7 +336,7 @@ async fn udp_loop(dns: Arc<Dns>, sock: std::net::UdpSocket) {
                 let _ = sock.send_to(&out, peer).await;
             }
             Step::Done(None) => {}
-            Step::Forward(req, asked) => {
+            Step::Forward(req, asked, chase) => {
                 let Ok(permit) = dns.forwards.clone().try_acquire_owned() else {
                     let m = servfail(&req);
                     dns.count(asked.qtype, m.response_code, start);
@@ -333,7 +347,7 @@ async fn udp_loop(dns: Arc<Dns>, sock: std::net::UdpSocket) {
                 };
                 let (dns, sock) = (dns.clone(), sock.clone());
                 tokio::spawn(async move {
-                    if let Some(out) = dns.forward(req, asked, false, start).await {
+                    if let Some(out) = dns.forward(req, asked, chase, false, start).await {
                         let _ = sock.send_to(&out, peer).await;
                     }
                     drop(permit);

@@ -184,6 +184,9 @@ pub fn batch(d: &Diff) -> Batch {
         b.delete
             .push(el("no_endpoints", &k.vip, key_bytes(k), Data::None));
     }
+    for k in &d.masq.delete {
+        b.delete.push(el("masq", &k.vip, key_bytes(k), Data::None));
+    }
     for ip in &d.hairpin.delete {
         let mut key = Vec::with_capacity(32);
         ip_bytes(ip, &mut key);
@@ -213,6 +216,10 @@ pub fn batch(d: &Diff) -> Batch {
         mark_bytes(*id, &mut data);
         b.add
             .push(el("access_route", &k.vip, key_bytes(k), Data::Value(data)));
+    }
+    // Masquerade marks before the dispatch that uses them.
+    for (k, _) in &d.masq.add {
+        b.add.push(el("masq", &k.vip, key_bytes(k), Data::None));
     }
     for ((k, i), (ip, port)) in &d.backends.add {
         let mut key = key_bytes(k);

@@ -21,7 +21,11 @@
 //!   in the packet mark and rejects (TCP reset, else ICMP admin prohibited) unless
 //!   `id . saddr` is in `@access_allowed_v4/6`; the mark is cleared again either way.
 //! - `svc_postrouting` (nat, srcnat): masquerade DNATed flows whose `saddr . daddr` is in
-//!   `@hairpin_v4/6` (a pod that reached itself through its route) or whose source is local.
+//!   `@hairpin_v4/6` (a pod that reached itself through its route), whose source is local, or
+//!   that carry conntrack label 100, which `svc_dispatch` sets on connections to a key in
+//!   `@masq_v4/6` (native node ports and Services whose backends are outside the pod pools;
+//!   a conntrack label because the packet mark is the access chains' scratch space and the
+//!   ct mark holds the backend choice).
 //!
 //! Every change is one `nft -f` transaction with only the difference; the maps are never
 //! flushed, so an agent restart keeps established connections.
@@ -67,6 +71,8 @@ pub fn skeleton() -> String {
         "map backends_v6 { type ipv6_addr . inet_proto . inet_service . mark : ipv6_addr . inet_service; }",
         "set no_endpoints_v4 { type ipv4_addr . inet_proto . inet_service; }",
         "set no_endpoints_v6 { type ipv6_addr . inet_proto . inet_service; }",
+        "set masq_v4 { type ipv4_addr . inet_proto . inet_service; }",
+        "set masq_v6 { type ipv6_addr . inet_proto . inet_service; }",
         "set hairpin_v4 { type ipv4_addr . ipv4_addr; }",
         "set hairpin_v6 { type ipv6_addr . ipv6_addr; }",
         "map affinity_v4 { type ipv4_addr . ipv4_addr . inet_proto . inet_service : mark; flags dynamic,timeout; timeout 3h; }",
@@ -99,6 +105,14 @@ pub fn skeleton() -> String {
         ("svc_output", "jump svc_dispatch"),
         (
             "svc_dispatch",
+            "ip daddr . meta l4proto . th dport @masq_v4 ct label set 100",
+        ),
+        (
+            "svc_dispatch",
+            "ip6 daddr . meta l4proto . th dport @masq_v6 ct label set 100",
+        ),
+        (
+            "svc_dispatch",
             "ip daddr . meta l4proto . th dport vmap @service_dispatch_v4",
         ),
         (
@@ -117,6 +131,7 @@ pub fn skeleton() -> String {
             "svc_postrouting",
             "ct status dnat fib saddr type local masquerade",
         ),
+        ("svc_postrouting", "ct status dnat ct label 100 masquerade"),
         ("svc_reject_prerouting", "jump svc_reject"),
         ("svc_reject_input", "jump svc_reject"),
         ("svc_reject_forward", "jump svc_reject"),
@@ -252,6 +267,12 @@ pub fn script(d: &Diff, target: &Elements, rewrite_chains: bool) -> String {
     elements_cmd(
         &mut s,
         "delete",
+        "masq",
+        d.masq.delete.iter().map(|k| (k.vip, key_str(k))),
+    );
+    elements_cmd(
+        &mut s,
+        "delete",
         "hairpin",
         d.hairpin
             .delete
@@ -297,6 +318,12 @@ pub fn script(d: &Diff, target: &Elements, rewrite_chains: bool) -> String {
             let _ = writeln!(s, "add rule {t} svc_aff_{n} {r}");
         }
     }
+    elements_cmd(
+        &mut s,
+        "add",
+        "masq",
+        d.masq.add.iter().map(|(k, _)| (k.vip, key_str(k))),
+    );
     elements_cmd(
         &mut s,
         "add",
@@ -473,6 +500,11 @@ pub fn parse_table(json: &str) -> Result<Elements> {
                 "no_endpoints" => {
                     if let Some(key) = parse_key(&kp) {
                         e.no_endpoints.insert(key, ());
+                    }
+                }
+                "masq" => {
+                    if let Some(key) = parse_key(&kp) {
+                        e.masq.insert(key, ());
                     }
                 }
                 "hairpin" => {

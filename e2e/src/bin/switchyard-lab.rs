@@ -149,6 +149,7 @@ async fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
         examples: !args.no_examples,
         operators: 1,
         webhook: true,
+        native_services: true,
     })
     .await?;
     let example = if args.no_examples {

@@ -144,6 +144,20 @@ fn parse_addr(text: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("{text:?} is not ADDR:PORT (IPv6 as [ADDR]:PORT)"))
 }
 
+/// `ADDR:PORT`, or `NAME:PORT` looked up through the system resolver (the pod's
+/// resolv.conf: the search path and the node-local DNS server); the first address.
+async fn resolve(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = parse_addr(text) {
+        return Ok(a);
+    }
+    let mut found = tokio::net::lookup_host(text)
+        .await
+        .map_err(|e| format!("{text:?} is not ADDR:PORT and does not resolve: {e}"))?;
+    found
+        .next()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
+}
+
 /// `ADDR:PORT/PATH` (optionally `http://` first; PATH defaults to `/`).
 fn parse_http_target(text: &str) -> Result<(SocketAddr, String), String> {
     let rest = text.strip_prefix("http://").unwrap_or(text);
@@ -574,7 +588,7 @@ async fn send(
     message: &str,
     limit: Duration,
 ) -> Result<(), String> {
-    let addr = parse_addr(target)?;
+    let addr = resolve(target).await?;
     let reply = match proto {
         SendProto::Tcp => timeout(limit, send_tcp(addr, message)).await,
         SendProto::Udp => timeout(limit, send_udp(addr, message)).await,

@@ -261,6 +261,7 @@ pub async fn run(opts: &CompareOptions) -> Result<CompareReport> {
         examples: true,
         operators: 1,
         webhook: false,
+        native_services: false,
     };
     // One more attempt when the lab does not come up (each attempt removes what it made).
     let lab = match Lab::up(options.clone()).await {

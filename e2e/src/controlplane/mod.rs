@@ -37,7 +37,7 @@ use certs::Ca;
 use process::{Managed, free_ports, log_tail};
 
 /// The service range of the lab's clusters; its first address is the `kubernetes` Service.
-pub const SERVICE_CLUSTER_IP_RANGE: &str = "198.19.255.0/24";
+pub const SERVICE_CLUSTER_IP_RANGE: &str = "198.19.255.0/24,fd00:19:ff::/112";
 /// The `kubernetes` Service's ClusterIP (first address of [`SERVICE_CLUSTER_IP_RANGE`]).
 pub const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 1);
 

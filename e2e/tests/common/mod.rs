@@ -305,6 +305,30 @@ pub async fn send(
     }
 }
 
+/// [`send`] until it answers `want` or `secs` pass; the last answer. For the first contact
+/// after a network or a pod appeared: a pod is Ready once its own node wired it, while the
+/// other nodes' agents install the route to its block when their watch delivers the NodeBlock
+/// (each address family has a block of its own, so the IPv6 route may come a pass later).
+#[allow(dead_code)]
+pub async fn send_until(
+    lab: &Lab,
+    (ns, name): (&str, &str),
+    proto: &str,
+    target: &str,
+    msg: &str,
+    want: &str,
+    secs: u64,
+) -> Result<String, String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let got = send(lab, ns, name, proto, target, msg).await;
+        if got.as_deref() == Ok(want) || std::time::Instant::now() >= deadline {
+            return got;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
 pub async fn lease_holder(lab: &Lab) -> String {
     let api: Api<Lease> = Api::namespaced(lab.client.clone(), "switchyard-system");
     match api.get("switchyard-operator").await {
