@@ -75,7 +75,7 @@ struct Args {
     #[arg(long, default_value_t = false)]
     native_services: bool,
     /// This node's addresses, where node ports are served (comma separated; the chart passes
-    /// the pod's `status.hostIPs`).
+    /// the pod's `status.hostIP`).
     #[arg(long, env = "NODE_IPS", value_delimiter = ',')]
     node_ip: Vec<std::net::IpAddr>,
 }

@@ -668,6 +668,37 @@ async fn the_flags_passed_are_the_binaries_own(
         "webhook",
         &bins.webhook,
     ));
+    // agent.nativeServices: the flag, the node's address for node ports, and read access to
+    // Services (only then).
+    let native = objects(&helm.template(&["--set", "agent.nativeServices=true"]).await).unwrap();
+    let native_agent = find(&native, "DaemonSet", "switchyard-agent");
+    flag_problems.extend(check_flags(native_agent, "agent", &bins.agent));
+    let c = &pod_spec(native_agent)["containers"][0];
+    assert!(strs(&c["args"]).contains(&"--native-services"));
+    assert!(
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "NODE_IPS"
+                && e["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"),
+        "NODE_IPS from the downward API: {c}"
+    );
+    let reads_services = |objs: &[Value]| {
+        find(objs, "ClusterRole", "switchyard-agent")["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| strs(&r["resources"]).contains(&"services"))
+    };
+    assert!(
+        reads_services(&native),
+        "nativeServices: the agent reads Services"
+    );
+    assert!(
+        !reads_services(objs),
+        "default: the agent does not read Services"
+    );
     assert!(flag_problems.is_empty(), "{}", flag_problems.join("\n"));
     cm_objs
 }
