@@ -47,7 +47,36 @@ async fn steps(lab: &mut Lab) {
     traffic_policies_local_keep_to_the_node(lab).await;
     client_ip_affinity_keeps_one_backend(lab).await;
     headless_and_external_name_services_by_name(lab).await;
+    a_route_named_like_a_service_is_not_accepted(lab).await;
     a_deleted_service_stops_answering(lab).await;
+}
+
+/// A ServiceRoute and a Service never share a name: the route reports Conflict, and the name
+/// keeps answering with the Service's cluster IP only.
+async fn a_route_named_like_a_service_is_not_accepted(lab: &Lab) {
+    step(
+        "a ServiceRoute named like a Service is not Accepted (Conflict); the name stays the Service's",
+    );
+    apply(lab, &format!("apiVersion: switchyard.dev/v1alpha1\nkind: ServiceRoute\nmetadata: {{name: web, namespace: {NS}}}\nspec:\n  selector: {{matchLabels: {{role: web}}}}\n  ports: [{{port: 80, targetPort: 8080}}]\n")).await;
+    let reason = wait_condition_reason(
+        lab,
+        &format!("serviceroute/web -n {NS}"),
+        "Accepted",
+        "False",
+        30,
+    )
+    .await;
+    assert_eq!(reason, "Conflict");
+    let ip = service(lab, "web")
+        .await
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .unwrap();
+    assert_eq!(
+        dig_short(lab, &["A", &format!("web.{NS}.{DOMAIN}")]).await,
+        [ip]
+    );
+    kubectl(lab, &["delete", "serviceroute", "web", "-n", NS]).await;
 }
 
 /// The first answer of `target` from pod `from` (`"<pod> hi"`), retrying failures for up to

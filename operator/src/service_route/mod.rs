@@ -30,7 +30,7 @@ use switchyard_api::virtual_ip::{RouteRef, virtual_ip_name};
 use switchyard_api::{
     PodNetwork, ServiceRoute, VirtualIP, VirtualIPSpec, membership::resolve, validate::parse_cidr,
 };
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::context::{Context, FIELD_MANAGER};
 use crate::error::{Error, Result};
@@ -77,8 +77,12 @@ pub async fn reconcile(route: Arc<ServiceRoute>, ctx: Arc<Context>) -> Result<Ac
     })
 }
 
+/// Every address in use: the routes' claims, then the cluster IPs of core Services (a route
+/// never picks or is granted one; one it holds and a Service also has is given up, see
+/// [`vip_plan`]).
 fn held_addresses(ctx: &Context) -> BTreeMap<IpAddr, vip::Holder> {
-    ctx.stores
+    let mut held: BTreeMap<IpAddr, vip::Holder> = ctx
+        .stores
         .vips
         .state()
         .iter()
@@ -90,6 +94,28 @@ fn held_addresses(ctx: &Context) -> BTreeMap<IpAddr, vip::Holder> {
                     route: format!("{}/{}", v.spec.route.namespace, v.spec.route.name),
                 },
             ))
+        })
+        .collect();
+    for (addr, holder) in service_addresses(&ctx.stores.services.state()) {
+        held.entry(addr).or_insert(holder);
+    }
+    held
+}
+
+/// The cluster IPs of core Services, each with its Service.
+fn service_addresses(services: &[Arc<Service>]) -> Vec<(IpAddr, vip::Holder)> {
+    services
+        .iter()
+        .flat_map(|s| {
+            let (ns, name) = (s.namespace().unwrap_or_default(), s.name_any());
+            let spec = s.spec.as_ref();
+            spec.and_then(|sp| sp.cluster_ips.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .chain(spec.and_then(|sp| sp.cluster_ip.clone()))
+                .filter_map(|a| a.parse::<IpAddr>().ok())
+                .map(move |a| (a, vip::Holder::service(&ns, &name)))
+                .collect::<Vec<_>>()
         })
         .collect()
 }
@@ -278,7 +304,20 @@ async fn allocate(
             ..Allocation::default()
         });
     };
-    let plan = vip_plan(route, net, &held);
+    let mut plan = vip_plan(route, net, &held);
+    // An address of ours a Service also has (the Service was given it later): ours goes, and
+    // the next pass picks another.
+    let taken: BTreeMap<IpAddr, vip::Holder> = service_addresses(&ctx.stores.services.state())
+        .into_iter()
+        .collect();
+    plan.keep.retain(|a| match taken.get(a) {
+        Some(svc) => {
+            warn!(route = %route.name_any(), address = %a, holder = %svc.describe(), "a route's virtual IP is also a Service's cluster IP; giving it up");
+            plan.release.push(*a);
+            false
+        }
+        None => true,
+    });
     let api: Api<VirtualIP> = Api::all(ctx.client.clone());
     let mut out = Allocation::default();
     for addr in &plan.release {

@@ -23,6 +23,30 @@ pub struct Holder {
     pub route: String,
 }
 
+impl Holder {
+    /// A core Service's cluster IP (`route` is its `namespace/name`; no route UID is empty).
+    pub fn service(namespace: &str, name: &str) -> Self {
+        Holder {
+            uid: String::new(),
+            route: format!("{namespace}/{name}"),
+        }
+    }
+
+    /// Whether the address is a core Service's cluster IP.
+    pub fn is_service(&self) -> bool {
+        self.uid.is_empty()
+    }
+
+    /// What holds the address, for messages.
+    pub fn describe(&self) -> String {
+        if self.is_service() {
+            format!("Service {} (its cluster IP)", self.route)
+        } else {
+            format!("ServiceRoute {}", self.route)
+        }
+    }
+}
+
 /// What to do with one route's virtual IPs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct VipPlan {
@@ -124,7 +148,7 @@ pub fn plan(
                 match held.get(&w) {
                     Some(other) if other.uid != uid => out.problems.push((
                         "spec.virtualIPs".into(),
-                        format!("{w} is already held by ServiceRoute {}", other.route),
+                        format!("{w} is already held by {}", other.describe()),
                     )),
                     _ if !pool.contains(&w) || w == pool.network() || w == pool.broadcast() => {
                         out.problems.push((
@@ -167,6 +191,31 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn a_services_cluster_ip_is_never_picked_nor_granted() {
+        let pool: IpNet = "198.19.0.0/29".parse().unwrap();
+        let mut held = BTreeMap::new();
+        for i in 1..=5 {
+            held.insert(
+                IpAddr::from([198, 19, 0, i]),
+                Holder::service("default", &format!("s{i}")),
+            );
+        }
+        assert_eq!(
+            plan("a", false, &[], &[pool], &held).claim,
+            [IpAddr::from([198, 19, 0, 6])]
+        );
+        let p = plan("a", false, &[IpAddr::from([198, 19, 0, 3])], &[pool], &held);
+        assert!(p.claim.is_empty());
+        assert!(
+            p.problems[0]
+                .1
+                .contains("Service default/s3 (its cluster IP)"),
+            "{:?}",
+            p.problems
+        );
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
