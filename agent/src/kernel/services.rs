@@ -237,63 +237,7 @@ fn elements_cmd(
 pub fn script(d: &Diff, target: &Elements, rewrite_chains: bool) -> String {
     let t = format!("inet {TABLE}");
     let mut s = String::new();
-    elements_cmd(
-        &mut s,
-        "delete",
-        "service_dispatch",
-        d.dispatch.delete.iter().map(|k| (k.vip, key_str(k))),
-    );
-    elements_cmd(
-        &mut s,
-        "delete",
-        "affinity_routes",
-        d.affinity.delete.iter().map(|k| (k.vip, key_str(k))),
-    );
-    elements_cmd(
-        &mut s,
-        "delete",
-        "backends",
-        d.backends
-            .delete
-            .iter()
-            .map(|(k, i)| (k.vip, format!("{} . {i}", key_str(k)))),
-    );
-    elements_cmd(
-        &mut s,
-        "delete",
-        "no_endpoints",
-        d.no_endpoints.delete.iter().map(|k| (k.vip, key_str(k))),
-    );
-    elements_cmd(
-        &mut s,
-        "delete",
-        "masq",
-        d.masq.delete.iter().map(|k| (k.vip, key_str(k))),
-    );
-    elements_cmd(
-        &mut s,
-        "delete",
-        "hairpin",
-        d.hairpin
-            .delete
-            .iter()
-            .map(|ip| (*ip, format!("{ip} . {ip}"))),
-    );
-    elements_cmd(
-        &mut s,
-        "delete",
-        "access_route",
-        d.access_route.delete.iter().map(|k| (k.vip, key_str(k))),
-    );
-    elements_cmd(
-        &mut s,
-        "delete",
-        "access_allowed",
-        d.access_allowed
-            .delete
-            .iter()
-            .map(|(id, ip)| (*ip, format!("{id} . {ip}"))),
-    );
+    deletions(&mut s, d);
     let new_n: Vec<u32> = if rewrite_chains {
         target.chains_n.keys().copied().collect()
     } else {
@@ -318,14 +262,87 @@ pub fn script(d: &Diff, target: &Elements, rewrite_chains: bool) -> String {
             let _ = writeln!(s, "add rule {t} svc_aff_{n} {r}");
         }
     }
+    additions(&mut s, d);
+    for n in &d.chains_n.delete {
+        let _ = writeln!(s, "delete chain {t} svc_n{n}");
+    }
+    for n in &d.chains_aff.delete {
+        let _ = writeln!(s, "delete chain {t} svc_aff_{n}");
+    }
+    s
+}
+
+/// The element deletions of `d`: dispatch first, so no packet reaches a half-removed key.
+fn deletions(s: &mut String, d: &Diff) {
     elements_cmd(
-        &mut s,
+        s,
+        "delete",
+        "service_dispatch",
+        d.dispatch.delete.iter().map(|k| (k.vip, key_str(k))),
+    );
+    elements_cmd(
+        s,
+        "delete",
+        "affinity_routes",
+        d.affinity.delete.iter().map(|k| (k.vip, key_str(k))),
+    );
+    elements_cmd(
+        s,
+        "delete",
+        "backends",
+        d.backends
+            .delete
+            .iter()
+            .map(|(k, i)| (k.vip, format!("{} . {i}", key_str(k)))),
+    );
+    elements_cmd(
+        s,
+        "delete",
+        "no_endpoints",
+        d.no_endpoints.delete.iter().map(|k| (k.vip, key_str(k))),
+    );
+    elements_cmd(
+        s,
+        "delete",
+        "masq",
+        d.masq.delete.iter().map(|k| (k.vip, key_str(k))),
+    );
+    elements_cmd(
+        s,
+        "delete",
+        "hairpin",
+        d.hairpin
+            .delete
+            .iter()
+            .map(|ip| (*ip, format!("{ip} . {ip}"))),
+    );
+    elements_cmd(
+        s,
+        "delete",
+        "access_route",
+        d.access_route.delete.iter().map(|k| (k.vip, key_str(k))),
+    );
+    elements_cmd(
+        s,
+        "delete",
+        "access_allowed",
+        d.access_allowed
+            .delete
+            .iter()
+            .map(|(id, ip)| (*ip, format!("{id} . {ip}"))),
+    );
+}
+
+/// The element additions of `d`: dispatch last, once what it leads to is in place.
+fn additions(s: &mut String, d: &Diff) {
+    elements_cmd(
+        s,
         "add",
         "masq",
         d.masq.add.iter().map(|(k, _)| (k.vip, key_str(k))),
     );
     elements_cmd(
-        &mut s,
+        s,
         "add",
         "backends",
         d.backends
@@ -334,7 +351,7 @@ pub fn script(d: &Diff, target: &Elements, rewrite_chains: bool) -> String {
             .map(|((k, i), (ip, p))| (k.vip, format!("{} . {i} : {ip} . {p}", key_str(k)))),
     );
     elements_cmd(
-        &mut s,
+        s,
         "add",
         "affinity_routes",
         d.affinity
@@ -343,7 +360,7 @@ pub fn script(d: &Diff, target: &Elements, rewrite_chains: bool) -> String {
             .map(|(k, t)| (k.vip, format!("{} : jump svc_aff_{t}", key_str(k)))),
     );
     elements_cmd(
-        &mut s,
+        s,
         "add",
         "service_dispatch",
         d.dispatch
@@ -352,13 +369,13 @@ pub fn script(d: &Diff, target: &Elements, rewrite_chains: bool) -> String {
             .map(|(k, n)| (k.vip, format!("{} : goto svc_n{n}", key_str(k)))),
     );
     elements_cmd(
-        &mut s,
+        s,
         "add",
         "no_endpoints",
         d.no_endpoints.add.iter().map(|(k, _)| (k.vip, key_str(k))),
     );
     elements_cmd(
-        &mut s,
+        s,
         "add",
         "hairpin",
         d.hairpin
@@ -367,7 +384,7 @@ pub fn script(d: &Diff, target: &Elements, rewrite_chains: bool) -> String {
             .map(|(ip, _)| (*ip, format!("{ip} . {ip}"))),
     );
     elements_cmd(
-        &mut s,
+        s,
         "add",
         "access_allowed",
         d.access_allowed
@@ -376,7 +393,7 @@ pub fn script(d: &Diff, target: &Elements, rewrite_chains: bool) -> String {
             .map(|((id, ip), _)| (*ip, format!("{id} . {ip}"))),
     );
     elements_cmd(
-        &mut s,
+        s,
         "add",
         "access_route",
         d.access_route
@@ -384,13 +401,6 @@ pub fn script(d: &Diff, target: &Elements, rewrite_chains: bool) -> String {
             .iter()
             .map(|(k, id)| (k.vip, format!("{} : {id}", key_str(k)))),
     );
-    for n in &d.chains_n.delete {
-        let _ = writeln!(s, "delete chain {t} svc_n{n}");
-    }
-    for n in &d.chains_aff.delete {
-        let _ = writeln!(s, "delete chain {t} svc_aff_{n}");
-    }
-    s
 }
 
 fn scalar(v: &Value) -> Option<String> {
