@@ -2,7 +2,8 @@
 //! module) in each node's namespace carries a pod's connection to a native Service's ClusterIP
 //! to a pod on the other node, and CoreDNS (built from its pinned module) answers the Service's
 //! name with that ClusterIP. Then `switchyard-lab bench --compare` runs at a tiny size on a lab
-//! of its own and prints its table of ratios.
+//! of its own and prints its table of ratios, once against ServiceRoutes and once (`--native`)
+//! with Switchyard serving the same Services as the incumbents.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -32,7 +33,8 @@ async fn kube_proxy_and_coredns_work_in_the_lab_and_the_comparison_runs() {
         |lab| Box::pin(incumbents_in_the_lab(lab)),
     )
     .await;
-    the_comparison_prints_its_table_and_plots().await;
+    the_comparison_prints_its_table_and_plots(false).await;
+    the_comparison_prints_its_table_and_plots(true).await;
 }
 
 /// kube-proxy and CoreDNS, built from their pinned modules, serve a native Service in the lab.
@@ -182,17 +184,24 @@ async fn coredns_answers_the_service_name(n0: &NodeNet, cluster_ip: &str) {
     );
 }
 
-/// `switchyard-lab bench --compare` at a tiny size prints every row of its table and writes
-/// every plot.
-async fn the_comparison_prints_its_table_and_plots() {
-    step("switchyard-lab bench --compare at a tiny size");
-    let out_dir = std::env::temp_dir().join(format!("switchyard-compare-{}", std::process::id()));
+/// `switchyard-lab bench --compare` (`--native`: on the same Services for both sides) at a
+/// tiny size prints every row of its table and writes every plot.
+async fn the_comparison_prints_its_table_and_plots(native: bool) {
+    let noun = if native { "Services" } else { "routes" };
+    step(&format!(
+        "switchyard-lab bench --compare at a tiny size ({noun})"
+    ));
+    let out_dir =
+        std::env::temp_dir().join(format!("switchyard-compare-{}-{noun}", std::process::id()));
+    let mut args = vec!["bench", "--compare"];
+    if native {
+        args.push("--native");
+    }
     let out = tokio::time::timeout(
         Duration::from_secs(300),
         tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard-lab"))
+            .args(args)
             .args([
-                "bench",
-                "--compare",
                 "--sizes",
                 "50",
                 "--changes",
@@ -219,18 +228,18 @@ async fn the_comparison_prints_its_table_and_plots() {
         "bench --compare failed:\n{stdout}\n{stderr}"
     );
     for row in [
-        "| measure | Switchyard | incumbent | ratio (Switchyard / incumbent) |",
-        "| full sync, 50 routes × 10 backends",
-        "| one-backend change at 50 routes",
-        "| programming latency p99",
-        "| connections/s through the virtual IP, few",
-        "| connections/s through the virtual IP, many",
-        "| DNS QPS, cluster names |",
-        "| DNS QPS, search-path misses |",
-        "| RSS at 50 routes: agent vs kube-proxy |",
+        "| measure | Switchyard | incumbent | ratio (Switchyard / incumbent) |".to_string(),
+        format!("| full sync, 50 {noun} × 10 backends"),
+        format!("| one-backend change at 50 {noun}"),
+        "| programming latency p99".into(),
+        "| connections/s through the virtual IP, few".into(),
+        "| connections/s through the virtual IP, many".into(),
+        "| DNS QPS, cluster names |".into(),
+        "| DNS QPS, search-path misses |".into(),
+        format!("| RSS at 50 {noun}: agent vs kube-proxy |"),
     ] {
         assert!(
-            stdout.contains(row),
+            stdout.contains(&row),
             "no row {row:?} in:\n{stdout}\n{stderr}"
         );
     }
@@ -246,6 +255,18 @@ async fn the_comparison_prints_its_table_and_plots() {
         let text =
             std::fs::read_to_string(out_dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
         assert!(!text.is_empty(), "{file} is empty");
+    }
+    // Every DNS question answered alike but for the documented differences (TTL, owner case).
+    if native {
+        let answers = std::fs::read_to_string(out_dir.join("dns-answers.md")).unwrap();
+        assert!(
+            answers.contains("both about the same Services"),
+            "{answers}"
+        );
+        assert!(
+            !stdout.contains("pending"),
+            "every figure measured:\n{stdout}"
+        );
     }
     let _ = std::fs::remove_dir_all(&out_dir);
 }

@@ -80,9 +80,14 @@ struct BenchArgs {
     /// With --compare: seconds per dnsperf run.
     #[arg(long, default_value_t = 10)]
     dns_seconds: u64,
-    /// With --compare: where the SVG plots and the DNS answer comparison go.
-    #[arg(long, default_value = "docs/compare")]
-    out: PathBuf,
+    /// With --compare: where the SVG plots and the DNS answer comparison go (default
+    /// docs/compare, docs/compare/native with --native).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// With --compare: Switchyard serves the same core Services as kube-proxy and CoreDNS
+    /// (the agent's --native-services) instead of ServiceRoutes.
+    #[arg(long)]
+    native: bool,
     /// With --compare: keep the lab's debug builds of the agent and operator instead of
     /// a release build.
     #[arg(long)]
@@ -514,17 +519,26 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
 async fn bench_compare(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     host::ensure_programs(host::BENCH).await?;
     ensure_programs(&[Programs::Incumbents]).await?;
+    let out = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from(if args.native {
+            "docs/compare/native"
+        } else {
+            "docs/compare"
+        })
+    });
     let opts = switchyard_e2e::compare::CompareOptions {
         sizes: args.sizes.clone(),
         changes: args.changes,
         connections: args.connections,
         dns_seconds: args.dns_seconds,
-        out_dir: Some(args.out.clone()),
+        out_dir: Some(out.clone()),
         release: !args.debug_build,
+        native: args.native,
         ..Default::default()
     };
     let command = format!(
-        "switchyard-lab bench --compare --sizes {} --changes {} --connections {} --dns-seconds {}{}",
+        "switchyard-lab bench --compare{} --sizes {} --changes {} --connections {} --dns-seconds {}{}",
+        if args.native { " --native" } else { "" },
         args.sizes
             .iter()
             .map(ToString::to_string)
@@ -541,7 +555,7 @@ async fn bench_compare(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     );
     let report = switchyard_e2e::compare::run(&opts).await?;
     println!("{}", switchyard_e2e::compare::markdown(&report, &command));
-    for path in switchyard_e2e::compare::write_plots(&report, &args.out)? {
+    for path in switchyard_e2e::compare::write_plots(&report, &out)? {
         println!("wrote {}", path.display());
     }
     Ok(ExitCode::SUCCESS)

@@ -1,6 +1,7 @@
 //! The same questions to CoreDNS (about a Service) and to Switchyard's DNS (about a
-//! ServiceRoute of the same name and shape in another namespace), answers normalised
-//! (namespace, addresses, SOA serial and TTL countdown) and compared line by line.
+//! ServiceRoute of the same name and shape in another namespace; with native Services, about
+//! the very same Service), answers normalised (namespace, addresses, SOA serial and TTL
+//! countdown) and compared line by line.
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
@@ -22,6 +23,7 @@ const NS_SVC: &str = "cmp-dnsa-svc";
 const NS_SR: &str = "cmp-dnsa-sr";
 
 /// One side's objects: namespace, virtual IP (ClusterIP), backend pod address.
+#[derive(Clone, Copy)]
 struct Side {
     ns: &'static str,
     vip: Ipv4Addr,
@@ -159,21 +161,25 @@ fn show(a: &Answer) -> String {
 }
 
 /// Creates the objects on both sides, asks every question of both servers and returns the
-/// comparison as markdown. With `switchyard_up` false, only CoreDNS is asked.
+/// comparison as markdown. With `switchyard_up` false, only CoreDNS is asked; with `native`,
+/// both servers are asked about the same Services.
 pub async fn run(
     client: &Client,
     netns_name: &str,
     node: &str,
     switchyard_up: bool,
+    native: bool,
 ) -> Result<String> {
     // One backend pod in each side's namespace.
-    create_pods(client, node).await?;
-    // A ClusterIP and a headless Service (CoreDNS's side).
+    create_pods(client, node, native).await?;
+    // A ClusterIP and a headless Service (CoreDNS's side, and Switchyard's when native).
     create_services(client).await?;
     // A ClusterIP and a headless ServiceRoute of the same names (Switchyard's side).
-    create_routes(client).await?;
+    if !native {
+        create_routes(client).await?;
+    }
     // Each side's namespace, virtual IP and pod address, once assigned.
-    let (cd, sy) = sides(client).await?;
+    let (cd, sy) = sides(client, native).await?;
     // Both servers have the endpoints before the first question.
     wait_for_endpoints(netns_name, &cd, &sy, switchyard_up).await;
     // Every question to both servers, as a markdown table with a summary line.
@@ -187,8 +193,9 @@ pub async fn run(
     Ok(md)
 }
 
-async fn create_pods(client: &Client, node: &str) -> Result<()> {
-    for ns in [NS_SVC, NS_SR] {
+async fn create_pods(client: &Client, node: &str, native: bool) -> Result<()> {
+    let namespaces: &[&str] = if native { &[NS_SVC] } else { &[NS_SVC, NS_SR] };
+    for &ns in namespaces {
         crate::check::fresh_namespace(client, ns).await?;
         let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
         let pod: Pod = from_json(
@@ -244,23 +251,26 @@ async fn create_routes(client: &Client) -> Result<()> {
 }
 
 /// CoreDNS's side and Switchyard's side, once both pods are Ready and both virtual IPs
-/// assigned.
-async fn sides(client: &Client) -> Result<(Side, Side)> {
+/// assigned (`native`: the same side twice).
+async fn sides(client: &Client, native: bool) -> Result<(Side, Side)> {
     let ready_pod_ip = |ns: &'static str| async move {
         let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
         pod_ip(&wait_pod_ready(&pods, "web-0", Duration::from_secs(60)).await?)
     };
     let svc_pod = ready_pod_ip(NS_SVC).await?;
-    let sr_pod = ready_pod_ip(NS_SR).await?;
     let services: Api<Service> = Api::namespaced(client.clone(), NS_SVC);
-    let routes: Api<ServiceRoute> = Api::namespaced(client.clone(), NS_SR);
     let svc_ip = super::cluster_ip(&services, "web").await?;
-    let sr_vip = wait_route_vip(&routes, "web", Duration::from_secs(60)).await?;
     let cd = Side {
         ns: NS_SVC,
         vip: svc_ip,
         pod: svc_pod,
     };
+    if native {
+        return Ok((cd, cd));
+    }
+    let sr_pod = ready_pod_ip(NS_SR).await?;
+    let routes: Api<ServiceRoute> = Api::namespaced(client.clone(), NS_SR);
+    let sr_vip = wait_route_vip(&routes, "web", Duration::from_secs(60)).await?;
     let sy = Side {
         ns: NS_SR,
         vip: sr_vip,
@@ -360,9 +370,16 @@ fn question(template: &str, side: &Side) -> String {
 /// and a line counting the differences.
 async fn ask_all(netns_name: &str, cd: &Side, sy: &Side, switchyard_up: bool) -> String {
     let mut md = String::new();
+    let about = if sy.ns == cd.ns {
+        format!("both about the same Services in `{NS_SVC}` (native Services)")
+    } else {
+        format!(
+            "CoreDNS about Services in `{NS_SVC}` and Switchyard's DNS about ServiceRoutes in `{NS_SR}`"
+        )
+    };
     let _ = writeln!(
         md,
-        "Same questions, CoreDNS about Services in `{NS_SVC}` and Switchyard's DNS about ServiceRoutes in `{NS_SR}` (namespaces, addresses, SOA serials and TTLs normalised to `<ns>`, `<vip>`, `<pod-ip>`, `<serial>`, `<ttl>`; the TTLs themselves are configuration: CoreDNS `ttl 30` as kubeadm sets it, Switchyard's `--dns-ttl` default 5).\n"
+        "Same questions, {about} (namespaces, addresses, SOA serials and TTLs normalised to `<ns>`, `<vip>`, `<pod-ip>`, `<serial>`, `<ttl>`; the TTLs themselves are configuration: CoreDNS `ttl 30` as kubeadm sets it, Switchyard's `--dns-ttl` default 5).\n"
     );
     let _ = writeln!(md, "| question | type | CoreDNS | Switchyard | same |");
     let _ = writeln!(md, "| --- | --- | --- | --- | --- |");

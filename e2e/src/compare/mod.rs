@@ -16,6 +16,13 @@
 //! - DNS QPS and p99 with `dnsperf` for cluster names and for search-path misses;
 //! - resident memory of the agent and kube-proxy, and of the DNS servers, at the largest size.
 //!
+//! With `native` (`bench --compare --native`), Switchyard's side is the agent with
+//! `--native-services` serving the very Service objects kube-proxy serves (the synthetic
+//! Services and their EndpointSlices, the programming and connection Services, the DNS
+//! names): same objects, both sides, and no ServiceRoute in the measurements. Both tables then
+//! translate the same ClusterIPs, so each connection run has the other side stopped and its
+//! table deleted (the first NAT rule to match would otherwise serve every connection).
+//!
 //! Every loop is bounded in count and time; all addresses are inside 198.18.0.0/15 (and the
 //! node-local DNS addresses, which exist only inside the node namespaces).
 
@@ -100,6 +107,9 @@ pub struct CompareOptions {
     /// Run Switchyard's agent and operator from a release build (the incumbents are
     /// optimised Go builds; the lab's own binaries are debug builds).
     pub release: bool,
+    /// Switchyard serves the same core Services as kube-proxy and CoreDNS (the agent's
+    /// `--native-services`) instead of ServiceRoutes.
+    pub native: bool,
 }
 
 impl Default for CompareOptions {
@@ -112,6 +122,7 @@ impl Default for CompareOptions {
             dns_seconds: 10,
             out_dir: None,
             release: true,
+            native: false,
         }
     }
 }
@@ -214,6 +225,15 @@ pub struct CompareReport {
     pub notes: Vec<String>,
     /// Wall time of the whole run.
     pub wall: Duration,
+    /// Whether Switchyard served native Services (the same objects as the incumbents).
+    pub native: bool,
+}
+
+impl CompareReport {
+    /// What the sizes count: routes, or Services when both sides serve the same Services.
+    pub fn noun(&self) -> &'static str {
+        if self.native { "Services" } else { "routes" }
+    }
 }
 
 fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
@@ -261,7 +281,7 @@ pub async fn run(opts: &CompareOptions) -> Result<CompareReport> {
         examples: true,
         operators: 1,
         webhook: false,
-        native_services: false,
+        native_services: opts.native,
     };
     // One more attempt when the lab does not come up (each attempt removes what it made).
     let lab = match Lab::up(options.clone()).await {
@@ -372,25 +392,28 @@ pub async fn run_on(
     inc: &mut Incumbents,
     opts: &CompareOptions,
 ) -> Result<CompareReport> {
-    let mut report = CompareReport::default();
+    let mut report = CompareReport {
+        native: opts.native,
+        ..CompareReport::default()
+    };
     // The measured node (client, kube-proxy's and CoreDNS's) and the backends' node.
     let nodes = Nodes::of(lab)?;
     // kube-proxy on every node, CoreDNS on the measured one.
     start_incumbents(inc, &nodes).await?;
     // Pods, Services and ServiceRoutes both sides serve, programmed on both sides.
-    let fix = create_fixtures(lab, &nodes).await?;
+    let fix = create_fixtures(lab, &nodes, opts.native).await?;
     // Pod Ready (or deleted) to the measured node's kernel, both sides at once.
     measure_programming(&lab.client, &nodes, &fix, opts, &mut report).await?;
     // Connections through the virtual IP with only the lab's few services installed.
-    measure_connections("few", &nodes, &fix, opts, &mut report).await?;
+    measure_connections(lab, inc, "few", &nodes, &fix, opts, &mut report).await?;
     // The same DNS questions to both servers (needs nothing big installed).
-    compare_dns_answers(&lab.client, &nodes, &mut report).await;
+    compare_dns_answers(&lab.client, &nodes, opts.native, &mut report).await;
     // Full sync and one-backend changes at every size.
     measure_sizes(lab, inc, &nodes, opts, &mut report).await?;
     // Resident memory at the largest size.
     measure_memory(lab, inc, &nodes, &mut report).await;
     // Connections again, with the largest size installed.
-    measure_connections("many", &nodes, &fix, opts, &mut report).await?;
+    measure_connections(lab, inc, "many", &nodes, &fix, opts, &mut report).await?;
     // dnsperf against both DNS servers.
     measure_dns_load(lab, inc, &nodes, opts, &mut report).await?;
     Ok(report)
@@ -435,12 +458,14 @@ impl Nodes {
 struct Fixtures {
     /// The client pod's network namespace.
     client_netns: String,
-    /// The connection route's virtual IP (Switchyard).
+    /// The connection route's virtual IP (Switchyard; the Service's ClusterIP when native).
     conn_vip: Ipv4Addr,
     /// The connection Service's ClusterIP (kube-proxy).
     conn_cluster_ip: Ipv4Addr,
     /// kube-proxy's service chain for the programming Service.
     prog_chain: String,
+    /// The connection backend pod's address.
+    conn_backend: Ipv4Addr,
 }
 
 async fn start_incumbents(inc: &mut Incumbents, nodes: &Nodes) -> Result<()> {
@@ -456,16 +481,17 @@ async fn start_incumbents(inc: &mut Incumbents, nodes: &Nodes) -> Result<()> {
         .await
 }
 
-/// Namespaces, the backend and client pods, a Service and a ServiceRoute each for connections
-/// and programming, the DNS names; returns once both sides have the connection backend.
-async fn create_fixtures(lab: &Lab, nodes: &Nodes) -> Result<Fixtures> {
+/// Namespaces, the backend and client pods, a Service and (unless `native`) a ServiceRoute
+/// each for connections and programming, the DNS names; returns once both sides have the
+/// connection backend.
+async fn create_fixtures(lab: &Lab, nodes: &Nodes, native: bool) -> Result<Fixtures> {
     let client = &lab.client;
     for ns in [NS_FIX, NS_KP, NS_SY] {
         crate::check::fresh_namespace(client, ns).await?;
     }
     create_fixed_pods(client, nodes).await?;
-    create_fixed_services(client).await?;
-    create_dns_names(client).await?;
+    create_fixed_services(client, native).await?;
+    create_dns_names(client, native).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS_FIX);
     let services: Api<Service> = Api::namespaced(client.clone(), NS_FIX);
     let routes: Api<ServiceRoute> = Api::namespaced(client.clone(), NS_FIX);
@@ -479,8 +505,12 @@ async fn create_fixtures(lab: &Lab, nodes: &Nodes) -> Result<Fixtures> {
     );
     let conn_ip = pod_ip(&conn_backend)?;
     let conn_cluster_ip = cluster_ip(&services, "conn").await?;
-    let conn_vip = wait_route_vip(&routes, "conn-sr", Duration::from_secs(60)).await?;
-    wait_route_vip(&routes, "prog-sr", Duration::from_secs(60)).await?;
+    let conn_vip = if native {
+        conn_cluster_ip
+    } else {
+        wait_route_vip(&routes, "prog-sr", Duration::from_secs(60)).await?;
+        wait_route_vip(&routes, "conn-sr", Duration::from_secs(60)).await?
+    };
     let conn_chain = kp_service_chain(&nodes.netns, NS_FIX, "conn").await?;
     let prog_chain = kp_service_chain(&nodes.netns, NS_FIX, "prog").await?;
     wait_both_sides_have(nodes, &conn_chain, conn_ip).await?;
@@ -489,6 +519,7 @@ async fn create_fixtures(lab: &Lab, nodes: &Nodes) -> Result<Fixtures> {
         conn_vip,
         conn_cluster_ip,
         prog_chain,
+        conn_backend: conn_ip,
     })
 }
 
@@ -508,8 +539,9 @@ async fn create_fixed_pods(client: &Client, nodes: &Nodes) -> Result<()> {
     Ok(())
 }
 
-/// A Service and a ServiceRoute selecting the same pods, for connections and for programming.
-async fn create_fixed_services(client: &Client) -> Result<()> {
+/// A Service and (unless `native`: then both sides serve the Service) a ServiceRoute
+/// selecting the same pods, for connections and for programming.
+async fn create_fixed_services(client: &Client, native: bool) -> Result<()> {
     let services: Api<Service> = Api::namespaced(client.clone(), NS_FIX);
     let routes: Api<ServiceRoute> = Api::namespaced(client.clone(), NS_FIX);
     for (name, app) in [("conn", "conn"), ("prog", "prog")] {
@@ -517,6 +549,9 @@ async fn create_fixed_services(client: &Client) -> Result<()> {
             .create(&PostParams::default(), &native_service(name, app)?)
             .await
             .map_err(kube_err(format!("create Service {NS_FIX}/{name}")))?;
+        if native {
+            continue;
+        }
         routes
             .create(&PostParams::default(), &route(&format!("{name}-sr"), app)?)
             .await
@@ -525,10 +560,16 @@ async fn create_fixed_services(client: &Client) -> Result<()> {
     Ok(())
 }
 
-/// [`DNS_NAMES`] Services and as many ServiceRoutes, the names the DNS runs ask for.
-async fn create_dns_names(client: &Client) -> Result<()> {
+/// [`DNS_NAMES`] Services and (unless `native`) as many ServiceRoutes, the names the DNS
+/// runs ask for.
+async fn create_dns_names(client: &Client, native: bool) -> Result<()> {
     log(format!(
-        "creating {DNS_NAMES} Services and {DNS_NAMES} ServiceRoutes for the DNS runs"
+        "creating {DNS_NAMES} Services{} for the DNS runs",
+        if native {
+            String::new()
+        } else {
+            format!(" and {DNS_NAMES} ServiceRoutes")
+        }
     ));
     futures::stream::iter(0..DNS_NAMES)
         .map(|i| {
@@ -544,6 +585,9 @@ async fn create_dns_names(client: &Client) -> Result<()> {
                     )
                     .await
                     .map_err(kube_err(format!("create Service {NS_FIX}/svc-dns-{i}")))?;
+                if native {
+                    return Ok(());
+                }
                 routes
                     .create(
                         &PostParams::default(),
@@ -623,6 +667,8 @@ async fn measure_programming(
 
 /// One connection run per side, recorded under `label` with the dispatch entries installed.
 async fn measure_connections(
+    lab: &mut Lab,
+    inc: &mut Incumbents,
     label: &str,
     nodes: &Nodes,
     fix: &Fixtures,
@@ -633,19 +679,91 @@ async fn measure_connections(
     log(format!(
         "connections through the virtual IP, {installed} services installed"
     ));
-    let (sy, kp) = conn_pair(
-        &fix.client_netns,
-        fix.conn_vip,
-        fix.conn_cluster_ip,
-        opts.connections,
-    )
-    .await?;
+    let (sy, kp) = if opts.native {
+        conn_pair_alone(lab, inc, nodes, fix, opts.connections).await?
+    } else {
+        conn_pair(
+            &fix.client_netns,
+            fix.conn_vip,
+            fix.conn_cluster_ip,
+            opts.connections,
+        )
+        .await?
+    };
     report.conns.push((label.into(), installed, sy, kp));
     Ok(())
 }
 
+/// Native Services: both sides translate the same ClusterIP, so each side runs with the other
+/// stopped on the client's node and its table deleted; both are back when this returns.
+async fn conn_pair_alone(
+    lab: &mut Lab,
+    inc: &mut Incumbents,
+    nodes: &Nodes,
+    fix: &Fixtures,
+    n: usize,
+) -> Result<(ConnResult, ConnResult)> {
+    let (n0, ns0) = (&nodes.measured, nodes.netns.as_str());
+    let addr = SocketAddr::new(fix.conn_cluster_ip.into(), 80);
+    tune_client(&fix.client_netns).await;
+    log(format!(
+        "connections: Switchyard alone on {n0} (kube-proxy stopped, its tables deleted)"
+    ));
+    inc.stop_kube_proxy(n0).await;
+    for family in ["ip", "ip6"] {
+        let _ = netns::exec(ns0, "nft", ["delete", "table", family, "kube-proxy"]).await;
+    }
+    connections(&fix.client_netns, addr, 200).await?;
+    let sy = connections(&fix.client_netns, addr, n).await?;
+    inc.start_kube_proxy(n0)?;
+    inc.wait_kube_proxy_synced(n0, Duration::from_secs(600))
+        .await?;
+    log(format!(
+        "connections: kube-proxy alone on {n0} (agent stopped, its table deleted)"
+    ));
+    lab.kill_agent(n0).await;
+    let _ = netns::exec(ns0, "nft", ["delete", "table", "inet", "switchyard"]).await;
+    let kp = connections(&fix.client_netns, addr, 200).await;
+    let kp = match kp {
+        Ok(_) => connections(&fix.client_netns, addr, n).await,
+        Err(e) => Err(e),
+    };
+    // The agent comes back whatever kube-proxy's run gave.
+    lab.start_agent(n0)?;
+    lab.wait_agents_ready(Duration::from_secs(120)).await?;
+    wait_until_value(
+        Duration::from_secs(120),
+        &format!("the agent on {n0} to hold the connection backend again"),
+        || async move {
+            let ip = fix.conn_backend;
+            sy_has_backend(ns0, ip).await.then_some(())
+        },
+    )
+    .await?;
+    Ok((sy, kp?))
+}
+
+/// The client's namespace reuses TIME_WAIT ports and has a wide port range.
+async fn tune_client(client_netns: &str) {
+    let _ = netns::exec(
+        client_netns,
+        "sysctl",
+        [
+            "-qw",
+            "net.ipv4.tcp_tw_reuse=1",
+            "net.ipv4.ip_local_port_range=10000 65000",
+        ],
+    )
+    .await;
+}
+
 /// Records whether Switchyard's DNS answers and the answer comparison (a note if it failed).
-async fn compare_dns_answers(client: &Client, nodes: &Nodes, report: &mut CompareReport) {
+async fn compare_dns_answers(
+    client: &Client,
+    nodes: &Nodes,
+    native: bool,
+    report: &mut CompareReport,
+) {
     let sy_dns_up = dns_answers(
         &nodes.netns,
         SWITCHYARD_DNS_ADDR,
@@ -653,7 +771,7 @@ async fn compare_dns_answers(client: &Client, nodes: &Nodes, report: &mut Compar
     )
     .await;
     report.switchyard_dns = sy_dns_up;
-    match dnsdiff::run(client, &nodes.netns, &nodes.backend, sy_dns_up).await {
+    match dnsdiff::run(client, &nodes.netns, &nodes.backend, sy_dns_up, native).await {
         Ok(md) => report.dns_diff = Some(md),
         Err(e) => report
             .notes
@@ -691,24 +809,28 @@ async fn measure_sizes(
             "size {size}: stopping agents and kube-proxies, creating objects"
         ));
         stop_proxies(lab, inc, nodes).await;
-        create_synthetic(&lab.client, created, size).await?;
+        create_synthetic(&lab.client, created, size, opts.native).await?;
         created = size;
         empty_tables(&nodes.netns).await;
-        let sy_sync = switchyard_full_sync(lab, nodes, base.sy, size).await?;
+        let sy_sync = switchyard_full_sync(lab, nodes, base.sy, size, opts.native).await?;
         let kp_sync = kube_proxy_full_sync(inc, nodes, base.kp, size).await?;
         restart_backend_node(lab, inc, nodes).await?;
         log(format!(
             "size {size}: one-backend changes ({} per side)",
             opts.change_rounds
         ));
-        let (sy_change, kp_change) = one_backend_changes(
-            &lab.client,
-            &nodes.netns,
-            &nodes.measured,
-            size,
-            opts.change_rounds,
-        )
-        .await?;
+        let (sy_change, kp_change) = if opts.native {
+            native_backend_changes(lab, nodes, size, opts.change_rounds).await?
+        } else {
+            one_backend_changes(
+                &lab.client,
+                &nodes.netns,
+                &nodes.measured,
+                size,
+                opts.change_rounds,
+            )
+            .await?
+        };
         report.sizes.push(SizeResult {
             routes: size,
             sy_sync,
@@ -742,6 +864,7 @@ async fn switchyard_full_sync(
     nodes: &Nodes,
     base: usize,
     size: usize,
+    native: bool,
 ) -> Result<Duration> {
     let n0 = &nodes.measured;
     log(format!("size {size}: Switchyard agent full sync"));
@@ -768,10 +891,16 @@ async fn switchyard_full_sync(
     )
     .await
     .map(|()| t0.elapsed())?;
-    if !sy_has_element(&nodes.netns, nth(VIP_BASE, size - 1), BACKENDS - 1).await {
+    let last = if native {
+        let services: Api<Service> = Api::namespaced(lab.client.clone(), NS_KP);
+        cluster_ip(&services, &format!("svc-{}", size - 1)).await?
+    } else {
+        nth(VIP_BASE, size - 1)
+    };
+    if !sy_has_element(&nodes.netns, last, BACKENDS - 1).await {
         return Err(Error::Invalid {
             what: format!("inet switchyard on {n0} after the full sync"),
-            message: format!("no backend {} for route-{}", BACKENDS - 1, size - 1),
+            message: format!("no backend {} for {last}", BACKENDS - 1),
         });
     }
     Ok(sy_sync)
@@ -862,8 +991,7 @@ async fn measure_dns_load(
         .await;
     report.switchyard_dns = sy_dns_up;
     for set in ["cluster names", "search-path misses"] {
-        let (sy, cd) =
-            dnsperf_pair(lab, inc, nodes, &dir, set, sy_dns_up, opts.dns_seconds).await?;
+        let (sy, cd) = dnsperf_pair(lab, inc, nodes, &dir, set, sy_dns_up, opts).await?;
         report.dns.push((set.to_string(), sy, cd));
     }
     if !sy_dns_up {
@@ -885,10 +1013,11 @@ async fn dnsperf_pair(
     dir: &Path,
     set: &str,
     sy_dns_up: bool,
-    secs: u64,
+    opts: &CompareOptions,
 ) -> Result<(Option<DnsResult>, DnsResult)> {
     let ns0 = &nodes.netns;
-    let (sy_file, cd_file) = dns_query_files(dir, set)?;
+    let secs = opts.dns_seconds;
+    let (sy_file, cd_file) = dns_query_files(dir, set, opts.native)?;
     log(format!("dnsperf: {set} against CoreDNS"));
     let cd_pid = inc.coredns_pid(&nodes.measured);
     let cd = pinned(&lab.run, cd_pid, dnsperf(ns0, COREDNS_ADDR, &cd_file, secs)).await?;
@@ -1163,24 +1292,31 @@ async fn count_kp_services(netns_name: &str) -> usize {
     .unwrap_or(0)
 }
 
-/// Creates synthetic objects `from..to` on both sides.
-async fn create_synthetic(client: &Client, from: usize, to: usize) -> Result<()> {
+/// Creates synthetic objects `from..to` on both sides (`native`: Services and their slices
+/// only, which both sides serve).
+async fn create_synthetic(client: &Client, from: usize, to: usize, native: bool) -> Result<()> {
     let t = Instant::now();
     let c = client.clone();
     futures::stream::iter(from..to)
         .map(|i| {
             let c = c.clone();
-            async move { create_one(&c, i).await }
+            async move { create_one(&c, i, native).await }
         })
         .buffer_unordered(WRITE_CONCURRENCY)
         .try_collect::<Vec<()>>()
         .await?;
-    log(format!(
-        "created {} Services + slices and {} claims + slices in {:.1} s",
-        to - from,
-        to - from,
-        t.elapsed().as_secs_f64()
-    ));
+    let n = to - from;
+    log(if native {
+        format!(
+            "created {n} Services + slices (both sides) in {:.1} s",
+            t.elapsed().as_secs_f64()
+        )
+    } else {
+        format!(
+            "created {n} Services + slices and {n} claims + slices in {:.1} s",
+            t.elapsed().as_secs_f64()
+        )
+    });
     Ok(())
 }
 
@@ -1246,7 +1382,7 @@ where
     Ok(())
 }
 
-async fn create_one(client: &Client, i: usize) -> Result<()> {
+async fn create_one(client: &Client, i: usize, native: bool) -> Result<()> {
     let services: Api<Service> = Api::namespaced(client.clone(), NS_KP);
     let kslices: Api<EndpointSlice> = Api::namespaced(client.clone(), NS_KP);
     let vips: Api<VirtualIP> = Api::all(client.clone());
@@ -1273,6 +1409,9 @@ async fn create_one(client: &Client, i: usize) -> Result<()> {
         format!("create EndpointSlice {NS_KP}/svc-{i}"),
     )
     .await?;
+    if native {
+        return Ok(());
+    }
     let addr = IpAddr::V4(nth(VIP_BASE, i));
     let vip: VirtualIP = from_json(
         "synthetic VirtualIP",
@@ -1422,6 +1561,85 @@ async fn one_backend_changes(
     Ok((Latencies::from(sy), Latencies::from(kp)))
 }
 
+/// Native Services: one backend of Service `size/2` removed and added back `rounds` times,
+/// each write timed on both sides at once (both serve that slice). Switchyard's side is done
+/// when the agent's `switchyard_agent_service_elements{map="backends"}` gauge, set after each
+/// committed transaction, shows the change (native slices carry no applied-version report,
+/// and `nft get element` would fetch the whole table first); kube-proxy's when its service
+/// chain holds the new endpoint count. The kernel is checked once at the end.
+async fn native_backend_changes(
+    lab: &Lab,
+    nodes: &Nodes,
+    size: usize,
+    rounds: usize,
+) -> Result<(Latencies, Latencies)> {
+    let (n0, ns0) = (&nodes.measured, nodes.netns.as_str());
+    let i = size / 2;
+    let kslices: Api<EndpointSlice> = Api::namespaced(lab.client.clone(), NS_KP);
+    let services: Api<Service> = Api::namespaced(lab.client.clone(), NS_KP);
+    let ip = cluster_ip(&services, &format!("svc-{i}")).await?;
+    let chain = kp_service_chain(ns0, NS_KP, &format!("svc-{i}")).await?;
+    let agent = lab.agent_addr(n0).ok_or_else(|| Error::Invalid {
+        what: "node".into(),
+        message: format!("no agent address for {n0}"),
+    })?;
+    let full = backends_gauge(agent).await.ok_or_else(|| Error::Invalid {
+        what: format!("agent on {n0}"),
+        message: "no switchyard_agent_service_elements{map=\"backends\"} gauge".into(),
+    })?;
+    let limit = Duration::from_secs(30);
+    let (mut sy, mut kp) = (Vec::new(), Vec::new());
+    for r in 0..rounds {
+        let n = if r % 2 == 0 { BACKENDS - 1 } else { BACKENDS };
+        let want = full - (BACKENDS - n);
+        let mut s = kp_slice(i, n)?;
+        let cur = kslices
+            .get(&format!("svc-{i}"))
+            .await
+            .map_err(kube_err(format!("get EndpointSlice {NS_KP}/svc-{i}")))?;
+        s.metadata.resource_version = cur.metadata.resource_version;
+        let t0 = Instant::now();
+        kslices
+            .replace(&format!("svc-{i}"), &PostParams::default(), &s)
+            .await
+            .map_err(kube_err(format!("replace EndpointSlice {NS_KP}/svc-{i}")))?;
+        let chain = chain.as_str();
+        let (sy_what, kp_what) = (
+            format!("Switchyard's agent on {n0} to hold {want} backends"),
+            format!("kube-proxy to hold {n} endpoints of svc-{i}"),
+        );
+        let (a, b) = tokio::join!(
+            wait_until_value(limit, &sy_what, || async move {
+                (backends_gauge(agent).await == Some(want)).then(|| t0.elapsed())
+            },),
+            wait_until_value(limit, &kp_what, || async move {
+                (kp_endpoint_count(ns0, chain).await == Some(n)).then(|| t0.elapsed())
+            },),
+        );
+        sy.push(a?);
+        kp.push(b?);
+    }
+    let want_last = rounds.is_multiple_of(2);
+    if rounds > 0 && sy_has_element(ns0, ip, BACKENDS - 1).await != want_last {
+        return Err(Error::Invalid {
+            what: format!("Service {NS_KP}/svc-{i} on {n0}"),
+            message: "the agent counted the change but the kernel does not hold it".into(),
+        });
+    }
+    Ok((Latencies::from(sy), Latencies::from(kp)))
+}
+
+/// The agent's count of backend elements, from its metrics.
+async fn backends_gauge(agent: SocketAddr) -> Option<usize> {
+    let text = http_get(agent, "/metrics").await.ok()?;
+    metric_with(
+        &text,
+        "switchyard_agent_service_elements",
+        Some("map=\"backends\""),
+    )
+    .map(|v| v as usize)
+}
+
 /// Programming latency: a new backend Pod Ready (or a backend deleted) to the client node's
 /// kernel holding the change, for a Service and a ServiceRoute selecting the same pods.
 async fn programming(
@@ -1508,16 +1726,7 @@ async fn conn_pair(
     cluster_ip: Ipv4Addr,
     n: usize,
 ) -> Result<(ConnResult, ConnResult)> {
-    let _ = netns::exec(
-        client_netns,
-        "sysctl",
-        [
-            "-qw",
-            "net.ipv4.tcp_tw_reuse=1",
-            "net.ipv4.ip_local_port_range=10000 65000",
-        ],
-    )
-    .await;
+    tune_client(client_netns).await;
     // A discarded warm-up each, then Switchyard and kube-proxy.
     connections(client_netns, SocketAddr::new(vip.into(), 80), 200).await?;
     connections(client_netns, SocketAddr::new(cluster_ip.into(), 80), 200).await?;
@@ -1611,11 +1820,14 @@ pub async fn dns_answers(netns_name: &str, addr: Ipv4Addr, name: &str) -> bool {
     .is_ok()
 }
 
-fn dns_query_files(dir: &Path, set: &str) -> Result<(PathBuf, PathBuf)> {
+/// The query files of one set, Switchyard's and CoreDNS's (`native`: both ask for the same
+/// Service names).
+fn dns_query_files(dir: &Path, set: &str, native: bool) -> Result<(PathBuf, PathBuf)> {
     let (mut sy, mut cd) = (String::new(), String::new());
+    let sy_prefix = if native { "svc-dns" } else { "sr-dns" };
     for i in 0..DNS_NAMES {
         if set == "cluster names" {
-            let _ = writeln!(sy, "sr-dns-{i}.{NS_FIX}.svc.cluster.local A");
+            let _ = writeln!(sy, "{sy_prefix}-{i}.{NS_FIX}.svc.cluster.local A");
             let _ = writeln!(cd, "svc-dns-{i}.{NS_FIX}.svc.cluster.local A");
         } else {
             // What a pod's resolver sends first for an outside name (ndots:5, search list):
@@ -1749,6 +1961,12 @@ fn ratio(a: f64, b: f64) -> String {
 /// and memory, above 1 for rates) and the raw figures.
 pub fn markdown(r: &CompareReport, command: &str) -> String {
     let mut s = String::new();
+    if r.native {
+        let _ = writeln!(
+            s,
+            "Native Services: Switchyard's agent (`--native-services`) and DNS serve the same Service objects as kube-proxy and CoreDNS.\n"
+        );
+    }
     // One row per measure, Switchyard against the incumbent.
     ratio_table(&mut s, r);
     // Every sample and count behind the table.
@@ -1773,7 +1991,7 @@ fn ratio_table(s: &mut String, r: &CompareReport) {
         "| measure | Switchyard | incumbent | ratio (Switchyard / incumbent) |"
     );
     let _ = writeln!(s, "| --- | --- | --- | --- |");
-    sync_and_change_rows(s, &r.sizes);
+    sync_and_change_rows(s, &r.sizes, r.noun());
     programming_rows(s, r);
     connection_rows(s, &r.conns);
     dns_rows(s, &r.dns);
@@ -1781,11 +1999,11 @@ fn ratio_table(s: &mut String, r: &CompareReport) {
 }
 
 /// Full sync at every size, then the one-backend change at every size.
-fn sync_and_change_rows(s: &mut String, sizes: &[SizeResult]) {
+fn sync_and_change_rows(s: &mut String, sizes: &[SizeResult], noun: &str) {
     for z in sizes {
         let _ = writeln!(
             s,
-            "| full sync, {} routes × {BACKENDS} backends (start to all rules) | {:.0} ms | {:.0} ms (kube-proxy) | {} |",
+            "| full sync, {} {noun} × {BACKENDS} backends (start to all rules) | {:.0} ms | {:.0} ms (kube-proxy) | {} |",
             z.routes,
             ms(z.sy_sync),
             ms(z.kp_sync),
@@ -1795,7 +2013,7 @@ fn sync_and_change_rows(s: &mut String, sizes: &[SizeResult]) {
     for z in sizes {
         let _ = writeln!(
             s,
-            "| one-backend change at {} routes, median (max) of {} | {:.1} ms ({:.1}) | {:.1} ms ({:.1}) (kube-proxy) | {} |",
+            "| one-backend change at {} {noun}, median (max) of {} | {:.1} ms ({:.1}) | {:.1} ms ({:.1}) (kube-proxy) | {} |",
             z.routes,
             z.sy_change.samples.len(),
             z.sy_change.ms(0.5),
@@ -1885,9 +2103,10 @@ fn memory_rows(s: &mut String, r: &CompareReport) {
         return;
     };
     let size = r.sizes.last().map(|z| z.routes).unwrap_or(0);
+    let noun = r.noun();
     let _ = writeln!(
         s,
-        "| RSS at {size} routes: agent vs kube-proxy | {:.1} MiB | {:.1} MiB | {} |",
+        "| RSS at {size} {noun}: agent vs kube-proxy | {:.1} MiB | {:.1} MiB | {} |",
         a as f64 / 1024.0,
         k as f64 / 1024.0,
         ratio(a as f64, k as f64)
@@ -1896,7 +2115,7 @@ fn memory_rows(s: &mut String, r: &CompareReport) {
         Some(d) => {
             let _ = writeln!(
                 s,
-                "| RSS at {size} routes: DNS process vs CoreDNS | {:.1} MiB | {:.1} MiB | {} |",
+                "| RSS at {size} {noun}: DNS process vs CoreDNS | {:.1} MiB | {:.1} MiB | {} |",
                 d as f64 / 1024.0,
                 c as f64 / 1024.0,
                 ratio(d as f64, c as f64)
@@ -1905,7 +2124,7 @@ fn memory_rows(s: &mut String, r: &CompareReport) {
         None => {
             let _ = writeln!(
                 s,
-                "| RSS at {size} routes: DNS process vs CoreDNS | pending | {:.1} MiB | pending |",
+                "| RSS at {size} {noun}: DNS process vs CoreDNS | pending | {:.1} MiB | pending |",
                 c as f64 / 1024.0
             );
         }
@@ -1944,8 +2163,9 @@ fn raw_changes_and_programming(s: &mut String, r: &CompareReport) {
     for z in &r.sizes {
         let _ = writeln!(
             s,
-            "- {} routes: change samples (ms) Switchyard [{}]; kube-proxy [{}]",
+            "- {} {}: change samples (ms) Switchyard [{}]; kube-proxy [{}]",
             z.routes,
+            r.noun(),
             samples(&z.sy_change),
             samples(&z.kp_change)
         );
@@ -2002,12 +2222,13 @@ pub fn write_plots(r: &CompareReport, dir: &Path) -> Result<Vec<PathBuf>> {
         source,
     })?;
     let kp = ["Switchyard", "kube-proxy"];
+    let sync_title = format!("Full sync, start to all rules ({} × 10 backends)", r.noun());
     let cd = ["Switchyard DNS", "CoreDNS"];
     let charts = vec![
         (
             "full-sync.svg",
             svg::Chart {
-                title: "Full sync, start to all rules (routes × 10 backends)",
+                title: &sync_title,
                 unit: "ms",
                 series: &kp,
                 groups: r
@@ -2214,6 +2435,25 @@ mod tests {
             md.ends_with("Command: `switchyard-lab bench --compare`; whole run 10.0 min.\n"),
             "{md}"
         );
+    }
+
+    #[test]
+    fn native_reports_count_services() {
+        let r = CompareReport {
+            native: true,
+            ..report()
+        };
+        let md = markdown(&r, "switchyard-lab bench --compare --native");
+        assert!(md.starts_with("Native Services:"), "{md}");
+        assert!(
+            md.contains("| full sync, 1000 Services × 10 backends (start to all rules) |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| RSS at 1000 Services: agent vs kube-proxy |"),
+            "{md}"
+        );
+        assert!(md.contains("- 1000 Services: change samples (ms)"), "{md}");
     }
 
     #[test]
