@@ -10,7 +10,14 @@
 # lock.
 set -euo pipefail
 
-have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
+# A program on PATH (or in sbin), or, for a name starting with '/', a file that exists (a
+# header of a -dev package, say).
+have() {
+  case $1 in
+    /*) [ -e "$1" ] ;;
+    *) command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ] ;;
+  esac
+}
 
 find_missing() {
   missing_programs=() missing_packages=()

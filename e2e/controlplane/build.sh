@@ -3,13 +3,19 @@
 # keyed by version, and prints the cache directory on its last line. Only what is asked for is
 # built; a cache hit costs nothing.
 #
-#   build.sh [GROUP...]     GROUP: core (the default), cnitool, helm, incumbents, all
+#   build.sh [GROUP...]     GROUP: core (the default), cnitool, helm, incumbents, nodes,
+#                           conformance, all
 #
 #   core        etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl:
 #               what `switchyard-lab up` and every lab test need
 #   cnitool     the reference CNI runtime (one lab test drives switchyard-cni with it)
 #   helm        helm, for the chart tests
 #   incumbents  kube-proxy and CoreDNS, for `switchyard-lab bench --compare`
+#   nodes       kubelet, containerd (with its runc shim and ctr), runc and crane: the real
+#               nodes of `switchyard-lab up --real` (runc needs cgo and libseccomp-dev)
+#   conformance the upstream e2e suite (e2e.test, compiled from the pinned Kubernetes tests),
+#               agnhost, the test image its networking tests run, and CoreDNS (the image
+#               carries it at /coredns, as upstream's does)
 #
 # A cold build of `core` takes several minutes on 2 cores; it says what it builds and, every
 # 30 seconds, that it is still at it.
@@ -28,7 +34,10 @@ cni=$(pinned 'github.com/containernetworking/cni' cni)
 helm=$(pinned 'helm.sh/helm/v3' helm)
 etcd=$(pinned 'go.etcd.io/etcd/server/v3' etcd)
 coredns=$(pinned 'github.com/coredns/coredns' coredns)
-for v in k8s cni helm etcd coredns; do
+containerd=$(pinned 'github.com/containerd/containerd/v2' containerd)
+runc=$(pinned 'github.com/opencontainers/runc' runc)
+crane=$(pinned 'github.com/google/go-containerregistry' crane)
+for v in k8s cni helm etcd coredns containerd runc crane; do
   [ -n "${!v}" ] || { echo "switchyard: cannot read the pinned $v version from $here/*/go.mod" >&2; exit 1; }
 done
 minor=$(cut -d. -f2 <<<"$k8s")
@@ -42,13 +51,15 @@ declare -A group=(
   [cnitool]="cnitool"
   [helm]="helm-v$helm/helm"
   [incumbents]="kube-proxy coredns-v$coredns/coredns"
+  [nodes]="kubelet containerd-v$containerd/containerd containerd-v$containerd/containerd-shim-runc-v2 containerd-v$containerd/ctr runc-v$runc/runc crane-v$crane/crane"
+  [conformance]="e2e.test agnhost coredns-v$coredns/coredns"
 )
 asked=("$@")
 [ ${#asked[@]} -gt 0 ] || asked=(core)
-[ "${asked[*]}" != all ] || asked=(core cnitool helm incumbents)
+[ "${asked[*]}" != all ] || asked=(core cnitool helm incumbents nodes conformance)
 missing=()
 for g in "${asked[@]}"; do
-  [ -n "${group[$g]:-}" ] || { echo "switchyard: build.sh: unknown group '$g' (core, cnitool, helm, incumbents, all)" >&2; exit 2; }
+  [ -n "${group[$g]:-}" ] || { echo "switchyard: build.sh: unknown group '$g' (core, cnitool, helm, incumbents, nodes, conformance, all)" >&2; exit 2; }
   for b in ${group[$g]}; do [ -x "$out/$b" ] || missing+=("$b"); done
 done
 if [ ${#missing[@]} -eq 0 ]; then
@@ -108,10 +119,31 @@ ld="-s -w"
 for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   ld+=" -X $p.gitVersion=v$k8s -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
 done
-for b in kube-apiserver kube-controller-manager kube-scheduler kubectl kube-proxy; do
+for b in kube-apiserver kube-controller-manager kube-scheduler kubectl kube-proxy kubelet; do
   need "$b" || continue
   build "$b v$k8s" "$here/k8s" "$out/$b" -tags=selinux,notest,grpcnotrace -ldflags="$ld" "k8s.io/kubernetes/cmd/$b"
 done
+
+if need agnhost; then
+  build "agnhost v$k8s (the upstream e2e tests' pod image)" "$here/k8s" "$out/agnhost" -ldflags="-s -w" k8s.io/kubernetes/test/images/agnhost
+fi
+if need e2e.test; then
+  # A test binary: `go test -c`, the way the upstream Makefile builds it (same -X flags, so
+  # the suite knows the version it tests).
+  say "building e2e.test v$k8s (the upstream e2e suite, for the conformance runs)"
+  t0=$(date +%s)
+  ( while sleep 30; do say "  still building e2e.test v$k8s ($(( $(date +%s) - t0 ))s)"; done ) &
+  ticker=$!
+  if (cd "$here/k8s" && go test -c -trimpath -o "$out/e2e.test.tmp" -ldflags="$ld" k8s.io/kubernetes/test/e2e); then
+    kill "$ticker" 2>/dev/null; wait "$ticker" 2>/dev/null || true
+    mv "$out/e2e.test.tmp" "$out/e2e.test"
+    say "built e2e.test in $(( $(date +%s) - t0 ))s"
+  else
+    kill "$ticker" 2>/dev/null; wait "$ticker" 2>/dev/null || true
+    say "building e2e.test failed"
+    exit 1
+  fi
+fi
 
 if need cnitool; then
   build "cnitool v$cni (the reference CNI runtime)" "$here/cni" "$out/cnitool" -ldflags="-s -w" github.com/containernetworking/cni/cnitool
@@ -130,6 +162,26 @@ fi
 
 if need "coredns-v$coredns/coredns"; then
   build "coredns v$coredns (the incumbent DNS for bench --compare)" "$here/coredns" "$out/coredns-v$coredns/coredns" -ldflags="-s -w" github.com/coredns/coredns
+fi
+for b in containerd containerd-shim-runc-v2 ctr; do
+  need "containerd-v$containerd/$b" || continue
+  # No btrfs snapshotter (it needs cgo and btrfs headers; the lab uses overlayfs).
+  build "$b v$containerd (the real nodes' container runtime)" "$here/containerd" "$out/containerd-v$containerd/$b" -tags=no_btrfs \
+    -ldflags="-s -w -X github.com/containerd/containerd/v2/version.Version=v$containerd" "github.com/containerd/containerd/v2/cmd/$b"
+done
+
+if need "runc-v$runc/runc"; then
+  if ! pkg-config --exists libseccomp 2>/dev/null; then
+    echo "switchyard: runc is built with seccomp (pods get the runtime's default profile) and needs the Debian packages libseccomp-dev and pkg-config" >&2
+    exit 127
+  fi
+  # cgo: runc's nsenter is C.
+  CGO_ENABLED=1 build "runc v$runc (the OCI runtime, with seccomp)" "$here/runc" "$out/runc-v$runc/runc" -tags=seccomp \
+    -ldflags="-s -w -X main.version=$runc" github.com/opencontainers/runc
+fi
+
+if need "crane-v$crane/crane"; then
+  build "crane v$crane (builds the lab's OCI images without a daemon)" "$here/crane" "$out/crane-v$crane/crane" -ldflags="-s -w" github.com/google/go-containerregistry/cmd/crane
 fi
 say "ready in $out"
 echo "$out"

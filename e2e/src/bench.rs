@@ -237,8 +237,9 @@ pub async fn programming(
     Ok(PodStart { latencies, wall })
 }
 
-/// Benchmarks need pods to get addresses: fail early, naming the fix, without a default network.
-async fn require_default_network(client: &Client) -> Result<()> {
+/// Benchmarks and checks need pods to get addresses: fail early, naming the fix, without a
+/// default network.
+pub async fn require_default_network(client: &Client) -> Result<()> {
     let networks: Api<switchyard_api::PodNetwork> = Api::all(client.clone());
     let has_default = networks
         .list(&Default::default())

@@ -10,7 +10,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 
 use crate::error::{Error, Result};
-use crate::{netns, podsim};
+use crate::{netns, podsim, realnode};
 
 /// What the checks need from a running lab.
 pub struct Target {
@@ -22,6 +22,8 @@ pub struct Target {
     pub testpod: PathBuf,
     /// Node names, at least two for the cross-node check.
     pub nodes: Vec<String>,
+    /// Real nodes (kubelet and containerd): pods' namespaces are the runtime's.
+    pub real: bool,
 }
 
 const NS: &str = "switchyard-lab-check";
@@ -52,12 +54,14 @@ fn pod(name: &str, node: &str, sidecar: bool) -> Result<Pod> {
 
 async fn send(
     t: &Target,
-    pod_uid: &str,
+    pod: &Pod,
     proto: &str,
     to: &str,
     msg: &str,
 ) -> std::result::Result<String, String> {
-    let ns = podsim::pod_netns(&t.run, pod_uid);
+    let ns = realnode::pod_netns(&t.run, pod, t.real)
+        .await
+        .map_err(|e| e.to_string())?;
     let out = netns::exec(
         &ns,
         &t.testpod,
@@ -100,6 +104,7 @@ async fn wait_ready(api: &Api<Pod>, names: &[&str], timeout: Duration) -> Result
 
 /// Runs the checks; returns `(path, passed, detail)` per path.
 pub async fn run(t: &Target) -> Result<Vec<(String, bool, String)>> {
+    crate::bench::require_default_network(&t.client).await?;
     let kube = |what: &str| {
         let what = what.to_string();
         move |e| Error::Kube {
@@ -126,7 +131,6 @@ pub async fn run(t: &Target) -> Result<Vec<(String, bool, String)>> {
             .map_err(kube("create check pod"))?;
     }
     let ready = wait_ready(&pods, &["a", "b", "c"], Duration::from_secs(60)).await?;
-    let uid = |p: &Pod| p.metadata.uid.clone().unwrap_or_default();
     let ip = |p: &Pod| {
         p.status
             .as_ref()
@@ -148,30 +152,30 @@ pub async fn run(t: &Target) -> Result<Vec<(String, bool, String)>> {
     };
     check(
         "container to container in a pod (localhost, TCP)",
-        send(t, &uid(a), "tcp", "127.0.0.1:9090", "hi").await,
+        send(t, a, "tcp", "127.0.0.1:9090", "hi").await,
         "a-sidecar hi",
     );
     check(
         "pod to pod on one node (TCP)",
-        send(t, &uid(a), "tcp", &format!("{}:8080", ip(b)), "hi").await,
+        send(t, a, "tcp", &format!("{}:8080", ip(b)), "hi").await,
         "b hi",
     );
     check(
         "pod to pod on one node (UDP)",
-        send(t, &uid(a), "udp", &format!("{}:8081", ip(b)), "hi").await,
+        send(t, a, "udp", &format!("{}:8081", ip(b)), "hi").await,
         "b hi",
     );
     check(
         &format!("pod to pod across nodes, {n1} to {n2} (TCP)"),
-        send(t, &uid(a), "tcp", &format!("{}:8080", ip(c)), "hi").await,
+        send(t, a, "tcp", &format!("{}:8080", ip(c)), "hi").await,
         "c hi",
     );
     check(
         &format!("pod to pod across nodes, {n2} to {n1} (UDP)"),
-        send(t, &uid(c), "udp", &format!("{}:8081", ip(b)), "hi").await,
+        send(t, c, "udp", &format!("{}:8081", ip(b)), "hi").await,
         "b hi",
     );
-    let via = through_route(t, &uid(a)).await;
+    let via = through_route(t, a).await;
     out.push((
         "pod to service through its virtual IP (TCP)".to_string(),
         via.is_ok(),
@@ -185,8 +189,8 @@ pub async fn run(t: &Target) -> Result<Vec<(String, bool, String)>> {
 }
 
 /// Creates a ServiceRoute in front of pods b and c, waits until every node programmed it, and
-/// connects to its virtual IP from the pod `from_uid`; the reply names the backend.
-async fn through_route(t: &Target, from_uid: &str) -> std::result::Result<String, String> {
+/// connects to its virtual IP from pod `from`; the reply names the backend.
+async fn through_route(t: &Target, from: &Pod) -> std::result::Result<String, String> {
     let routes: Api<switchyard_api::ServiceRoute> = Api::namespaced(t.client.clone(), NS);
     let route: switchyard_api::ServiceRoute = serde_json::from_value(json!({
         "apiVersion": "switchyard.dev/v1alpha1", "kind": "ServiceRoute", "metadata": {"name": "check", "namespace": NS},
@@ -214,7 +218,7 @@ async fn through_route(t: &Target, from_uid: &str) -> std::result::Result<String
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
-    let reply = send(t, from_uid, "tcp", &format!("{vip}:80"), "hi").await?;
+    let reply = send(t, from, "tcp", &format!("{vip}:80"), "hi").await?;
     if reply == "b hi" || reply == "c hi" {
         Ok(format!("{vip}:80 answered {reply:?}"))
     } else {

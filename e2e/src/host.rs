@@ -35,6 +35,29 @@ pub const TESTS: &[Program] = &[
     ("dnsperf", "dnsperf"),
 ];
 
+/// What real lab nodes need on top of [`LAB`]: runc is built with cgo against libseccomp
+/// (its headers found through pkg-config), and the lab's images carry the test server's shared
+/// libraries, which `ldd` lists. A path stands for a file a package installs.
+pub const REAL_NODES: &[Program] = &[
+    ("gcc", "gcc"),
+    ("pkg-config", "pkg-config"),
+    ("/usr/include/seccomp.h", "libseccomp-dev"),
+    ("ldd", "libc-bin"),
+    ("tar", "tar"),
+    ("strip", "binutils"),
+];
+
+/// What the conformance image carries from the host (busybox: `sh`, `grep`; curl; netcat; dig and
+/// getent for the DNS tests).
+pub const CONFORMANCE: &[Program] = &[
+    ("busybox", "busybox-static"),
+    ("curl", "curl"),
+    ("nc.openbsd", "netcat-openbsd"),
+    ("dig", "bind9-dnsutils"),
+    ("getent", "libc-bin"),
+    ("dash", "dash"),
+];
+
 /// What the benchmarks drive on top of [`LAB`].
 pub const BENCH: &[Program] = &[("dnsperf", "dnsperf")];
 

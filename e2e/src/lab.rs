@@ -19,9 +19,9 @@ use crate::binaries::{SwitchyardBinaries, build_switchyard, workspace_root};
 use crate::child::{spawn_logged, wait_http_ok, with_log};
 use crate::controlplane::{self, ControlPlane, ControlPlaneOptions};
 use crate::error::{Error, Result};
-use crate::topology::{self, Topology};
+use crate::topology::{self, NodeNet, Topology};
 use crate::webhook::Webhook;
-use crate::{host, netns, nodes, podsim};
+use crate::{host, netns, nodes, podsim, realnode};
 
 /// Where labs keep their files and state.
 pub const LAB_ROOT: &str = "/tmp/switchyard-lab";
@@ -41,6 +41,9 @@ pub struct LabState {
     pub nodes: BTreeMap<String, String>,
     /// Whether everything is up.
     pub ready: bool,
+    /// Whether the nodes are real (kubelet and containerd) rather than simulated.
+    #[serde(default)]
+    pub real_nodes: bool,
 }
 
 impl LabState {
@@ -69,6 +72,12 @@ pub async fn sweep_leftovers() {
     for (dir, state) in LabState::all() {
         if !state.alive() {
             info!(run = %state.run, "removing a crashed lab's leftovers");
+            for node in state.nodes.keys() {
+                let cgroup = format!("{}-{node}", state.run);
+                realnode::sweep(&dir.join("nodes").join(node), &cgroup).await;
+            }
+            // The operator, webhook and agents of a lab killed without `down`.
+            realnode::kill_naming(&dir);
             topology::remove_run(&state.run).await;
             let _ = std::fs::remove_dir_all(dir);
         }
@@ -90,6 +99,12 @@ pub struct LabOptions {
     /// then runs as a cluster without kube-proxy and CoreDNS. Off where kube-proxy runs beside
     /// them (the comparison).
     pub native_services: bool,
+    /// Real nodes: every node runs a kubelet and containerd (`crate::realnode`) instead of
+    /// the pod simulator, and the kubelets register the Nodes.
+    pub real_nodes: bool,
+    /// With real nodes: also build the upstream e2e suite's agnhost image (`build.sh
+    /// conformance`) and import it into every node, for `switchyard-lab conformance`.
+    pub conformance: bool,
 }
 
 impl Default for LabOptions {
@@ -100,6 +115,8 @@ impl Default for LabOptions {
             operators: 1,
             webhook: false,
             native_services: false,
+            real_nodes: false,
+            conformance: false,
         }
     }
 }
@@ -129,6 +146,16 @@ pub struct Lab {
     pub dns_upstream: Option<Child>,
     /// Whether agents serve core Services.
     pub native_services: bool,
+    /// Real nodes' binaries and images, when the lab runs real nodes.
+    real: Option<RealNodes>,
+    /// The running real nodes.
+    real_nodes: BTreeMap<String, realnode::RealNode>,
+}
+
+/// What every real node of a lab runs.
+struct RealNodes {
+    bins: controlplane::NodeBinaries,
+    images: Vec<realnode::Image>,
 }
 
 /// The zone the lab's upstream resolver serves (nothing else: no query leaves the machine).
@@ -191,6 +218,7 @@ fn claim_dir(run: &str) -> Result<PathBuf> {
         server: String::new(),
         nodes: BTreeMap::new(),
         ready: false,
+        real_nodes: false,
     };
     let state_path = dir.join("state.json");
     std::fs::write(
@@ -235,6 +263,20 @@ impl Lab {
         let cp_bins = controlplane::ensure_binaries().await?;
         say("building Switchyard's binaries into target/lab (cargo)");
         let bins = build_switchyard().await?;
+        let real = if opts.real_nodes {
+            say("building kubelet, containerd, runc and crane from Go modules (first run only)");
+            let node_bins = controlplane::ensure_node_binaries().await?;
+            Some(node_bins)
+        } else {
+            None
+        };
+        let agnhost = if opts.real_nodes && opts.conformance {
+            say("building the upstream e2e suite and agnhost from Go modules (first run only)");
+            crate::host::ensure_programs(crate::host::CONFORMANCE).await?;
+            Some(controlplane::ensure_conformance_binaries().await?)
+        } else {
+            None
+        };
         let mut timings = vec![("binaries".to_string(), t0.elapsed())];
 
         let run = random_run();
@@ -271,16 +313,50 @@ impl Lab {
             webhook: None,
             dns_upstream: None,
             native_services: opts.native_services,
+            real: None,
+            real_nodes: BTreeMap::new(),
         };
+        if let Some(node_bins) = real {
+            say(if agnhost.is_some() {
+                "building the lab's OCI images (test server, pause, agnhost) with crane"
+            } else {
+                "building the lab's OCI images (test server, pause) with crane"
+            });
+            let t = Instant::now();
+            let dir = lab.dir.join("images");
+            std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+                op: "create",
+                path: dir.clone(),
+                source,
+            })?;
+            let images = realnode::build_images(
+                &node_bins.crane,
+                &lab.bins.testpod,
+                agnhost
+                    .as_ref()
+                    .map(|c| (c.agnhost.as_path(), c.coredns.as_path())),
+                &dir,
+            )
+            .await?;
+            lab.real = Some(RealNodes {
+                bins: node_bins,
+                images,
+            });
+            timings_push(&mut lab.timings, "images", t.elapsed());
+        }
         lab.dns_upstream = start_dns_upstream(&lab.dir, lab.topology.gateway)
             .inspect_err(|e| tracing::warn!(error = %e, "no DNS upstream: names outside the cluster will SERVFAIL"))
             .ok();
         lab.write_state(false)?;
 
-        say(&format!(
-            "installing the CRDs, starting {} switchyard-agent(s) and the operator",
-            lab.topology.nodes.len()
-        ));
+        let n = lab.topology.nodes.len();
+        say(&if lab.real.is_some() {
+            format!(
+                "installing the CRDs, starting {n} node(s) (containerd, kubelet, switchyard-agent) and the operator"
+            )
+        } else {
+            format!("installing the CRDs, starting {n} switchyard-agent(s) and the operator")
+        });
         let t = Instant::now();
         lab.install_switchyard(opts.operators).await?;
         timings_push(&mut lab.timings, "switchyard", t.elapsed());
@@ -317,10 +393,22 @@ impl Lab {
         .await?;
         self.kubectl_ok(&["create", "namespace", "switchyard-system"])
             .await?;
+        if self.real.is_some() {
+            let task = tokio::spawn(realnode::sync_control_plane_routes(
+                self.client.clone(),
+                self.topology.fabric.clone(),
+            ));
+            self.node_tasks.insert(String::new(), vec![task]);
+        }
         for node in self.topology.nodes.clone() {
-            nodes::register(&self.client, &node).await?;
-            self.start_node_tasks(&node.name)?;
-            self.start_agent(&node.name)?;
+            if self.real.is_some() {
+                self.start_agent(&node.name)?;
+                self.start_real_node(&node).await?;
+            } else {
+                nodes::register(&self.client, &node).await?;
+                self.start_node_tasks(&node.name)?;
+                self.start_agent(&node.name)?;
+            }
         }
         for replica in 0..operators.max(1) {
             self.start_operator(replica)?;
@@ -371,6 +459,7 @@ impl Lab {
                 .map(|n| (n.name.clone(), n.netns.clone()))
                 .collect(),
             ready,
+            real_nodes: self.real.is_some(),
         };
         let path = self.dir.join("state.json");
         std::fs::write(
@@ -388,6 +477,11 @@ impl Lab {
         self.dir.join("nodes").join(node)
     }
 
+    /// Where `node`'s CNI plugin keeps its address claims (`--cni-state-dir`).
+    pub fn cni_state_dir(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("cni-state")
+    }
+
     /// The agent's HTTP address on a node.
     pub fn agent_addr(&self, node: &str) -> Option<SocketAddr> {
         self.topology
@@ -401,6 +495,51 @@ impl Lab {
             self.topology.gateway.into(),
             18080 + u16::try_from(replica).unwrap_or(0),
         )
+    }
+
+    /// Starts `node`'s containerd and kubelet (with a `system:node:<name>` identity); the
+    /// kubelet registers the Node.
+    async fn start_real_node(&mut self, node: &NodeNet) -> Result<()> {
+        let Some(real) = &self.real else {
+            return Ok(());
+        };
+        let dir = self.node_dir(&node.name);
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+            op: "create",
+            path: dir.clone(),
+            source,
+        })?;
+        let kubeconfig = dir.join("kubelet.kubeconfig");
+        self.controlplane.mint_client_kubeconfig(
+            &format!("system:node:{}", node.name),
+            &["system:nodes"],
+            &kubeconfig,
+        )?;
+        let ca_crt = dir.join("ca.crt");
+        std::fs::write(&ca_crt, self.controlplane.ca_pem()).map_err(|source| Error::Io {
+            op: "write",
+            path: ca_crt.clone(),
+            source,
+        })?;
+        let setup = realnode::NodeSetup {
+            net: node,
+            run: &self.run,
+            dir: dir.clone(),
+            bins: &real.bins,
+            cni_bin: &self.bins.cni,
+            cni_conf_dir: dir.join("cni/net.d"),
+            images: &real.images,
+            kubeconfig,
+            ca_crt,
+        };
+        let started = realnode::RealNode::start(&setup).await?;
+        self.real_nodes.insert(node.name.clone(), started);
+        Ok(())
+    }
+
+    /// Whether this lab's nodes are real (kubelet and containerd).
+    pub fn has_real_nodes(&self) -> bool {
+        self.real.is_some()
     }
 
     fn start_node_tasks(&mut self, node: &str) -> Result<()> {
@@ -601,20 +740,19 @@ impl Lab {
             what: format!("get Pod {ns}/{name}"),
             source: Box::new(e),
         })?;
-        Ok(podsim::pod_netns(
-            &self.run,
-            pod.metadata.uid.as_deref().unwrap_or_default(),
-        ))
+        realnode::pod_netns(&self.run, &pod, self.real.is_some()).await
     }
 
-    /// Runs a command inside pod `ns/name`'s network namespace.
+    /// Runs a command inside pod `ns/name`'s network namespace with the host's programs (the
+    /// test server stands for `switchyard-testpod`), the same on simulated and real nodes.
+    /// [`Lab::kubectl_exec`] goes through the kubelet and the container instead.
     pub async fn exec(&self, ns: &str, name: &str, argv: &[&str]) -> Result<Output> {
         let netns_name = self.pod_netns(ns, name).await?;
         let (program, args) = argv.split_first().ok_or_else(|| Error::Invalid {
             what: "exec".into(),
             message: "empty command".into(),
         })?;
-        let program = if *program == podsim::TESTPOD_IMAGE {
+        let program = if *program == podsim::TESTPOD_COMMAND {
             self.bins.testpod.to_string_lossy().into_owned()
         } else {
             program.to_string()
@@ -627,8 +765,19 @@ impl Lab {
         })
     }
 
+    /// `kubectl exec -n ns name -- argv`: the command runs in the pod's first container,
+    /// through the apiserver, the kubelet and the container runtime (real nodes only).
+    pub async fn kubectl_exec(&self, ns: &str, name: &str, argv: &[&str]) -> Result<Output> {
+        let mut args = vec!["exec", "-n", ns, name, "--"];
+        args.extend_from_slice(argv);
+        self.kubectl(&args).await
+    }
+
     /// Removes everything.
     pub async fn down(mut self) {
+        for (_, n) in std::mem::take(&mut self.real_nodes) {
+            n.stop().await;
+        }
         if let Some(w) = self.webhook.take() {
             w.stop().await;
         }

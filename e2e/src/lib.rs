@@ -12,6 +12,7 @@ pub mod chart;
 pub mod check;
 pub mod child;
 pub mod compare;
+pub mod conformance;
 pub mod controlplane;
 pub mod error;
 pub mod host;
@@ -19,6 +20,7 @@ pub mod lab;
 pub mod netns;
 pub mod nodes;
 pub mod podsim;
+pub mod realnode;
 pub mod topology;
 pub mod webhook;
 

@@ -32,8 +32,19 @@ use crate::error::{Error, Result};
 use crate::netns;
 use crate::topology::NodeNet;
 
-/// Image name that runs the lab's test server binary.
-pub const TESTPOD_IMAGE: &str = "switchyard-testpod";
+/// The lab's test server image: what the simulator runs as the test server binary, and what
+/// real nodes import (a tag other than `latest`, so kubelet's default pull policy is
+/// IfNotPresent and never looks for a registry).
+pub const TESTPOD_IMAGE: &str = "switchyard-testpod:lab";
+
+/// The test server's command name inside its image.
+pub const TESTPOD_COMMAND: &str = "switchyard-testpod";
+
+/// Whether `image` names the test server image, with or without registry and tag.
+pub fn is_testpod_image(image: &str) -> bool {
+    let name = image.rsplit('/').next().unwrap_or(image);
+    name.split(':').next() == Some(TESTPOD_COMMAND)
+}
 
 /// What a node's simulator needs.
 #[derive(Clone, Debug)]
@@ -321,8 +332,8 @@ async fn start(client: &Client, cfg: &PodSimConfig, pod: &Pod) -> Result<Sandbox
     for c in &spec.containers {
         let mut argv: Vec<String> = c.command.clone().unwrap_or_default();
         argv.extend(c.args.clone().unwrap_or_default());
-        if argv.is_empty() && c.image.as_deref() == Some(TESTPOD_IMAGE) {
-            argv.push(TESTPOD_IMAGE.into());
+        if argv.is_empty() && c.image.as_deref().is_some_and(is_testpod_image) {
+            argv.push(TESTPOD_COMMAND.into());
         }
         let Some(first) = argv.first().cloned() else {
             return Err(Error::Invalid {
@@ -330,7 +341,7 @@ async fn start(client: &Client, cfg: &PodSimConfig, pod: &Pod) -> Result<Sandbox
                 message: "no command".into(),
             });
         };
-        let program = if first == TESTPOD_IMAGE {
+        let program = if first == TESTPOD_COMMAND {
             cfg.testpod_bin.clone()
         } else {
             PathBuf::from(first)
@@ -514,7 +525,9 @@ pub fn resolv_conf(ns: &str) -> String {
     format!("nameserver {LAB_DNS}\nsearch {ns}.svc.{d} svc.{d} {d}\noptions ndots:5\n")
 }
 
-fn write_resolv_conf(sandbox_ns: &str, ns: &str) -> Result<()> {
+/// Writes pod namespace `ns`'s resolv.conf for sandbox namespace `sandbox_ns` where `ip netns
+/// exec` finds it.
+pub fn write_resolv_conf(sandbox_ns: &str, ns: &str) -> Result<()> {
     let dir = Path::new(NETNS_ETC).join(sandbox_ns);
     std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
         op: "create",

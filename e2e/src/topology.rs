@@ -24,6 +24,20 @@ pub struct NodeNet {
     veth: String,
 }
 
+#[cfg(test)]
+impl NodeNet {
+    /// A node for unit tests (no links behind it).
+    pub(crate) fn for_tests(name: &str, netns: &str, ipv4: Ipv4Addr) -> Self {
+        Self {
+            name: name.into(),
+            netns: netns.into(),
+            ipv4,
+            ipv6: Ipv6Addr::LOCALHOST,
+            veth: String::new(),
+        }
+    }
+}
+
 /// The fabric and its nodes.
 #[derive(Clone, Debug)]
 pub struct Topology {

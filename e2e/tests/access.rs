@@ -106,6 +106,8 @@ async fn access_rules_end_to_end() {
             operators: 1,
             webhook: false,
             native_services: false,
+            real_nodes: false,
+            conformance: false,
         },
         |lab| Box::pin(steps(lab)),
     )

@@ -25,7 +25,7 @@ fn pod(ns: &str, name: &str, node: &str, labels: &str, ready: bool) -> String {
     // A pod that never becomes ready serves HTTP on another port than its probe checks.
     let http = if ready { "8082" } else { "8083" };
     format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels: {{{labels}}}\nspec:\n  nodeName: {node}\n  containers:\n  - name: main\n    image: switchyard-testpod\n    command: [switchyard-testpod, serve, --tcp, \"8080\", --http, \"{http}\", --name, {name}]\n    readinessProbe:\n      httpGet: {{path: /ready, port: 8082}}\n"
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels: {{{labels}}}\nspec:\n  nodeName: {node}\n  containers:\n  - name: main\n    image: switchyard-testpod:lab\n    command: [switchyard-testpod, serve, --tcp, \"8080\", --http, \"{http}\", --name, {name}]\n    readinessProbe:\n      httpGet: {{path: /ready, port: 8082}}\n"
     )
 }
 

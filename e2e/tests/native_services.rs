@@ -32,6 +32,8 @@ async fn native_services_end_to_end() {
             operators: 1,
             webhook: false,
             native_services: true,
+            real_nodes: false,
+            conformance: false,
         },
         |lab| Box::pin(steps(lab)),
     )

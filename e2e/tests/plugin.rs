@@ -38,6 +38,8 @@ async fn kubectl_plugin_end_to_end() {
             // condition is what `status` must surface.
             webhook: false,
             native_services: false,
+            real_nodes: false,
+            conformance: false,
         },
         |lab| Box::pin(steps(lab)),
     )

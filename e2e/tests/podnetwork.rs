@@ -48,6 +48,8 @@ async fn podnetwork_end_to_end() {
             operators: 1,
             webhook: false,
             native_services: false,
+            real_nodes: false,
+            conformance: false,
         },
         |lab| Box::pin(steps(lab)),
     )

@@ -39,6 +39,8 @@ async fn routes_under_failover_and_agent_restarts() {
             operators: 2,
             webhook: false,
             native_services: false,
+            real_nodes: false,
+            conformance: false,
         },
         |lab| Box::pin(steps(lab)),
     )

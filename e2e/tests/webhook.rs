@@ -129,6 +129,8 @@ async fn webhook_end_to_end() {
             operators: 1,
             webhook: false,
             native_services: false,
+            real_nodes: false,
+            conformance: false,
         },
         |lab| Box::pin(steps(lab)),
     )

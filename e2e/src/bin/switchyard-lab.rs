@@ -11,7 +11,7 @@ use switchyard_e2e::binaries::build_switchyard;
 use switchyard_e2e::check;
 use switchyard_e2e::controlplane::{Programs, client_from_kubeconfig, ensure_programs};
 use switchyard_e2e::lab::{LAB_ROOT, Lab, LabOptions, LabState, sweep_leftovers};
-use switchyard_e2e::{host, netns, podsim, topology};
+use switchyard_e2e::{host, netns, podsim, realnode, topology};
 
 #[derive(Parser)]
 #[command(version, about = "Switchyard's local lab")]
@@ -40,6 +40,26 @@ enum Command {
     Check,
     /// Measure pod start time (created to Ready) for a burst of pods on the running lab.
     Bench(BenchArgs),
+    /// Run upstream Kubernetes conformance tests (e2e.test, built from the pinned modules)
+    /// against a lab of its own with real nodes; prints pass/fail per test.
+    Conformance(ConformanceArgs),
+}
+
+#[derive(Args)]
+struct ConformanceArgs {
+    /// Which tests: `networking` ([sig-network] Networking Granular Checks: Pods),
+    /// `services-dns` ([sig-network] Services and DNS), or a ginkgo focus expression.
+    #[arg(long, default_value = "networking")]
+    focus: String,
+    /// Also write the results as a Markdown table to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Number of nodes.
+    #[arg(long, default_value_t = 2)]
+    nodes: usize,
+    /// Bound on the suite's run, in minutes.
+    #[arg(long, default_value_t = 30)]
+    minutes: u64,
 }
 
 #[derive(Args)]
@@ -53,6 +73,10 @@ struct UpArgs {
     /// Do not apply examples/.
     #[arg(long)]
     no_examples: bool,
+    /// Real nodes: a kubelet and containerd per node (built from Go modules), pods started
+    /// from OCI images, instead of the pod simulator.
+    #[arg(long)]
+    real: bool,
 }
 
 #[derive(Args)]
@@ -141,6 +165,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Status => Ok(status()),
         Command::Down => down().await,
         Command::Exec { pod, command } => exec(&pod, &command).await,
+        Command::Conformance(args) => conformance(&args).await,
         Command::Check => check().await,
         Command::Bench(args) => bench(&args).await,
     }
@@ -155,6 +180,8 @@ async fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
         operators: 1,
         webhook: true,
         native_services: true,
+        real_nodes: args.real,
+        conformance: false,
     })
     .await?;
     let example = if args.no_examples {
@@ -273,6 +300,9 @@ async fn up_detached(args: &UpArgs) -> anyhow::Result<ExitCode> {
     let log_path = PathBuf::from(LAB_ROOT).join("detached.log");
     let log = std::fs::File::create(&log_path)?;
     let mut child_args = vec!["up".to_string(), "--nodes".into(), args.nodes.to_string()];
+    if args.real {
+        child_args.push("--real".into());
+    }
     if args.no_examples {
         child_args.push("--no-examples".into());
     }
@@ -433,11 +463,11 @@ async fn exec(pod: &str, command: &[String]) -> anyhow::Result<ExitCode> {
         .get(name)
         .await
         .map_err(|e| anyhow::anyhow!("pod {ns}/{name}: {e}"))?;
-    let sandbox = podsim::pod_netns(&s.run, p.metadata.uid.as_deref().unwrap_or_default());
+    let sandbox = realnode::pod_netns(&s.run, &p, s.real_nodes).await?;
     let (program, args) = command
         .split_first()
         .ok_or_else(|| anyhow::anyhow!("no command"))?;
-    let program = if program == podsim::TESTPOD_IMAGE {
+    let program = if program == podsim::TESTPOD_COMMAND {
         check::sibling(&std::env::current_exe()?, "switchyard-testpod")
             .unwrap_or_else(|| PathBuf::from(program))
     } else {
@@ -450,6 +480,97 @@ async fn exec(pod: &str, command: &[String]) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(
         u8::try_from(status.code().unwrap_or(1)).unwrap_or(1),
     ))
+}
+
+/// `conformance`: a real-node lab (native Services on, the webhook registered, no examples)
+/// with the agnhost image on every node, the suite run against it, the lab taken down.
+async fn conformance(args: &ConformanceArgs) -> anyhow::Result<ExitCode> {
+    use switchyard_e2e::conformance;
+    let focus = match args.focus.as_str() {
+        "networking" => conformance::NETWORKING_PODS.to_string(),
+        "services-dns" => conformance::SERVICES_AND_DNS.to_string(),
+        other => other.to_string(),
+    };
+    eprintln!(
+        "switchyard-lab: building e2e.test and agnhost from the pinned Kubernetes modules (first run only)"
+    );
+    let bins = switchyard_e2e::controlplane::ensure_conformance_binaries().await?;
+    let lab = Lab::up(LabOptions {
+        nodes: args.nodes,
+        examples: false,
+        operators: 1,
+        webhook: true,
+        native_services: true,
+        real_nodes: true,
+        conformance: true,
+    })
+    .await?;
+    // The suite's namespaces are random: they join the default network, as on a cluster.
+    let default_net =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/01-podnetwork-default.yaml");
+    let ready = async {
+        lab.kubectl_ok(&[
+            "apply",
+            "--server-side",
+            "-f",
+            &default_net.to_string_lossy(),
+        ])
+        .await?;
+        lab.kubectl_ok(&[
+            "wait",
+            "--for=condition=Ready",
+            "--timeout=60s",
+            "podnetwork/default",
+        ])
+        .await
+    }
+    .await;
+    if let Err(e) = ready {
+        lab.down().await;
+        return Err(e.into());
+    }
+    eprintln!(
+        "switchyard-lab: running e2e.test --ginkgo.focus='{focus}' (log: {}/conformance/e2e.log)",
+        lab.dir.display()
+    );
+    let t0 = Instant::now();
+    let result = conformance::run(&conformance::Run {
+        e2e_test: &bins.e2e_test,
+        kubeconfig: lab.controlplane.kubeconfig(),
+        kubectl: &lab.controlplane.binaries().kubectl,
+        focus: &focus,
+        dir: lab.dir.join("conformance"),
+        timeout: Duration::from_secs(args.minutes * 60),
+    })
+    .await;
+    let kept = PathBuf::from(LAB_ROOT).join(format!("conformance-{}", lab.run));
+    let _ = std::fs::create_dir_all(&kept);
+    for f in ["e2e.log", "report.json"] {
+        let _ = std::fs::copy(lab.dir.join("conformance").join(f), kept.join(f));
+    }
+    lab.down().await;
+    let outcomes = result?;
+    let passed = outcomes.iter().filter(|o| o.passed()).count();
+    for o in &outcomes {
+        println!("{} {}", o.state.to_uppercase(), o.name);
+        if let Some(f) = &o.failure {
+            println!("    {}", f.lines().next().unwrap_or_default());
+        }
+    }
+    println!(
+        "{passed} of {} passed in {:.0} s (log and report kept in {})",
+        outcomes.len(),
+        t0.elapsed().as_secs_f64(),
+        kept.display()
+    );
+    if let Some(out) = &args.out {
+        std::fs::write(out, conformance::markdown(&outcomes))?;
+    }
+    Ok(if passed == outcomes.len() && !outcomes.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// The traffic checks against the running lab, one line per path; fails if any fails.
@@ -465,6 +586,7 @@ async fn check() -> anyhow::Result<ExitCode> {
         run: s.run.clone(),
         testpod,
         nodes: s.nodes.keys().cloned().collect(),
+        real: s.real_nodes,
     };
     let results = check::run(&target).await?;
     let mut ok = true;

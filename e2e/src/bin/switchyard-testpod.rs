@@ -82,6 +82,9 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         timeout_ms: u64,
     },
+    /// A pod sandbox's first process (the lab's pause image on real nodes): holds the pod's
+    /// namespaces, reaps orphans, exits 0 on SIGTERM/SIGINT.
+    Pause,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -124,6 +127,7 @@ fn main() -> ExitCode {
                 message,
                 timeout_ms,
             } => send(proto, &target, &message, Duration::from_millis(timeout_ms)).await,
+            Cmd::Pause => pause().await,
         }
     });
     match result {
@@ -644,6 +648,31 @@ async fn send_udp(addr: SocketAddr, message: &str) -> Result<String, String> {
         .await
         .map_err(|e| describe("receive from", addr, &e))?;
     Ok(String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into_owned())
+}
+
+/// Waits for SIGTERM or SIGINT, reaping every child that exits meanwhile (a sandbox's first
+/// process inherits the orphans of a shared PID namespace).
+async fn pause() -> Result<(), String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let sig =
+        |k: SignalKind, name: &str| signal(k).map_err(|e| format!("cannot watch {name}: {e}"));
+    let mut term = sig(SignalKind::terminate(), "SIGTERM")?;
+    let mut int = sig(SignalKind::interrupt(), "SIGINT")?;
+    let mut child = sig(SignalKind::child(), "SIGCHLD")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = child.recv() => {
+                use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+                while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                    if status == WaitStatus::StillAlive {
+                        break;
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -282,6 +282,8 @@ pub async fn run(opts: &CompareOptions) -> Result<CompareReport> {
         operators: 1,
         webhook: false,
         native_services: opts.native,
+        real_nodes: false,
+        conformance: false,
     };
     // One more attempt when the lab does not come up (each attempt removes what it made).
     let lab = match Lab::up(options.clone()).await {

@@ -59,6 +59,10 @@ pub enum Programs {
     Helm,
     /// kube-proxy and CoreDNS, for `switchyard-lab bench --compare`.
     Incumbents,
+    /// kubelet, containerd (shim, ctr), runc and crane, for real-node labs.
+    Nodes,
+    /// The upstream e2e suite (`e2e.test`) and its agnhost, for conformance runs.
+    Conformance,
 }
 
 impl Programs {
@@ -68,6 +72,8 @@ impl Programs {
             Programs::Cnitool => "cnitool",
             Programs::Helm => "helm",
             Programs::Incumbents => "incumbents",
+            Programs::Nodes => "nodes",
+            Programs::Conformance => "conformance",
         }
     }
 }
@@ -177,6 +183,104 @@ impl Binaries {
         found.sort();
         found.pop().map(|(_, p)| p)
     }
+}
+
+/// What a real lab node runs: the kubelet and a container runtime, and the image tool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeBinaries {
+    /// kubelet, from the pinned Kubernetes modules.
+    pub kubelet: PathBuf,
+    /// containerd.
+    pub containerd: PathBuf,
+    /// containerd's runc shim (containerd finds it on PATH: its directory goes there).
+    pub shim: PathBuf,
+    /// ctr, containerd's client (image import).
+    pub ctr: PathBuf,
+    /// runc, built with seccomp.
+    pub runc: PathBuf,
+    /// crane, which builds the lab's OCI images.
+    pub crane: PathBuf,
+}
+
+/// Builds (or finds in the cache) what real nodes run (`build.sh nodes`; runc needs cgo and
+/// libseccomp's headers, installed first when missing).
+pub async fn ensure_node_binaries() -> Result<NodeBinaries> {
+    crate::host::ensure_programs(crate::host::REAL_NODES).await?;
+    let dir = ensure_programs(&[Programs::Nodes]).await?;
+    let bins = Binaries {
+        dir: dir.clone(),
+        etcd: PathBuf::new(),
+        kube_apiserver: PathBuf::new(),
+        kube_controller_manager: PathBuf::new(),
+        kube_scheduler: PathBuf::new(),
+        kubectl: PathBuf::new(),
+    };
+    let versioned = |name: &str| {
+        bins.newest_versioned(name)
+            .ok_or_else(|| missing_program(&dir.join(format!("{name}-v*/{name}")), Programs::Nodes))
+    };
+    let containerd = versioned("containerd")?;
+    let beside = |name: &str| {
+        let p = containerd.with_file_name(name);
+        if p.is_file() {
+            Ok(p)
+        } else {
+            Err(missing_program(&p, Programs::Nodes))
+        }
+    };
+    let kubelet = dir.join("kubelet");
+    if !kubelet.is_file() {
+        return Err(missing_program(&kubelet, Programs::Nodes));
+    }
+    Ok(NodeBinaries {
+        kubelet,
+        shim: beside("containerd-shim-runc-v2")?,
+        ctr: beside("ctr")?,
+        containerd,
+        runc: versioned("runc")?,
+        crane: versioned("crane")?,
+    })
+}
+
+/// The upstream Kubernetes e2e suite compiled from the pinned modules, and agnhost, the
+/// program of the image its networking tests run.
+#[derive(Clone, Debug)]
+pub struct ConformanceBinaries {
+    /// `e2e.test` (`go test -c k8s.io/kubernetes/test/e2e`).
+    pub e2e_test: PathBuf,
+    /// agnhost (`k8s.io/kubernetes/test/images/agnhost`).
+    pub agnhost: PathBuf,
+    /// CoreDNS, which the agnhost image carries at `/coredns` (a DNS test runs it in a pod).
+    pub coredns: PathBuf,
+}
+
+/// Builds (or finds in the cache) `e2e.test` and agnhost (`build.sh conformance`).
+pub async fn ensure_conformance_binaries() -> Result<ConformanceBinaries> {
+    let dir = ensure_programs(&[Programs::Conformance]).await?;
+    let file = |name: &str| {
+        let p = dir.join(name);
+        if p.is_file() {
+            Ok(p)
+        } else {
+            Err(missing_program(&p, Programs::Conformance))
+        }
+    };
+    let bins = Binaries {
+        dir: dir.clone(),
+        etcd: PathBuf::new(),
+        kube_apiserver: PathBuf::new(),
+        kube_controller_manager: PathBuf::new(),
+        kube_scheduler: PathBuf::new(),
+        kubectl: PathBuf::new(),
+    };
+    let coredns = bins
+        .newest_versioned("coredns")
+        .ok_or_else(|| missing_program(&dir.join("coredns-v*/coredns"), Programs::Conformance))?;
+    Ok(ConformanceBinaries {
+        e2e_test: file("e2e.test")?,
+        agnhost: file("agnhost")?,
+        coredns,
+    })
 }
 
 /// Builds (or finds in the cache) the core control plane: etcd, kube-apiserver,
@@ -299,6 +403,9 @@ struct Pki {
     front_proxy_ca_crt: PathBuf,
     front_proxy_client_crt: PathBuf,
     front_proxy_client_key: PathBuf,
+    /// The apiserver's client certificate towards kubelets (logs, exec, port-forward).
+    kubelet_client_crt: PathBuf,
+    kubelet_client_key: PathBuf,
 }
 
 /// Where a control plane listens.
@@ -661,6 +768,13 @@ async fn start_apiserver(
                 "--proxy-client-key-file={}",
                 pki.front_proxy_client_key.display()
             ),
+            format!(
+                "--kubelet-client-certificate={}",
+                pki.kubelet_client_crt.display()
+            ),
+            format!("--kubelet-client-key={}", pki.kubelet_client_key.display()),
+            // Lab nodes have no DNS names: reach kubelets at their InternalIP.
+            "--kubelet-preferred-address-types=InternalIP".into(),
         ],
         &dir.join("logs").join("kube-apiserver.log"),
     )?;
@@ -788,6 +902,8 @@ fn write_pki(dir: &Path, ca: &Ca, bind: Ipv4Addr) -> Result<Pki> {
         front_proxy_ca_crt: dir.join("front-proxy-ca.crt"),
         front_proxy_client_crt: dir.join("front-proxy-client.crt"),
         front_proxy_client_key: dir.join("front-proxy-client.key"),
+        kubelet_client_crt: dir.join("apiserver-kubelet-client.crt"),
+        kubelet_client_key: dir.join("apiserver-kubelet-client.key"),
     };
     kubeconfig::write_public(&pki.ca_crt, &ca.pem().cert)?;
     kubeconfig::write_private(&pki.ca_key, &ca.pem().key)?;
@@ -820,6 +936,12 @@ fn write_pki(dir: &Path, ca: &Ca, bind: Ipv4Addr) -> Result<Pki> {
     let front_proxy_client = front_proxy_ca.client(FRONT_PROXY_CLIENT, &[])?;
     kubeconfig::write_public(&pki.front_proxy_client_crt, &front_proxy_client.cert)?;
     kubeconfig::write_private(&pki.front_proxy_client_key, &front_proxy_client.key)?;
+    // Kubelets (real-node labs) trust the cluster CA for clients and ask the apiserver
+    // whether a user may reach them: this identity may (system:masters, as kubeadm's
+    // apiserver-kubelet-client).
+    let kubelet_client = ca.client("kube-apiserver-kubelet-client", &["system:masters"])?;
+    kubeconfig::write_public(&pki.kubelet_client_crt, &kubelet_client.cert)?;
+    kubeconfig::write_private(&pki.kubelet_client_key, &kubelet_client.key)?;
     Ok(pki)
 }
 

@@ -218,10 +218,10 @@ where
 /// probe on /ready), and with `sidecar` a second container serving TCP 9090.
 pub fn pod_yaml(ns: &str, name: &str, node: &str, sidecar: bool) -> String {
     let mut y = format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels: {{app: {name}}}\nspec:\n  nodeName: {node}\n  containers:\n  - name: main\n    image: switchyard-testpod\n    command: [switchyard-testpod, serve, --tcp, \"8080\", --udp, \"8081\", --http, \"8082\", --name, {name}]\n    ports: [{{name: http, containerPort: 8082}}]\n    readinessProbe:\n      httpGet: {{path: /ready, port: http}}\n"
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels: {{app: {name}}}\nspec:\n  nodeName: {node}\n  containers:\n  - name: main\n    image: switchyard-testpod:lab\n    command: [switchyard-testpod, serve, --tcp, \"8080\", --udp, \"8081\", --http, \"8082\", --name, {name}]\n    ports: [{{name: http, containerPort: 8082}}]\n    readinessProbe:\n      httpGet: {{path: /ready, port: http}}\n"
     );
     if sidecar {
-        y.push_str(&format!("  - name: sidecar\n    image: switchyard-testpod\n    command: [switchyard-testpod, serve, --tcp, \"9090\", --name, {name}-sidecar]\n"));
+        y.push_str(&format!("  - name: sidecar\n    image: switchyard-testpod:lab\n    command: [switchyard-testpod, serve, --tcp, \"9090\", --name, {name}-sidecar]\n"));
     }
     y
 }
