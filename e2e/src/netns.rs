@@ -45,8 +45,8 @@ fn command_line(program: &OsStr, args: &[&OsStr]) -> String {
         .join(" ")
 }
 
-/// Runs a command to completion; Error::Command with its stderr if it fails.
-/// Runs `program args...` in the current network namespace; Error::Command on failure.
+/// Runs `program args...` to completion in the current network namespace; Error::Command
+/// with its stderr if it fails.
 pub async fn run(program: &OsStr, args: &[&OsStr]) -> Result<Output> {
     let output = Command::new(program)
         .args(args)

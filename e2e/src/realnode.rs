@@ -85,24 +85,8 @@ fn write(path: &Path, text: &str) -> Result<()> {
 
 /// Runs `program args` to completion; an error names the command and carries its stderr.
 async fn run(program: &Path, args: &[&str]) -> Result<std::process::Output> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|source| Error::Spawn {
-            what: program.display().to_string(),
-            source,
-        })?;
-    if !out.status.success() {
-        return Err(Error::Command {
-            command: format!("{} {}", program.display(), args.join(" ")),
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        });
-    }
-    Ok(out)
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    crate::netns::run(program.as_os_str(), &args).await
 }
 
 /// One image of the lab's: the names pods use, the name it was built under (the archive

@@ -167,6 +167,18 @@ impl Binaries {
     }
 
     /// `<dir>/<name>-v<version>/<name>` with the highest version, if any.
+    /// The cache folder `dir` for looking up versioned programs only (no core paths).
+    fn versioned_only(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            etcd: PathBuf::new(),
+            kube_apiserver: PathBuf::new(),
+            kube_controller_manager: PathBuf::new(),
+            kube_scheduler: PathBuf::new(),
+            kubectl: PathBuf::new(),
+        }
+    }
+
     fn newest_versioned(&self, name: &str) -> Option<PathBuf> {
         let prefix = format!("{name}-v");
         let mut found: Vec<(Vec<u64>, PathBuf)> = std::fs::read_dir(&self.dir)
@@ -207,14 +219,7 @@ pub struct NodeBinaries {
 pub async fn ensure_node_binaries() -> Result<NodeBinaries> {
     crate::host::ensure_programs(crate::host::REAL_NODES).await?;
     let dir = ensure_programs(&[Programs::Nodes]).await?;
-    let bins = Binaries {
-        dir: dir.clone(),
-        etcd: PathBuf::new(),
-        kube_apiserver: PathBuf::new(),
-        kube_controller_manager: PathBuf::new(),
-        kube_scheduler: PathBuf::new(),
-        kubectl: PathBuf::new(),
-    };
+    let bins = Binaries::versioned_only(&dir);
     let versioned = |name: &str| {
         bins.newest_versioned(name)
             .ok_or_else(|| missing_program(&dir.join(format!("{name}-v*/{name}")), Programs::Nodes))
@@ -265,14 +270,7 @@ pub async fn ensure_conformance_binaries() -> Result<ConformanceBinaries> {
             Err(missing_program(&p, Programs::Conformance))
         }
     };
-    let bins = Binaries {
-        dir: dir.clone(),
-        etcd: PathBuf::new(),
-        kube_apiserver: PathBuf::new(),
-        kube_controller_manager: PathBuf::new(),
-        kube_scheduler: PathBuf::new(),
-        kubectl: PathBuf::new(),
-    };
+    let bins = Binaries::versioned_only(&dir);
     let coredns = bins
         .newest_versioned("coredns")
         .ok_or_else(|| missing_program(&dir.join("coredns-v*/coredns"), Programs::Conformance))?;
