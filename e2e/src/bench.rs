@@ -715,3 +715,221 @@ mod tests {
         assert_eq!(nearest_rank::<u32>(&[], 0.5), None);
     }
 }
+
+/// How long CNI ADD took on a lab's nodes: on real nodes the runtime's own histogram,
+/// containerd's `containerd_cri_sandbox_create_network_seconds` (the sandbox's whole network
+/// setup: its loopback and `switchyard-cni` ADD through the agent), summed over the nodes; on
+/// the simulator each ADD's duration as the simulator timed its call of the plugin.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CniAdd {
+    /// Simulator: every sample in milliseconds.
+    pub samples_ms: Vec<f64>,
+    /// Real nodes: `(upper bound in seconds, cumulative count)` per histogram bucket.
+    pub buckets: Vec<(f64, u64)>,
+    /// Real nodes: the histogram's `_sum` (seconds) and `_count`.
+    pub sum: f64,
+    /// The number of ADDs.
+    pub count: u64,
+}
+
+/// The histogram's name in containerd's metrics.
+const CREATE_NETWORK: &str = "containerd_cri_sandbox_create_network_seconds";
+
+impl CniAdd {
+    /// What was added since `before` (a snapshot taken earlier from the same lab).
+    pub fn since(&self, before: &CniAdd) -> CniAdd {
+        let buckets = self
+            .buckets
+            .iter()
+            .map(|(le, n)| {
+                let old = before
+                    .buckets
+                    .iter()
+                    .find(|(l, _)| l == le)
+                    .map_or(0, |(_, c)| *c);
+                (*le, n.saturating_sub(old))
+            })
+            .collect();
+        CniAdd {
+            samples_ms: self
+                .samples_ms
+                .get(before.samples_ms.len()..)
+                .unwrap_or_default()
+                .to_vec(),
+            buckets,
+            sum: self.sum - before.sum,
+            count: self.count.saturating_sub(before.count),
+        }
+    }
+
+    /// `N ADDs, mean .. ms, p50 .. ms, p99 .. ms` (exact on the simulator; on real nodes the
+    /// histogram bucket that holds the quantile, as `≤ .. ms`).
+    pub fn summary(&self) -> String {
+        if self.count == 0 {
+            return "no CNI ADD recorded".into();
+        }
+        let mean = if self.samples_ms.is_empty() {
+            self.sum * 1000.0 / self.count as f64
+        } else {
+            self.samples_ms.iter().sum::<f64>() / self.samples_ms.len() as f64
+        };
+        let q = |q: f64| -> String {
+            if !self.samples_ms.is_empty() {
+                let mut s = self.samples_ms.clone();
+                s.sort_by(f64::total_cmp);
+                return nearest_rank(&s, q).map_or("?".into(), |v| format!("{v:.1} ms"));
+            }
+            let want = (q * self.count as f64).ceil() as u64;
+            self.buckets
+                .iter()
+                .find(|(_, n)| *n >= want)
+                .map_or("?".into(), |(le, _)| {
+                    if le.is_infinite() {
+                        "> largest bucket".into()
+                    } else {
+                        format!("≤ {:.0} ms", le * 1000.0)
+                    }
+                })
+        };
+        format!(
+            "{} ADDs, mean {mean:.1} ms, p50 {}, p99 {}",
+            self.count,
+            q(0.5),
+            q(0.99)
+        )
+    }
+
+    /// Adds one node's containerd metrics text (Prometheus exposition format).
+    pub fn add_containerd_metrics(&mut self, text: &str) {
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix(CREATE_NETWORK) else {
+                continue;
+            };
+            let value = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+            let Some(value) = value else { continue };
+            if let Some(labels) = rest.strip_prefix("_bucket{") {
+                let le = labels
+                    .split("le=\"")
+                    .nth(1)
+                    .and_then(|l| l.split('"').next())
+                    .and_then(|l| {
+                        if l == "+Inf" {
+                            Some(f64::INFINITY)
+                        } else {
+                            l.parse().ok()
+                        }
+                    });
+                if let Some(le) = le {
+                    match self.buckets.iter_mut().find(|(l, _)| *l == le) {
+                        Some((_, n)) => *n += value as u64,
+                        None => self.buckets.push((le, value as u64)),
+                    }
+                }
+            } else if rest.starts_with("_sum") {
+                self.sum += value;
+            } else if rest.starts_with("_count") {
+                self.count += value as u64;
+            }
+        }
+        self.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+}
+
+/// The lab's CNI ADD record so far (see [`CniAdd`]): real nodes' containerd metrics over the
+/// fabric, or the simulator's `logs/cni-add-<node>.ms` files below `lab_dir`.
+pub async fn cni_add(client: &Client, lab_dir: &Path, real: bool) -> Result<CniAdd> {
+    let mut out = CniAdd::default();
+    if !real {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(lab_dir.join("logs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "ms"))
+            .collect();
+        files.sort();
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap_or_default();
+            out.samples_ms
+                .extend(text.lines().filter_map(|l| l.trim().parse::<f64>().ok()));
+        }
+        out.count = out.samples_ms.len() as u64;
+        return Ok(out);
+    }
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let list = nodes
+        .list(&Default::default())
+        .await
+        .map_err(kube_err("list Nodes"))?;
+    for n in list.items {
+        let ip = n
+            .status
+            .and_then(|s| s.addresses)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|a| a.type_ == "InternalIP" && !a.address.contains(':'))
+            .and_then(|a| a.address.parse::<std::net::Ipv4Addr>().ok());
+        let Some(ip) = ip else { continue };
+        let addr = std::net::SocketAddr::from((ip, crate::realnode::CONTAINERD_METRICS_PORT));
+        let text =
+            tokio::task::spawn_blocking(move || crate::child::http_get_text(addr, "/v1/metrics"))
+                .await
+                .map_err(|e| Error::Invalid {
+                    what: "containerd metrics".into(),
+                    message: e.to_string(),
+                })??;
+        out.add_containerd_metrics(&text);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod cni_add_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn containerd_histograms_sum_over_nodes_and_diff_against_a_snapshot() {
+        let node = |a: u64, b: u64, sum: f64| {
+            format!(
+                "# TYPE containerd_cri_sandbox_create_network_seconds histogram\n\
+                 containerd_cri_sandbox_create_network_seconds_bucket{{le=\"0.05\"}} {a}\n\
+                 containerd_cri_sandbox_create_network_seconds_bucket{{le=\"0.1\"}} {b}\n\
+                 containerd_cri_sandbox_create_network_seconds_bucket{{le=\"+Inf\"}} {b}\n\
+                 containerd_cri_sandbox_create_network_seconds_sum {sum}\n\
+                 containerd_cri_sandbox_create_network_seconds_count {b}\n\
+                 containerd_cri_sandbox_delete_network_seconds_count 7\n"
+            )
+        };
+        let mut before = CniAdd::default();
+        before.add_containerd_metrics(&node(1, 2, 0.1));
+        let mut after = CniAdd::default();
+        after.add_containerd_metrics(&node(10, 12, 0.9));
+        after.add_containerd_metrics(&node(40, 40, 1.2));
+        let d = after.since(&before);
+        assert_eq!(d.count, 50);
+        assert_eq!(d.buckets, vec![(0.05, 49), (0.1, 50), (f64::INFINITY, 50)]);
+        assert!((d.sum - 2.0).abs() < 1e-9);
+        assert_eq!(
+            d.summary(),
+            "50 ADDs, mean 40.0 ms, p50 ≤ 50 ms, p99 ≤ 100 ms"
+        );
+    }
+
+    #[test]
+    fn simulator_samples_give_exact_quantiles() {
+        let all = CniAdd {
+            samples_ms: vec![5.0, 1.0, 3.0, 2.0, 4.0],
+            count: 5,
+            ..Default::default()
+        };
+        let before = CniAdd {
+            samples_ms: vec![5.0],
+            count: 1,
+            ..Default::default()
+        };
+        let d = all.since(&before);
+        assert_eq!(d.count, 4);
+        assert_eq!(d.summary(), "4 ADDs, mean 2.5 ms, p50 3.0 ms, p99 4.0 ms");
+    }
+}

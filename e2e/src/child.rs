@@ -81,6 +81,30 @@ pub async fn wait_http_ok(
     })
 }
 
+/// `GET path` over HTTP/1.0 (no chunked answer), the body of a 200 answer; for metrics
+/// endpoints on the fabric. Bounded by 2 s per read.
+pub fn http_get_text(addr: SocketAddr, path: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let err = |e: String| Error::Invalid {
+        what: format!("http://{addr}{path}"),
+        message: e,
+    };
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| err(e.to_string()))?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    write!(s, "GET {path} HTTP/1.0\r\nHost: lab\r\n\r\n").map_err(|e| err(e.to_string()))?;
+    let mut buf = Vec::new();
+    s.take(64 << 20)
+        .read_to_end(&mut buf)
+        .map_err(|e| err(e.to_string()))?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    if head.split_whitespace().nth(1) != Some("200") {
+        return Err(err(head.lines().next().unwrap_or_default().to_string()));
+    }
+    Ok(body.to_string())
+}
+
 fn http_get(addr: SocketAddr, path: &str) -> std::result::Result<u16, String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))

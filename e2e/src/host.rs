@@ -45,6 +45,11 @@ pub const REAL_NODES: &[Program] = &[
     ("ldd", "libc-bin"),
     ("tar", "tar"),
     ("strip", "binutils"),
+    // The agent's image carries the host's kernel tools, as the Dockerfile's Debian base
+    // does (`realnode::build_images`).
+    ("nft", "nftables"),
+    ("conntrack", "conntrack"),
+    ("modprobe", "kmod"),
 ];
 
 /// What the conformance image carries from the host (busybox: `sh`, `grep`; curl; netcat; dig and

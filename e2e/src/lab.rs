@@ -23,6 +23,13 @@ use crate::topology::{self, NodeNet, Topology};
 use crate::webhook::Webhook;
 use crate::{host, netns, nodes, podsim, realnode};
 
+/// The agent's command name as the kernel keeps it (15 bytes).
+const AGENT_COMM: &str = "switchyard-agen";
+
+/// `SWITCHYARD_LAB_REAL=1`: every lab comes up with real nodes (kubelet, containerd, the
+/// chart installed by helm), whatever its options say; runs the lab tests in that mode.
+pub const REAL_NODES_ENV: &str = "SWITCHYARD_LAB_REAL";
+
 /// Where labs keep their files and state.
 pub const LAB_ROOT: &str = "/tmp/switchyard-lab";
 
@@ -150,6 +157,8 @@ pub struct Lab {
     real: Option<RealNodes>,
     /// The running real nodes.
     real_nodes: BTreeMap<String, realnode::RealNode>,
+    /// Real nodes: the chart's webhook is registered (`LabOptions::webhook`).
+    chart_webhook: bool,
 }
 
 /// What every real node of a lab runs.
@@ -246,8 +255,11 @@ fn random_run() -> String {
 impl Lab {
     /// Brings a lab up: control plane, nodes, CRDs, operator, agents, simulators, and with the
     /// options the webhook and `examples/`. Says on stderr what it is doing, phase by phase.
-    pub async fn up(opts: LabOptions) -> Result<Lab> {
+    pub async fn up(mut opts: LabOptions) -> Result<Lab> {
         let t0 = Instant::now();
+        if std::env::var_os(REAL_NODES_ENV).is_some_and(|v| v == "1") {
+            opts.real_nodes = true;
+        }
         let say = |what: &str| {
             eprintln!(
                 "switchyard-lab: [{:.0}s] {what}",
@@ -315,12 +327,13 @@ impl Lab {
             native_services: opts.native_services,
             real: None,
             real_nodes: BTreeMap::new(),
+            chart_webhook: false,
         };
         if let Some(node_bins) = real {
             say(if agnhost.is_some() {
-                "building the lab's OCI images (test server, pause, agnhost) with crane"
+                "building the lab's OCI images (operator, webhook, agent, test server, pause, agnhost) with crane"
             } else {
-                "building the lab's OCI images (test server, pause) with crane"
+                "building the lab's OCI images (operator, webhook, agent, test server, pause) with crane"
             });
             let t = Instant::now();
             let dir = lab.dir.join("images");
@@ -331,7 +344,7 @@ impl Lab {
             })?;
             let images = realnode::build_images(
                 &node_bins.crane,
-                &lab.bins.testpod,
+                &lab.bins,
                 agnhost
                     .as_ref()
                     .map(|c| (c.agnhost.as_path(), c.coredns.as_path())),
@@ -350,17 +363,27 @@ impl Lab {
         lab.write_state(false)?;
 
         let n = lab.topology.nodes.len();
-        say(&if lab.real.is_some() {
-            format!(
-                "installing the CRDs, starting {n} node(s) (containerd, kubelet, switchyard-agent) and the operator"
-            )
-        } else {
-            format!("installing the CRDs, starting {n} switchyard-agent(s) and the operator")
-        });
         let t = Instant::now();
-        lab.install_switchyard(opts.operators).await?;
-        timings_push(&mut lab.timings, "switchyard", t.elapsed());
-        if opts.webhook {
+        if lab.real.is_some() {
+            say(&format!(
+                "starting {n} node(s): containerd and kubelet each"
+            ));
+            lab.start_real_nodes().await?;
+            timings_push(&mut lab.timings, "nodes", t.elapsed());
+            say(
+                "installing Switchyard with `helm install` of charts/switchyard (docs/install.md) and waiting for its pods",
+            );
+            let t = Instant::now();
+            lab.install_with_helm(opts.operators, opts.webhook).await?;
+            timings_push(&mut lab.timings, "switchyard", t.elapsed());
+        } else {
+            say(&format!(
+                "installing the CRDs, starting {n} switchyard-agent(s) and the operator"
+            ));
+            lab.install_switchyard(opts.operators).await?;
+            timings_push(&mut lab.timings, "switchyard", t.elapsed());
+        }
+        if opts.webhook && lab.real.is_none() {
             say("starting the admission webhook and registering it");
             let t = Instant::now();
             lab.webhook = Some(lab.start_webhook().await?);
@@ -393,25 +416,107 @@ impl Lab {
         .await?;
         self.kubectl_ok(&["create", "namespace", "switchyard-system"])
             .await?;
-        if self.real.is_some() {
-            let task = tokio::spawn(realnode::sync_control_plane_routes(
-                self.client.clone(),
-                self.topology.fabric.clone(),
-            ));
-            self.node_tasks.insert(String::new(), vec![task]);
-        }
         for node in self.topology.nodes.clone() {
-            if self.real.is_some() {
-                self.start_agent(&node.name)?;
-                self.start_real_node(&node).await?;
-            } else {
-                nodes::register(&self.client, &node).await?;
-                self.start_node_tasks(&node.name)?;
-                self.start_agent(&node.name)?;
-            }
+            nodes::register(&self.client, &node).await?;
+            self.start_node_tasks(&node.name)?;
+            self.start_agent(&node.name)?;
         }
         for replica in 0..operators.max(1) {
             self.start_operator(replica)?;
+        }
+        self.wait_agents_ready(Duration::from_secs(60)).await
+    }
+
+    /// Real nodes: every node's containerd and kubelet, and the root namespace's routes to
+    /// the pod blocks (kept by a task for the life of the lab).
+    async fn start_real_nodes(&mut self) -> Result<()> {
+        let task = tokio::spawn(realnode::sync_control_plane_routes(
+            self.client.clone(),
+            self.topology.fabric.clone(),
+        ));
+        self.node_tasks.insert(String::new(), vec![task]);
+        for node in self.topology.nodes.clone() {
+            self.start_real_node(&node).await?;
+        }
+        Ok(())
+    }
+
+    /// Real nodes: Switchyard as a user installs it, `helm install` of `charts/switchyard`
+    /// as docs/install.md gives it, with the lab's values ([`LabValues`]): the images the lab
+    /// built, the API server's address, pod routes kept to the lab's ranges and the lab's DNS
+    /// upstream. Returns when helm's `--wait` does (every Deployment and the DaemonSet ready)
+    /// and the namespace carries the Pod Security label the docs tell users to set.
+    ///
+    /// Without `webhook` the lab then deletes the chart's ValidatingWebhookConfiguration (the
+    /// webhook's pod keeps running, unregistered), so that tests can create what the webhook
+    /// would refuse and watch the operator's own conditions, as on the simulator.
+    async fn install_with_helm(&mut self, operators: usize, webhook: bool) -> Result<()> {
+        let helm = crate::chart::helm(self.controlplane.binaries()).await?;
+        let values = LabValues {
+            apiserver: self.controlplane.server_url().to_string(),
+            dns_upstream: format!("{}:53", self.topology.gateway),
+            operators: operators.clamp(1, self.topology.nodes.len().max(1)),
+            native_services: self.native_services,
+        };
+        let file = self.dir.join("helm-values.yaml");
+        std::fs::write(&file, values.yaml()?).map_err(|source| Error::Io {
+            op: "write",
+            path: file.clone(),
+            source,
+        })?;
+        let chart = crate::chart::chart_dir();
+        let kubeconfig = self
+            .controlplane
+            .kubeconfig()
+            .to_string_lossy()
+            .into_owned();
+        let args = [
+            "install",
+            "switchyard",
+            &chart.to_string_lossy(),
+            "--namespace",
+            crate::chart::NAMESPACE,
+            "--create-namespace",
+            "--wait",
+            "--timeout",
+            "5m",
+            "--kubeconfig",
+            &kubeconfig,
+            "-f",
+            &file.to_string_lossy(),
+        ];
+        let out = crate::chart::run_helm(&helm, &self.dir.join("helm"), &args).await?;
+        let log = self.dir.join("logs").join("helm-install.log");
+        let _ = std::fs::write(&log, format!("{}{}", out.stdout, out.stderr));
+        if !out.success {
+            let pods = self
+                .kubectl(&["get", "pods", "-A", "-o", "wide"])
+                .await
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            return Err(Error::Command {
+                command: format!("helm {}", args.join(" ")),
+                status: "failed".into(),
+                stderr: format!("{}\npods:\n{pods}", out.stderr.trim()),
+            });
+        }
+        self.kubectl_ok(&[
+            "label",
+            "namespace",
+            crate::chart::NAMESPACE,
+            "pod-security.kubernetes.io/enforce=privileged",
+        ])
+        .await?;
+        if webhook {
+            self.chart_webhook = true;
+        } else {
+            self.kubectl_ok(&[
+                "delete",
+                "validatingwebhookconfiguration",
+                "switchyard-webhook",
+                "--wait=true",
+            ])
+            .await?;
         }
         self.wait_agents_ready(Duration::from_secs(60)).await
     }
@@ -479,7 +584,13 @@ impl Lab {
 
     /// Where `node`'s CNI plugin keeps its address claims (`--cni-state-dir`).
     pub fn cni_state_dir(&self, node: &str) -> PathBuf {
-        self.node_dir(node).join("cni-state")
+        if self.real.is_some() {
+            // The chart's `agent.cni.stateDir`, /var/lib/switchyard/cni, in the node's mount
+            // namespace.
+            self.node_dir(node).join("var-lib-switchyard/cni")
+        } else {
+            self.node_dir(node).join("cni-state")
+        }
     }
 
     /// The agent's HTTP address on a node.
@@ -526,8 +637,6 @@ impl Lab {
             run: &self.run,
             dir: dir.clone(),
             bins: &real.bins,
-            cni_bin: &self.bins.cni,
-            cni_conf_dir: dir.join("cni/net.d"),
             images: &real.images,
             kubeconfig,
             ca_crt,
@@ -535,6 +644,12 @@ impl Lab {
         let started = realnode::RealNode::start(&setup).await?;
         self.real_nodes.insert(node.name.clone(), started);
         Ok(())
+    }
+
+    /// Whether the admission webhook is registered: started by the lab (`LabOptions::webhook`)
+    /// or, on real nodes, installed by the chart and left registered.
+    pub fn webhook_registered(&self) -> bool {
+        self.chart_webhook || self.webhook.is_some()
     }
 
     /// Whether this lab's nodes are real (kubelet and containerd).
@@ -568,8 +683,17 @@ impl Lab {
         Ok(())
     }
 
-    /// Starts (or restarts) the agent of `node`.
+    /// Starts (or restarts) the agent of `node`. On real nodes the agent is the DaemonSet's
+    /// pod: this kills its (stopped, see [`Lab::kill_agent`]) process and the kubelet starts
+    /// the container again, as after a crash; the agent starts from scratch, reading back what
+    /// the node holds.
     pub fn start_agent(&mut self, node: &str) -> Result<()> {
+        if self.real.is_some() {
+            let cgroup = format!("{}-{node}", self.run);
+            realnode::signal_program(&cgroup, AGENT_COMM, nix::sys::signal::Signal::SIGKILL);
+            realnode::signal_program(&cgroup, AGENT_COMM, nix::sys::signal::Signal::SIGCONT);
+            return Ok(());
+        }
         let net = self
             .topology
             .node(node)
@@ -613,15 +737,28 @@ impl Lab {
         Ok(())
     }
 
-    /// Stops the agent of `node` (SIGKILL: a crash, as far as the node is concerned).
+    /// Stops the agent of `node` (SIGKILL: a crash, as far as the node is concerned). On real
+    /// nodes a killed container comes back at once (the kubelet restarts it), so the agent's
+    /// process is stopped instead (SIGSTOP: down, its Lease no longer renewed, nothing
+    /// programmed) until [`Lab::start_agent`]; the kubelet's liveness probe would restart
+    /// it after a minute.
     pub async fn kill_agent(&mut self, node: &str) {
+        if self.real.is_some() {
+            let cgroup = format!("{}-{node}", self.run);
+            realnode::signal_program(&cgroup, AGENT_COMM, nix::sys::signal::Signal::SIGSTOP);
+            return;
+        }
         if let Some(mut c) = self.agents.remove(node) {
             let _ = c.kill().await;
         }
     }
 
-    /// Starts operator replica `replica`.
+    /// Starts operator replica `replica`. On real nodes the replicas are the chart's
+    /// Deployment's: nothing to start (the Deployment replaces a deleted pod on its own).
     pub fn start_operator(&mut self, replica: usize) -> Result<()> {
+        if self.real.is_some() {
+            return Ok(());
+        }
         let log = self
             .dir
             .join("logs")
@@ -649,7 +786,39 @@ impl Lab {
     }
 
     /// Stops operator replica `replica` with SIGTERM (it releases its lease), SIGKILL after 5 s.
+    /// On real nodes: deletes the replica's pod (the `replica`-th by name; the kubelet sends
+    /// SIGTERM) and waits until it is gone, while the Deployment starts a new one.
     pub async fn stop_operator(&mut self, replica: usize) {
+        if self.real.is_some() {
+            let api: Api<Pod> = Api::namespaced(self.client.clone(), crate::chart::NAMESPACE);
+            let lp = kube::api::ListParams::default()
+                .labels("app.kubernetes.io/name=switchyard-operator");
+            let mut names: Vec<String> = api
+                .list(&lp)
+                .await
+                .map(|l| {
+                    l.items
+                        .into_iter()
+                        .filter_map(|p| p.metadata.name)
+                        .collect()
+                })
+                .unwrap_or_default();
+            names.sort();
+            if let Some(name) = names.get(replica) {
+                let _ = self
+                    .kubectl(&[
+                        "delete",
+                        "pod",
+                        "-n",
+                        crate::chart::NAMESPACE,
+                        name,
+                        "--wait=true",
+                        "--timeout=30s",
+                    ])
+                    .await;
+            }
+            return;
+        }
         if let Some(mut c) = self.operators.remove(&replica) {
             if let Some(pid) = c.id().and_then(|p| i32::try_from(p).ok()) {
                 let _ = nix::sys::signal::kill(
@@ -663,6 +832,39 @@ impl Lab {
             {
                 let _ = c.kill().await;
             }
+        }
+    }
+
+    /// Stops the operator replica whose identity (its Lease holder name) is `identity`:
+    /// `operator-<n>` on the simulator, the pod's name on real nodes. False if none is.
+    pub async fn stop_operator_named(&mut self, identity: &str) -> bool {
+        if self.real.is_some() {
+            let api: Api<Pod> = Api::namespaced(self.client.clone(), crate::chart::NAMESPACE);
+            if api.get_opt(identity).await.ok().flatten().is_none() {
+                return false;
+            }
+            let _ = self
+                .kubectl(&[
+                    "delete",
+                    "pod",
+                    "-n",
+                    crate::chart::NAMESPACE,
+                    identity,
+                    "--wait=true",
+                    "--timeout=30s",
+                ])
+                .await;
+            return true;
+        }
+        let replica = identity
+            .strip_prefix("operator-")
+            .and_then(|n| n.parse::<usize>().ok());
+        match replica {
+            Some(r) if self.operators.contains_key(&r) => {
+                self.stop_operator(r).await;
+                true
+            }
+            _ => false,
         }
     }
 
@@ -690,7 +892,12 @@ impl Lab {
 
     /// Waits until every agent answers /readyz.
     pub async fn wait_agents_ready(&self, timeout: Duration) -> Result<()> {
-        for node in self.agents.keys() {
+        let nodes: Vec<String> = if self.real.is_some() {
+            self.topology.nodes.iter().map(|n| n.name.clone()).collect()
+        } else {
+            self.agents.keys().cloned().collect()
+        };
+        for node in &nodes {
             if let Some(addr) = self.agent_addr(node) {
                 let ns = self
                     .topology
@@ -813,4 +1020,49 @@ impl Lab {
 
 fn timings_push(t: &mut Vec<(String, Duration)>, what: &str, d: Duration) {
     t.push((what.to_string(), d));
+}
+
+/// The values a real-node lab installs the chart with (`helm install -f`): everything else is
+/// the chart's default.
+#[derive(Debug)]
+pub struct LabValues {
+    /// The API server's URL (`https://<fabric gateway>:<port>`): no kube-proxy serves the
+    /// `kubernetes` Service yet when the agents start (`apiServer.host`, `apiServer.port`).
+    pub apiserver: String,
+    /// The agents' DNS upstream (`--dns-upstream`), the lab's dnsmasq.
+    pub dns_upstream: String,
+    /// Operator replicas (one per node at most: the chart spreads them over nodes).
+    pub operators: usize,
+    /// `agent.nativeServices`.
+    pub native_services: bool,
+}
+
+impl LabValues {
+    /// The values file (JSON, which is YAML).
+    pub fn yaml(&self) -> Result<String> {
+        let bad = || Error::Invalid {
+            what: "API server URL".into(),
+            message: format!("{:?} is not https://HOST:PORT", self.apiserver),
+        };
+        let hostport = self.apiserver.strip_prefix("https://").ok_or_else(bad)?;
+        let (host, port) = hostport.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.trim_end_matches('/').parse().map_err(|_| bad())?;
+        let values = serde_json::json!({
+            "image": {"registry": realnode::CHART_REGISTRY, "tag": realnode::CHART_TAG},
+            "apiServer": {"host": host, "port": port},
+            "logFormat": "text",
+            "operator": {"replicas": self.operators, "leaseDurationSeconds": 6},
+            "agent": {
+                // The network rule: pods route only the lab's ranges via their gateway.
+                "podRoutes": ["198.18.0.0/15", "fd00::/8"],
+                "nativeServices": self.native_services,
+                "extraArgs": [format!("--dns-upstream={}", self.dns_upstream)],
+            },
+        });
+        // JSON is YAML: helm reads it as a values file.
+        serde_json::to_string_pretty(&values).map_err(|e| Error::Invalid {
+            what: "helm values".into(),
+            message: e.to_string(),
+        })
+    }
 }

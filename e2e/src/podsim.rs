@@ -63,6 +63,21 @@ pub struct PodSimConfig {
     pub log_dir: PathBuf,
 }
 
+/// Appends one successful CNI ADD's duration (milliseconds, one line) to
+/// `<log dir>/cni-add-<node>.ms`, which `switchyard-lab bench --pods` reads
+/// ([`crate::bench::cni_add`]).
+fn record_cni_add(log_dir: &Path, node: &str, took: std::time::Duration) {
+    use std::io::Write as _;
+    let path = log_dir.join(format!("cni-add-{node}.ms"));
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+    {
+        let _ = writeln!(f, "{:.3}", took.as_secs_f64() * 1000.0);
+    }
+}
+
 /// The sandbox namespace of a pod, from its UID.
 pub fn pod_netns(run: &str, uid: &str) -> String {
     let short: String = uid
@@ -312,7 +327,9 @@ async fn start(client: &Client, cfg: &PodSimConfig, pod: &Pod) -> Result<Sandbox
     let sandbox_ns = pod_netns(&cfg.run, &uid);
     netns::add(&sandbox_ns).await?;
     write_resolv_conf(&sandbox_ns, &ns)?;
+    let t = std::time::Instant::now();
     let result = cni(cfg, "ADD", &uid, &ns, &name).await?;
+    record_cni_add(&cfg.log_dir, &cfg.node.name, t.elapsed());
     let ips: Vec<IpAddr> = result["ips"]
         .as_array()
         .map(|a| {

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use tokio::process::{Child, Command};
 
+use crate::binaries::SwitchyardBinaries;
 use crate::child::spawn_logged;
 use crate::controlplane::NodeBinaries;
 use crate::error::{Error, Result};
@@ -49,10 +50,6 @@ pub struct NodeSetup<'a> {
     pub dir: PathBuf,
     /// kubelet, containerd, runc, ctr.
     pub bins: &'a NodeBinaries,
-    /// The CNI plugin, linked into the node's CNI binary folder.
-    pub cni_bin: &'a Path,
-    /// Where the node's agent writes the CNI configuration.
-    pub cni_conf_dir: PathBuf,
     /// The image archives of [`build_images`].
     pub images: &'a [Image],
     /// The kubelet's kubeconfig (`system:node:<name>`).
@@ -127,19 +124,19 @@ struct ImageSpec<'a> {
 /// archive per image.
 pub async fn build_images(
     crane: &Path,
-    testpod: &Path,
+    bins: &SwitchyardBinaries,
     agnhost: Option<(&Path, &Path)>,
     dir: &Path,
 ) -> Result<Vec<Image>> {
     let registry = LoopbackRegistry::start(crane, dir).await?;
     let result = async {
+        let mut out = switchyard_images(crane, &registry, dir, bins).await?;
         let testpod_layer = Layer {
-            files: vec![(testpod.to_path_buf(), TESTPOD_PATH.to_string())],
+            files: vec![(bins.testpod.clone(), TESTPOD_PATH.to_string())],
             links: Vec::new(),
         };
         let testpod_base = make_base(crane, &registry, dir, "testpod", &testpod_layer).await?;
         let base = testpod_base.clone();
-        let mut out = Vec::new();
         // The test server also answers to its untagged name, which examples/07-workloads.yaml
         // uses with `imagePullPolicy: IfNotPresent`.
         for spec in [
@@ -210,6 +207,75 @@ pub async fn build_images(
     .await;
     registry.stop().await;
     result
+}
+
+/// The registry part of the chart's image names in the lab (`image.registry`): no registry
+/// serves it, the images are imported into every node's containerd under these names.
+pub const CHART_REGISTRY: &str = "switchyard.lab";
+/// The chart's `image.tag` in the lab.
+pub const CHART_TAG: &str = "lab";
+
+/// The images of `images/Dockerfile`'s `operator`, `webhook` and `agent` targets, from the
+/// lab's binaries, under the chart's names (`switchyard.lab/switchyard-agent:lab`, ...). The
+/// operator and the webhook carry their binary (and the libraries it loads) alone; the agent
+/// also carries `switchyard-cni`, which the chart's init container copies to the node with
+/// `sh`, `cp` and `mv`, and the host's tools it drives the kernel with (`ip`, `nft`,
+/// `conntrack`, `modprobe`), as the Dockerfile's Debian base does.
+async fn switchyard_images(
+    crane: &Path,
+    registry: &LoopbackRegistry,
+    dir: &Path,
+    bins: &SwitchyardBinaries,
+) -> Result<Vec<Image>> {
+    let mut out = Vec::new();
+    let prefix = format!("{CHART_REGISTRY}/");
+    for (component, binary) in [("operator", &bins.operator), ("webhook", &bins.webhook)] {
+        let at = format!("/usr/local/bin/switchyard-{component}");
+        let layer = Layer {
+            files: vec![(binary.clone(), at.clone())],
+            links: Vec::new(),
+        };
+        let base = make_base(crane, registry, dir, component, &layer).await?;
+        let name = format!("switchyard-{component}:{CHART_TAG}");
+        let spec = ImageSpec {
+            name: &name,
+            also: &[],
+            entrypoint: at,
+            cmd: None,
+        };
+        out.push(make_image(crane, registry, dir, &base, &spec, &prefix).await?);
+    }
+    let mut files = vec![
+        (
+            bins.agent.clone(),
+            "/usr/local/bin/switchyard-agent".to_string(),
+        ),
+        (
+            bins.cni.clone(),
+            "/usr/local/bin/switchyard-cni".to_string(),
+        ),
+        (which("dash")?, "/bin/sh".into()),
+    ];
+    for tool in ["cp", "mv"] {
+        files.push((which(tool)?, format!("/bin/{tool}")));
+    }
+    for tool in ["ip", "nft", "conntrack", "modprobe"] {
+        files.push((which(tool)?, format!("/usr/sbin/{tool}")));
+    }
+    let layer = Layer {
+        files,
+        links: Vec::new(),
+    };
+    let base = make_base(crane, registry, dir, "agent", &layer).await?;
+    let name = format!("switchyard-agent:{CHART_TAG}");
+    let spec = ImageSpec {
+        name: &name,
+        also: &[],
+        entrypoint: "/usr/local/bin/switchyard-agent".into(),
+        cmd: None,
+    };
+    out.push(make_image(crane, registry, dir, &base, &spec, &prefix).await?);
+    Ok(out)
 }
 
 /// The agnhost tag the pinned e2e suite asks for (`test/utils/image/manifest.go`).
@@ -359,7 +425,7 @@ async fn make_image(
         "--entrypoint",
         &spec.entrypoint,
         "-e",
-        "PATH=/usr/local/bin:/usr/bin:/bin",
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "-t",
         &target,
     ];
@@ -453,11 +519,7 @@ impl RealNode {
         let name = s.net.name.clone();
         let cgroup = format!("{}-{}", s.run, name);
         create_cgroup(&cgroup)?;
-        let bin_dir = s.dir.join("cni/bin");
-        std::fs::create_dir_all(&bin_dir).map_err(io_err("create", &bin_dir))?;
-        let link = bin_dir.join("switchyard-cni");
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(s.cni_bin, &link).map_err(io_err("link", &link))?;
+        create_mount_ns(&s.dir, &cgroup).await?;
         let mut node = RealNode {
             name,
             dir: s.dir.clone(),
@@ -557,6 +619,26 @@ fn pod_pid(cgroup: &str, uid: &str) -> Option<i32> {
         })
 }
 
+/// Sends `signal` to every process of node `cgroup` whose command name is `comm` (the
+/// kernel's 15 bytes: `switchyard-agen` for the agent); how many there were.
+pub fn signal_program(cgroup: &str, comm: &str, signal: nix::sys::signal::Signal) -> usize {
+    let mut pids = BTreeSet::new();
+    for d in cgroup_dirs(cgroup) {
+        if let Ok(text) = std::fs::read_to_string(d.join("cgroup.procs")) {
+            pids.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+        }
+    }
+    let mut n = 0;
+    for pid in pids {
+        let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if name.trim_end() == comm {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+            n += 1;
+        }
+    }
+    n
+}
+
 /// The routes the root namespace (where kube-apiserver runs, like a control-plane node) needs
 /// to reach pods: every NodeBlock's CIDR via its node's fabric address, same family only. On
 /// real nodes the apiserver proxies to pods (`pods/NAME/proxy`, which the upstream DNS tests
@@ -625,13 +707,13 @@ pub async fn sweep(dir: &Path, cgroup: &str) {
     tokio::time::sleep(Duration::from_millis(200)).await;
     kill_cgroup(cgroup);
     unmount_below(dir).await;
+    release_mount_ns(cgroup).await;
     remove_cgroup(cgroup);
 }
 
 fn containerd_config(s: &NodeSetup<'_>) -> String {
     let d = s.dir.join("containerd");
     let d = d.display();
-    let cni_bin = s.dir.join("cni/bin");
     format!(
         r#"version = 3
 root = "{d}/root"
@@ -640,6 +722,8 @@ state = "{d}/state"
   address = "{d}/containerd.sock"
 [ttrpc]
   address = "{d}/containerd.sock.ttrpc"
+[metrics]
+  address = "{metrics}"
 [plugins.'io.containerd.cri.v1.images']
   snapshotter = "overlayfs"
   [plugins.'io.containerd.cri.v1.images'.pinned_images]
@@ -648,8 +732,8 @@ state = "{d}/state"
   restrict_oom_score_adj = true
   netns_mounts_under_state_dir = true
   [plugins.'io.containerd.cri.v1.runtime'.cni]
-    bin_dirs = ["{cni_bin}"]
-    conf_dir = "{conf}"
+    bin_dirs = ["/opt/cni/bin"]
+    conf_dir = "/etc/cni/net.d"
     use_internal_loopback = true
   [plugins.'io.containerd.cri.v1.runtime'.containerd]
     default_runtime_name = "runc"
@@ -660,26 +744,111 @@ state = "{d}/state"
         Root = "{d}/runc"
         SystemdCgroup = false
 "#,
-        cni_bin = cni_bin.display(),
-        conf = s.cni_conf_dir.display(),
         runc = s.bins.runc.display(),
+        metrics = metrics_addr(s.net),
     )
 }
+
+/// containerd's Prometheus endpoint on a node (`/v1/metrics`), on its fabric address:
+/// `containerd_cri_sandbox_create_network_seconds` is the runtime's own timing of CNI ADD.
+pub fn metrics_addr(net: &NodeNet) -> SocketAddr {
+    SocketAddr::from((net.ipv4, CONTAINERD_METRICS_PORT))
+}
+
+/// The port of [`metrics_addr`].
+pub const CONTAINERD_METRICS_PORT: u16 = 1338;
 
 fn socket(dir: &Path) -> PathBuf {
     dir.join("containerd/containerd.sock")
 }
 
-/// `nsenter --net=<node netns> <program>`: only the network namespace changes.
-fn in_node_net(net: &NodeNet, program: &Path) -> Command {
+/// `nsenter --mount=<node mount ns> --net=<node netns> <program>`.
+fn in_node(net: &NodeNet, cgroup: &str, program: &Path) -> Command {
     let mut cmd = Command::new("nsenter");
-    cmd.arg(format!(
-        "--net={}",
-        crate::netns::path(&net.netns).display()
-    ))
-    .arg("--")
-    .arg(program);
+    cmd.arg(format!("--mount={}", mount_ns(cgroup).display()))
+        .arg(format!(
+            "--net={}",
+            crate::netns::path(&net.netns).display()
+        ))
+        .arg("--")
+        .arg(program);
     cmd
+}
+
+/// The host paths a cluster node's runtime, CNI plugin and agent share, and the node's own
+/// folder (below its lab folder) that stands in for each inside the node's mount namespace:
+/// what the chart's hostPath volumes name, so the chart's defaults work unchanged.
+pub const NODE_PATHS: [(&str, &str); 4] = [
+    ("/opt/cni/bin", "cni/bin"),
+    ("/etc/cni/net.d", "cni/net.d"),
+    ("/var/lib/switchyard", "var-lib-switchyard"),
+    ("/run/switchyard", "run-switchyard"),
+];
+
+/// Where the lab pins the nodes' mount namespaces (a private mount, as `unshare --mount=FILE`
+/// requires of the file's folder).
+const MOUNT_NS_DIR: &str = "/run/switchyard-lab/mnt";
+
+/// The file pinning node `cgroup`'s mount namespace (`<run>-<node>`).
+fn mount_ns(cgroup: &str) -> PathBuf {
+    Path::new(MOUNT_NS_DIR).join(cgroup)
+}
+
+/// Gives the node a mount namespace of its own, as a machine has: a copy of the host's
+/// (propagation slave: mounts made later on the host show inside, nothing mounted inside, the
+/// kubelet's volumes included, shows on the host) with the node's folders bound over
+/// [`NODE_PATHS`]. Both the kubelet and containerd run in it, so the hostPath volumes
+/// the kubelet hands containerd and the CNI folders containerd reads are the node's own.
+async fn create_mount_ns(dir: &Path, cgroup: &str) -> Result<()> {
+    let holder = Path::new(MOUNT_NS_DIR);
+    std::fs::create_dir_all(holder).map_err(io_err("create", holder))?;
+    let holder_s = holder.to_string_lossy().into_owned();
+    if run(Path::new("mountpoint"), &["-q", &holder_s])
+        .await
+        .is_err()
+    {
+        run(Path::new("mount"), &["--bind", &holder_s, &holder_s]).await?;
+        run(Path::new("mount"), &["--make-private", &holder_s]).await?;
+    }
+    let file = mount_ns(cgroup);
+    release_mount_ns(cgroup).await;
+    write(&file, "")?;
+    let file_s = file.to_string_lossy().into_owned();
+    run(
+        Path::new("unshare"),
+        &[
+            &format!("--mount={file_s}"),
+            "--propagation",
+            "slave",
+            "true",
+        ],
+    )
+    .await?;
+    for (host, own) in NODE_PATHS {
+        let own = dir.join(own);
+        std::fs::create_dir_all(&own).map_err(io_err("create", &own))?;
+        std::fs::create_dir_all(host).map_err(io_err("create", Path::new(host)))?;
+        run(
+            Path::new("nsenter"),
+            &[
+                &format!("--mount={file_s}"),
+                "--",
+                "mount",
+                "--bind",
+                &own.to_string_lossy(),
+                host,
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Unpins node `cgroup`'s mount namespace (it ends with its last process).
+async fn release_mount_ns(cgroup: &str) {
+    let file = mount_ns(cgroup);
+    let _ = run(Path::new("umount"), &["-l", &file.to_string_lossy()]).await;
+    let _ = std::fs::remove_file(&file);
 }
 
 async fn start_containerd(s: &NodeSetup<'_>) -> Result<Child> {
@@ -691,7 +860,11 @@ async fn start_containerd(s: &NodeSetup<'_>) -> Result<Child> {
         shim_dir.display(),
         std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
     );
-    let mut cmd = in_node_net(s.net, &s.bins.containerd);
+    let mut cmd = in_node(
+        s.net,
+        &format!("{}-{}", s.run, s.net.name),
+        &s.bins.containerd,
+    );
     cmd.arg("--config").arg(&config).env("PATH", path);
     let log = s.dir.join("containerd.log");
     let mut child = spawn_logged(cmd, &log, "containerd")?;
@@ -797,7 +970,7 @@ fn start_kubelet(s: &NodeSetup<'_>, cgroup: &str) -> Result<Child> {
     write(&k.join("resolv.conf"), "nameserver 169.254.20.10\n")?;
     let config = k.join("config.yaml");
     write(&config, &kubelet_config(s, cgroup))?;
-    let mut cmd = in_node_net(s.net, &s.bins.kubelet);
+    let mut cmd = in_node(s.net, cgroup, &s.bins.kubelet);
     cmd.arg("--config")
         .arg(&config)
         .arg("--kubeconfig")
@@ -1008,8 +1181,6 @@ mod tests {
             run: "sy1",
             dir: "/lab/nodes/node-1".into(),
             bins: &bins,
-            cni_bin: Path::new("/t/switchyard-cni"),
-            cni_conf_dir: "/lab/nodes/node-1/cni/net.d".into(),
             images: &[],
             kubeconfig: "/lab/k".into(),
             ca_crt: "/lab/ca.crt".into(),
@@ -1019,10 +1190,7 @@ mod tests {
             c.contains(r#"address = "/lab/nodes/node-1/containerd/containerd.sock""#),
             "{c}"
         );
-        assert!(
-            c.contains(r#"conf_dir = "/lab/nodes/node-1/cni/net.d""#),
-            "{c}"
-        );
+        assert!(c.contains(r#"conf_dir = "/etc/cni/net.d""#), "{c}");
         assert!(c.contains(r#"BinaryName = "/c/runc""#), "{c}");
         assert!(
             c.contains("sandbox = \"docker.io/library/switchyard-pause:lab\""),

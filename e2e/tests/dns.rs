@@ -127,7 +127,12 @@ async fn cluster_dns_end_to_end() {
     if !prerequisites() {
         return;
     }
-    run_lab(LabOptions::default(), |lab| Box::pin(steps(lab))).await;
+    // Real nodes: kubelet and containerd, Switchyard installed by its chart.
+    let opts = LabOptions {
+        real_nodes: true,
+        ..LabOptions::default()
+    };
+    run_lab(opts, |lab| Box::pin(steps(lab))).await;
 }
 
 /// The addresses of the setup's routes and pods that the answers must hold.

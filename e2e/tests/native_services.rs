@@ -32,7 +32,8 @@ async fn native_services_end_to_end() {
             operators: 1,
             webhook: false,
             native_services: true,
-            real_nodes: false,
+            // Real nodes: kubelet and containerd, Switchyard installed by its chart.
+            real_nodes: true,
             conformance: false,
         },
         |lab| Box::pin(steps(lab)),
@@ -59,16 +60,37 @@ async fn a_route_named_like_a_service_is_not_accepted(lab: &Lab) {
     step(
         "a ServiceRoute named like a Service is not Accepted (Conflict); the name stays the Service's",
     );
-    apply(lab, &format!("apiVersion: switchyard.dev/v1alpha1\nkind: ServiceRoute\nmetadata: {{name: web, namespace: {NS}}}\nspec:\n  selector: {{matchLabels: {{role: web}}}}\n  ports: [{{port: 80, targetPort: 8080}}]\n")).await;
-    let reason = wait_condition_reason(
-        lab,
-        &format!("serviceroute/web -n {NS}"),
-        "Accepted",
-        "False",
-        30,
-    )
-    .await;
-    assert_eq!(reason, "Conflict");
+    let route = format!(
+        "apiVersion: switchyard.dev/v1alpha1\nkind: ServiceRoute\nmetadata: {{name: web, namespace: {NS}}}\nspec:\n  selector: {{matchLabels: {{role: web}}}}\n  ports: [{{port: 80, targetPort: 8080}}]\n"
+    );
+    if lab.webhook_registered() {
+        // With the webhook (real nodes: the chart's) the route never exists.
+        let out = lab
+            .controlplane
+            .kubectl_with_input(&["apply", "-f", "-"], route.as_bytes())
+            .await
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "admitted a route named like a Service"
+        );
+        assert!(
+            err.contains("metadata.name") && err.contains("is the name of a Service"),
+            "{err}"
+        );
+    } else {
+        apply(lab, &route).await;
+        let reason = wait_condition_reason(
+            lab,
+            &format!("serviceroute/web -n {NS}"),
+            "Accepted",
+            "False",
+            30,
+        )
+        .await;
+        assert_eq!(reason, "Conflict");
+    }
     let ip = service(lab, "web")
         .await
         .spec
@@ -78,7 +100,18 @@ async fn a_route_named_like_a_service_is_not_accepted(lab: &Lab) {
         dig_short(lab, &["A", &format!("web.{NS}.{DOMAIN}")]).await,
         [ip]
     );
-    kubectl(lab, &["delete", "serviceroute", "web", "-n", NS]).await;
+    kubectl(
+        lab,
+        &[
+            "delete",
+            "serviceroute",
+            "web",
+            "-n",
+            NS,
+            "--ignore-not-found",
+        ],
+    )
+    .await;
 }
 
 /// The first answer of `target` from pod `from` (`"<pod> hi"`), retrying failures for up to

@@ -1,12 +1,15 @@
 //! Real nodes (`LabOptions::real_nodes`): every lab node runs a kubelet built from the pinned
-//! Kubernetes modules and its own containerd with runc; kube-scheduler places pods; the
-//! kubelets ask containerd for sandboxes and containerd calls `switchyard-cni` with the
-//! configuration the node's agent wrote. Checked here: the kubelets register Ready Nodes on
-//! containerd; a scheduled pod and pinned pods on both nodes become Ready with addresses from
-//! their node's blocks; `kubectl exec` (apiserver → kubelet → containerd) carries TCP and UDP
-//! between the pods, across nodes, through a ServiceRoute's virtual IP and by its DNS name;
-//! `kubectl logs` reads a container's output; a deleted pod's address claim is released; and
-//! `switchyard-lab check`'s traffic checks pass against real pods.
+//! Kubernetes modules and its own containerd with runc; kube-scheduler places pods; Switchyard
+//! is installed by `helm install` of `charts/switchyard` with the images the lab built. Checked
+//! here: the kubelets register Ready Nodes on containerd; helm's release runs an agent pod per
+//! node, two operator replicas on different nodes and the webhook, and the agent's init
+//! container put a `switchyard-cni` that answers VERSION into each node's `/opt/cni/bin`;
+//! a scheduled pod and pinned pods on both nodes become Ready with addresses from their node's
+//! blocks; the chart's webhook refuses an overlapping network naming the field; `kubectl exec`
+//! (apiserver → kubelet → containerd) carries TCP and UDP between the pods, across nodes,
+//! through a ServiceRoute's virtual IP and by its DNS name; `kubectl logs` reads a
+//! container's output; a deleted pod's address claim is released; and `switchyard-lab
+//! check`'s traffic checks pass against real pods.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -30,8 +33,8 @@ async fn real_nodes_end_to_end() {
         LabOptions {
             nodes: 2,
             examples: false,
-            operators: 1,
-            webhook: false,
+            operators: 2,
+            webhook: true,
             native_services: false,
             real_nodes: true,
             conformance: false,
@@ -43,7 +46,9 @@ async fn real_nodes_end_to_end() {
 
 async fn steps(lab: &mut Lab) {
     kubelets_register_ready_nodes_on_containerd(lab).await;
+    switchyard_runs_as_the_chart_installed_it(lab).await;
     pods_get_addresses_from_switchyard_cni(lab).await;
+    the_charts_webhook_refuses_a_bad_spec(lab).await;
     kubectl_exec_carries_pod_traffic(lab).await;
     a_route_answers_by_address_and_name(lab).await;
     kubectl_logs_reads_a_container(lab).await;
@@ -82,6 +87,146 @@ async fn kubelets_register_ready_nodes_on_containerd(lab: &Lab) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     panic!("the kubelets' Nodes never became Ready: {last}");
+}
+
+async fn switchyard_runs_as_the_chart_installed_it(lab: &Lab) {
+    step(
+        "helm installed Switchyard: an agent per node, two operator replicas on different nodes, the webhook; the init container put switchyard-cni on each node",
+    );
+    let ns = "switchyard-system";
+    let releases = kubectl(
+        lab,
+        &["get", "secrets", "-n", ns, "-l", "owner=helm", "-o", "name"],
+    )
+    .await;
+    assert!(
+        releases.contains("sh.helm.release.v1.switchyard.v1"),
+        "{releases}"
+    );
+    let ready = |kind: &'static str, name: &'static str, path: &'static str| async move {
+        kubectl(
+            lab,
+            &[
+                "get",
+                kind,
+                "-n",
+                ns,
+                name,
+                "-o",
+                &format!("jsonpath={{{path}}}"),
+            ],
+        )
+        .await
+    };
+    assert_eq!(
+        ready("daemonset", "switchyard-agent", ".status.numberReady").await,
+        "2"
+    );
+    assert_eq!(
+        ready("deployment", "switchyard-operator", ".status.readyReplicas").await,
+        "2"
+    );
+    assert_eq!(
+        ready("deployment", "switchyard-webhook", ".status.readyReplicas").await,
+        "1"
+    );
+    let pods: Api<Pod> = Api::namespaced(lab.client.clone(), ns);
+    let list = pods.list(&Default::default()).await.unwrap().items;
+    let on = |prefix: &str| -> Vec<String> {
+        let mut nodes: Vec<String> = list
+            .iter()
+            .filter(|p| p.metadata.name.as_deref().unwrap_or("").starts_with(prefix))
+            .map(|p| {
+                p.spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .unwrap_or_default()
+            })
+            .collect();
+        nodes.sort();
+        nodes
+    };
+    assert_eq!(on("switchyard-agent-"), ["node-1", "node-2"]);
+    assert_eq!(on("switchyard-operator-"), ["node-1", "node-2"]);
+    for p in list.iter().filter(|p| {
+        p.metadata
+            .name
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("switchyard-agent-")
+    }) {
+        let init = p
+            .status
+            .as_ref()
+            .and_then(|s| s.init_container_statuses.as_ref())
+            .and_then(|c| c.first())
+            .unwrap();
+        assert_eq!(init.name, "install-cni");
+        let done = init
+            .state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .unwrap();
+        assert_eq!(done.exit_code, 0, "{init:?}");
+    }
+    // The plugin the init container copied answers VERSION as the runtime would call it.
+    for node in ["node-1", "node-2"] {
+        let plugin = lab
+            .dir
+            .join("nodes")
+            .join(node)
+            .join("cni/bin/switchyard-cni");
+        let out = tokio::process::Command::new(&plugin)
+            .env("CNI_COMMAND", "VERSION")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", plugin.display()));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("1.1.0"),
+            "{}: {text}",
+            plugin.display()
+        );
+        let conf = lab
+            .dir
+            .join("nodes")
+            .join(node)
+            .join("cni/net.d/10-switchyard.conflist");
+        let conf =
+            std::fs::read_to_string(&conf).unwrap_or_else(|e| panic!("{}: {e}", conf.display()));
+        assert!(conf.contains("/run/switchyard/agent.sock"), "{conf}");
+    }
+}
+
+async fn the_charts_webhook_refuses_a_bad_spec(lab: &Lab) {
+    step(
+        "the chart's webhook (host network, self-managed certificate) refuses a bad spec naming the field",
+    );
+    let mut child = lab
+        .controlplane
+        .kubectl()
+        .args(["apply", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use tokio::io::AsyncWriteExt as _;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            // Overlaps the `real` network's pool: only the webhook sees across objects.
+            .write_all(b"apiVersion: switchyard.dev/v1alpha1\nkind: PodNetwork\nmetadata: {name: overlap}\nspec:\n  podCIDRs: [\"198.19.200.0/21\"]\n  serviceCIDRs: [\"198.19.240.0/24\"]\n  namespaceSelector: {matchLabels: {tenant: overlap}}\n")
+            .await
+            .unwrap();
+    }
+    let out = child.wait_with_output().await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an overlapping network was admitted");
+    // Only the webhook knows the other network; its refusal carries the field as a cause.
+    assert!(err.contains("of PodNetwork \"real\""), "{err}");
+    assert!(err.contains("spec.podCIDRs[0]"), "{err}");
 }
 
 async fn pods_get_addresses_from_switchyard_cni(lab: &Lab) {

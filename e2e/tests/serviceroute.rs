@@ -97,7 +97,8 @@ async fn serviceroute_operator_end_to_end() {
             operators: 1,
             webhook: false,
             native_services: false,
-            real_nodes: false,
+            // Real nodes: kubelet and containerd, Switchyard installed by its chart.
+            real_nodes: true,
             conformance: false,
         },
         |lab| Box::pin(steps(lab)),

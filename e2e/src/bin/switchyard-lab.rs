@@ -226,7 +226,14 @@ fn print_lab(lab: &Lab, example: Option<(String, String)>) {
             n.name, n.netns, n.ipv4, n.ipv6, n.ipv4
         );
     }
-    println!("  switchyard-operator on http://{}", lab.operator_addr(0));
+    if lab.has_real_nodes() {
+        println!(
+            "  installed by `helm install switchyard charts/switchyard` (values: {}): the agent DaemonSet, the operator and webhook Deployments in switchyard-system, on the nodes' host network (metrics on :9090, :9091, :9092)",
+            lab.dir.join("helm-values.yaml").display()
+        );
+    } else {
+        println!("  switchyard-operator on http://{}", lab.operator_addr(0));
+    }
     let timings: Vec<String> = lab
         .timings
         .iter()
@@ -625,13 +632,27 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let pods = args.pods;
+    let lab_dir = PathBuf::from(switchyard_e2e::lab::LAB_ROOT).join(&s.run);
+    let before = switchyard_e2e::bench::cni_add(&client, &lab_dir, s.real_nodes).await?;
     let r =
         switchyard_e2e::bench::pod_start(&client, &nodes, pods, Duration::from_secs(300)).await?;
+    let cni = switchyard_e2e::bench::cni_add(&client, &lab_dir, s.real_nodes)
+        .await?
+        .since(&before);
     println!(
         "pod start (created to Ready), {pods} pods over {} nodes: {}; all {pods} Ready after {:.2} s",
         nodes.len(),
         r.percentiles(),
         r.wall.as_secs_f64()
+    );
+    println!(
+        "CNI ADD ({}): {}",
+        if s.real_nodes {
+            "containerd's containerd_cri_sandbox_create_network_seconds"
+        } else {
+            "the simulator's call of switchyard-cni"
+        },
+        cni.summary()
     );
     Ok(ExitCode::SUCCESS)
 }
