@@ -773,11 +773,11 @@ impl CniAdd {
         } else {
             self.samples_ms.iter().sum::<f64>() / self.samples_ms.len() as f64
         };
+        let mut sorted = self.samples_ms.clone();
+        sorted.sort_by(f64::total_cmp);
         let q = |q: f64| -> String {
-            if !self.samples_ms.is_empty() {
-                let mut s = self.samples_ms.clone();
-                s.sort_by(f64::total_cmp);
-                return nearest_rank(&s, q).map_or("?".into(), |v| format!("{v:.1} ms"));
+            if !sorted.is_empty() {
+                return nearest_rank(&sorted, q).map_or("?".into(), |v| format!("{v:.1} ms"));
             }
             let want = (q * self.count as f64).ceil() as u64;
             self.buckets

@@ -80,7 +80,7 @@ pub async fn sweep_leftovers() {
         if !state.alive() {
             info!(run = %state.run, "removing a crashed lab's leftovers");
             for node in state.nodes.keys() {
-                let cgroup = format!("{}-{node}", state.run);
+                let cgroup = realnode::cgroup_name(&state.run, node);
                 realnode::sweep(&dir.join("nodes").join(node), &cgroup).await;
             }
             // The operator, webhook and agents of a lab killed without `down`.
@@ -518,6 +518,23 @@ impl Lab {
             ])
             .await?;
         }
+        // helm's --wait counts a DaemonSet ready with `maxUnavailable` (1) of its pods not
+        // ready yet; the chart's NOTES tell users to follow each rollout, and so does the lab.
+        for what in [
+            "daemonset/switchyard-agent",
+            "deployment/switchyard-operator",
+            "deployment/switchyard-webhook",
+        ] {
+            self.kubectl_ok(&[
+                "rollout",
+                "status",
+                "-n",
+                crate::chart::NAMESPACE,
+                what,
+                "--timeout=120s",
+            ])
+            .await?;
+        }
         self.wait_agents_ready(Duration::from_secs(60)).await
     }
 
@@ -689,9 +706,8 @@ impl Lab {
     /// the node holds.
     pub fn start_agent(&mut self, node: &str) -> Result<()> {
         if self.real.is_some() {
-            let cgroup = format!("{}-{node}", self.run);
+            let cgroup = realnode::cgroup_name(&self.run, node);
             realnode::signal_program(&cgroup, AGENT_COMM, nix::sys::signal::Signal::SIGKILL);
-            realnode::signal_program(&cgroup, AGENT_COMM, nix::sys::signal::Signal::SIGCONT);
             return Ok(());
         }
         let net = self
@@ -744,7 +760,7 @@ impl Lab {
     /// it after a minute.
     pub async fn kill_agent(&mut self, node: &str) {
         if self.real.is_some() {
-            let cgroup = format!("{}-{node}", self.run);
+            let cgroup = realnode::cgroup_name(&self.run, node);
             realnode::signal_program(&cgroup, AGENT_COMM, nix::sys::signal::Signal::SIGSTOP);
             return;
         }
@@ -805,17 +821,7 @@ impl Lab {
                 .unwrap_or_default();
             names.sort();
             if let Some(name) = names.get(replica) {
-                let _ = self
-                    .kubectl(&[
-                        "delete",
-                        "pod",
-                        "-n",
-                        crate::chart::NAMESPACE,
-                        name,
-                        "--wait=true",
-                        "--timeout=30s",
-                    ])
-                    .await;
+                self.delete_chart_pod(name).await;
             }
             return;
         }
@@ -835,6 +841,22 @@ impl Lab {
         }
     }
 
+    /// Deletes pod `name` of the chart's namespace (the kubelet sends SIGTERM) and waits up to
+    /// 30 s until it is gone; its controller starts a replacement.
+    async fn delete_chart_pod(&self, name: &str) {
+        let _ = self
+            .kubectl(&[
+                "delete",
+                "pod",
+                "-n",
+                crate::chart::NAMESPACE,
+                name,
+                "--wait=true",
+                "--timeout=30s",
+            ])
+            .await;
+    }
+
     /// Stops the operator replica whose identity (its Lease holder name) is `identity`:
     /// `operator-<n>` on the simulator, the pod's name on real nodes. False if none is.
     pub async fn stop_operator_named(&mut self, identity: &str) -> bool {
@@ -843,17 +865,7 @@ impl Lab {
             if api.get_opt(identity).await.ok().flatten().is_none() {
                 return false;
             }
-            let _ = self
-                .kubectl(&[
-                    "delete",
-                    "pod",
-                    "-n",
-                    crate::chart::NAMESPACE,
-                    identity,
-                    "--wait=true",
-                    "--timeout=30s",
-                ])
-                .await;
+            self.delete_chart_pod(identity).await;
             return true;
         }
         let replica = identity

@@ -517,7 +517,7 @@ impl RealNode {
     /// once containerd answers (the kubelet registers the Node on its own).
     pub async fn start(s: &NodeSetup<'_>) -> Result<RealNode> {
         let name = s.net.name.clone();
-        let cgroup = format!("{}-{}", s.run, name);
+        let cgroup = cgroup_name(s.run, &name);
         create_cgroup(&cgroup)?;
         create_mount_ns(&s.dir, &cgroup).await?;
         let mut node = RealNode {
@@ -622,14 +622,8 @@ fn pod_pid(cgroup: &str, uid: &str) -> Option<i32> {
 /// Sends `signal` to every process of node `cgroup` whose command name is `comm` (the
 /// kernel's 15 bytes: `switchyard-agen` for the agent); how many there were.
 pub fn signal_program(cgroup: &str, comm: &str, signal: nix::sys::signal::Signal) -> usize {
-    let mut pids = BTreeSet::new();
-    for d in cgroup_dirs(cgroup) {
-        if let Ok(text) = std::fs::read_to_string(d.join("cgroup.procs")) {
-            pids.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
-        }
-    }
     let mut n = 0;
-    for pid in pids {
+    for pid in cgroup_pids(cgroup) {
         let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         if name.trim_end() == comm {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
@@ -785,6 +779,11 @@ pub const NODE_PATHS: [(&str, &str); 4] = [
     ("/run/switchyard", "run-switchyard"),
 ];
 
+/// Node `node`'s cgroup parent (and mount namespace) name in lab `run`: `<run>-<node>`.
+pub fn cgroup_name(run: &str, node: &str) -> String {
+    format!("{run}-{node}")
+}
+
 /// Where the lab pins the nodes' mount namespaces (a private mount, as `unshare --mount=FILE`
 /// requires of the file's folder).
 const MOUNT_NS_DIR: &str = "/run/switchyard-lab/mnt";
@@ -860,11 +859,7 @@ async fn start_containerd(s: &NodeSetup<'_>) -> Result<Child> {
         shim_dir.display(),
         std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
     );
-    let mut cmd = in_node(
-        s.net,
-        &format!("{}-{}", s.run, s.net.name),
-        &s.bins.containerd,
-    );
+    let mut cmd = in_node(s.net, &cgroup_name(s.run, &s.net.name), &s.bins.containerd);
     cmd.arg("--config").arg(&config).env("PATH", path);
     let log = s.dir.join("containerd.log");
     let mut child = spawn_logged(cmd, &log, "containerd")?;
@@ -1052,13 +1047,18 @@ fn kill_pid(pid: i32) {
 
 /// SIGKILL to every process in the node's cgroups (the pods' containers).
 fn kill_cgroup(name: &str) {
+    cgroup_pids(name).into_iter().for_each(kill_pid);
+}
+
+/// Every process in the cgroups below `name`, in every hierarchy.
+fn cgroup_pids(name: &str) -> BTreeSet<i32> {
     let mut pids = BTreeSet::new();
     for d in cgroup_dirs(name) {
         if let Ok(text) = std::fs::read_to_string(d.join("cgroup.procs")) {
             pids.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
         }
     }
-    pids.into_iter().for_each(kill_pid);
+    pids
 }
 
 fn remove_cgroup(name: &str) {
