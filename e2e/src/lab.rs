@@ -451,42 +451,81 @@ impl Lab {
     /// webhook's pod keeps running, unregistered), so that tests can create what the webhook
     /// would refuse and watch the operator's own conditions, as on the simulator.
     async fn install_with_helm(&mut self, operators: usize, webhook: bool) -> Result<()> {
-        let helm = crate::chart::helm(self.controlplane.binaries()).await?;
         let values = LabValues {
             apiserver: self.controlplane.server_url().to_string(),
             dns_upstream: format!("{}:53", self.topology.gateway),
             operators: operators.clamp(1, self.topology.nodes.len().max(1)),
             native_services: self.native_services,
         };
-        let file = self.dir.join("helm-values.yaml");
+        let file = self.helm_values_file();
         std::fs::write(&file, values.yaml()?).map_err(|source| Error::Io {
             op: "write",
             path: file.clone(),
             source,
         })?;
-        let chart = crate::chart::chart_dir();
+        self.helm_release("install", &["--create-namespace"])
+            .await?;
+        self.kubectl_ok(&[
+            "label",
+            "namespace",
+            crate::chart::NAMESPACE,
+            "pod-security.kubernetes.io/enforce=privileged",
+        ])
+        .await?;
+        self.chart_webhook = webhook;
+        self.follow_rollouts().await
+    }
+
+    fn helm_values_file(&self) -> PathBuf {
+        self.dir.join("helm-values.yaml")
+    }
+
+    /// `helm upgrade` of the release on real nodes, as a user changes a setting: the lab's
+    /// values file plus `set` (`key=value` pairs, each passed as `--set`); then follows every
+    /// rollout as after the install.
+    pub async fn helm_upgrade(&mut self, set: &[&str]) -> Result<()> {
+        if self.real.is_none() {
+            return Err(Error::Invalid {
+                what: "helm upgrade".into(),
+                message: "the simulator's lab installs no chart".into(),
+            });
+        }
+        let mut extra = Vec::new();
+        for kv in set {
+            extra.extend(["--set", kv]);
+        }
+        self.helm_release("upgrade", &extra).await?;
+        self.follow_rollouts().await
+    }
+
+    /// `helm <verb> switchyard charts/switchyard` with the lab's values file and `--wait`; its
+    /// output goes to `logs/helm-<verb>.log`.
+    async fn helm_release(&self, verb: &str, extra: &[&str]) -> Result<()> {
+        let helm = crate::chart::helm(self.controlplane.binaries()).await?;
+        let chart = crate::chart::chart_dir().to_string_lossy().into_owned();
         let kubeconfig = self
             .controlplane
             .kubeconfig()
             .to_string_lossy()
             .into_owned();
-        let args = [
-            "install",
+        let file = self.helm_values_file().to_string_lossy().into_owned();
+        let mut args = vec![
+            verb,
             "switchyard",
-            &chart.to_string_lossy(),
+            &chart,
             "--namespace",
             crate::chart::NAMESPACE,
-            "--create-namespace",
             "--wait",
             "--timeout",
             "5m",
             "--kubeconfig",
             &kubeconfig,
             "-f",
-            &file.to_string_lossy(),
+            &file,
         ];
+        args.extend_from_slice(extra);
         let out = crate::chart::run_helm(&helm, &self.dir.join("helm"), &args).await?;
-        let log = self.dir.join("logs").join("helm-install.log");
+        let log = self.dir.join("logs").join(format!("helm-{verb}.log"));
         let _ = std::fs::write(&log, format!("{}{}", out.stdout, out.stderr));
         if !out.success {
             let pods = self
@@ -500,20 +539,19 @@ impl Lab {
                 stderr: format!("{}\npods:\n{pods}", out.stderr.trim()),
             });
         }
-        self.kubectl_ok(&[
-            "label",
-            "namespace",
-            crate::chart::NAMESPACE,
-            "pod-security.kubernetes.io/enforce=privileged",
-        ])
-        .await?;
-        if webhook {
-            self.chart_webhook = true;
-        } else {
+        Ok(())
+    }
+
+    /// After helm: without the lab's webhook option the chart's registration goes (tests then
+    /// see the operator's own verdicts); every rollout is followed to its end and the agents
+    /// answer.
+    async fn follow_rollouts(&self) -> Result<()> {
+        if !self.chart_webhook {
             self.kubectl_ok(&[
                 "delete",
                 "validatingwebhookconfiguration",
                 "switchyard-webhook",
+                "--ignore-not-found",
                 "--wait=true",
             ])
             .await?;
@@ -623,6 +661,106 @@ impl Lab {
             self.topology.gateway.into(),
             18080 + u16::try_from(replica).unwrap_or(0),
         )
+    }
+
+    /// The running pods of the chart's component `app` (`app.kubernetes.io/name`, e.g.
+    /// `switchyard-operator`), by name, each with its metrics address: the host network's
+    /// node address and the container's `metrics` port. Empty on the simulator.
+    pub async fn chart_pods(&self, app: &str) -> Result<Vec<(String, SocketAddr)>> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), crate::chart::NAMESPACE);
+        let lp = kube::api::ListParams::default().labels(&format!("app.kubernetes.io/name={app}"));
+        let pods = api.list(&lp).await.map_err(|e| Error::Kube {
+            what: format!("list the pods of {app}"),
+            source: Box::new(e),
+        })?;
+        let mut out: Vec<(String, SocketAddr)> = pods
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter_map(|p| {
+                let status = p.status.as_ref()?;
+                if status.phase.as_deref() != Some("Running") {
+                    return None;
+                }
+                let ip: std::net::IpAddr = status.host_ip.as_deref()?.parse().ok()?;
+                let port = p
+                    .spec
+                    .as_ref()?
+                    .containers
+                    .iter()
+                    .flat_map(|c| c.ports.iter().flatten())
+                    .find(|cp| cp.name.as_deref() == Some("metrics"))?
+                    .container_port;
+                Some((
+                    p.metadata.name.clone()?,
+                    SocketAddr::new(ip, u16::try_from(port).ok()?),
+                ))
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// The `/metrics` text of operator replica `replica`: the lab's process, or on real nodes
+    /// the `replica`-th running pod of the chart's Deployment (by name).
+    pub async fn operator_metrics(&self, replica: usize) -> Result<String> {
+        if self.real.is_none() {
+            let addr = self.operator_addr(replica);
+            return tokio::task::spawn_blocking(move || {
+                crate::child::http_get_text(addr, "/metrics")
+            })
+            .await
+            .map_err(|e| Error::Invalid {
+                what: format!("GET http://{addr}/metrics"),
+                message: e.to_string(),
+            })?;
+        }
+        let pods = self.chart_pods("switchyard-operator").await?;
+        let (name, addr) = pods.get(replica).cloned().ok_or_else(|| Error::Invalid {
+            what: "operator replica".into(),
+            message: format!("no running replica {replica}: {pods:?}"),
+        })?;
+        self.chart_pod_metrics(&name, addr).await
+    }
+
+    /// The `/metrics` text of the admission webhook: the lab's process, or on real nodes the
+    /// chart's pod.
+    pub async fn webhook_metrics(&self) -> Result<String> {
+        if let Some(w) = &self.webhook {
+            return w.metrics().await;
+        }
+        let pods = self.chart_pods("switchyard-webhook").await?;
+        let (name, addr) = pods.first().cloned().ok_or_else(|| Error::Invalid {
+            what: "webhook".into(),
+            message: "no webhook runs".into(),
+        })?;
+        self.chart_pod_metrics(&name, addr).await
+    }
+
+    /// The `/metrics` text of the chart's pod `name` at `addr` (a node address: fetched from
+    /// inside that node's network namespace, where the host-network pod listens).
+    pub async fn chart_pod_metrics(&self, name: &str, addr: SocketAddr) -> Result<String> {
+        let netns = self
+            .topology
+            .nodes
+            .iter()
+            .find(|n| std::net::IpAddr::from(n.ipv4) == addr.ip())
+            .map(|n| n.netns.clone())
+            .ok_or_else(|| Error::Invalid {
+                what: format!("pod {name}"),
+                message: format!("{addr} is no node's address"),
+            })?;
+        let what = format!("GET http://{addr}/metrics of pod {name}");
+        tokio::task::spawn_blocking(move || {
+            netns::in_netns(&netns, move || {
+                crate::child::http_get_text(addr, "/metrics")
+            })
+        })
+        .await
+        .map_err(|e| Error::Invalid {
+            what,
+            message: e.to_string(),
+        })??
     }
 
     /// Starts `node`'s containerd and kubelet (with a `system:node:<name>` identity); the
@@ -880,20 +1018,31 @@ impl Lab {
         }
     }
 
-    /// Adds node number `i`, registers it and starts its agent and simulator.
+    /// Adds node number `i`, registers it and starts its agent and simulator. On real nodes:
+    /// starts its containerd and kubelet, which registers the Node; the chart's DaemonSet then
+    /// gives it an agent.
     pub async fn add_node(&mut self, i: usize) -> Result<String> {
         let node = self.topology.add_node(i).await?;
-        nodes::register(&self.client, &node).await?;
-        self.start_node_tasks(&node.name)?;
-        self.start_agent(&node.name)?;
+        if self.real.is_some() {
+            self.start_real_node(&node).await?;
+        } else {
+            nodes::register(&self.client, &node).await?;
+            self.start_node_tasks(&node.name)?;
+            self.start_agent(&node.name)?;
+        }
         self.write_state(true)?;
         Ok(node.name)
     }
 
-    /// Removes a node as a cluster loses one: its agent and simulator stop, its namespace goes,
-    /// and its Node object is deleted.
+    /// Removes a node as a cluster loses one: its agent and simulator (on real nodes its
+    /// kubelet, containerd and every pod process) stop, its namespace goes, and its Node
+    /// object is deleted.
     pub async fn delete_node(&mut self, node: &str) -> Result<()> {
-        self.kill_agent(node).await;
+        if let Some(n) = self.real_nodes.remove(node) {
+            n.stop().await;
+        } else {
+            self.kill_agent(node).await;
+        }
         for t in self.node_tasks.remove(node).unwrap_or_default() {
             t.abort();
         }

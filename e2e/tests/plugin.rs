@@ -7,9 +7,9 @@
 //! source node (checked against which backend answers) and the route's DNS name. Then plain
 //! kubectl: `get sr,pn` columns, `describe sr` conditions and Events, `explain` of a few
 //! fields, `wait --for=condition=Ready|Programmed|Accepted=false`. Finally the metric names the
-//! docs list are scraped from a live operator and agent, and an operator started with
-//! `OTEL_EXPORTER_OTLP_ENDPOINT` exports its reconcile spans to a receiver on loopback and logs
-//! JSON lines.
+//! docs list are scraped from the live operator and agent pods, and `helm upgrade --set
+//! tracing.otlpEndpoint=…,logFormat=json` makes the operator export its reconcile spans to a
+//! receiver on the fabric and log JSON lines. Runs on real nodes (the chart's pods).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -38,7 +38,7 @@ async fn kubectl_plugin_end_to_end() {
             // condition is what `status` must surface.
             webhook: false,
             native_services: false,
-            real_nodes: false,
+            real_nodes: true,
             conformance: false,
         },
         |lab| Box::pin(steps(lab)),
@@ -531,7 +531,7 @@ async fn kubectl_waits_for_the_documented_conditions(lab: &Lab) {
 /// The metric names docs/observability.md lists are what the operator and the agent export.
 async fn the_binaries_export_the_documented_metrics(lab: &Lab) {
     step("the metric names docs/observability.md lists are what the binaries export");
-    let operator = http_get(lab.operator_addr(0), "/metrics").await;
+    let operator = lab.operator_metrics(0).await.unwrap();
     for name in [
         "switchyard_operator_reconciles_total{controller=\"serviceroute\"}",
         "switchyard_operator_reconciles_total{controller=\"podnetwork\"}",
@@ -575,11 +575,70 @@ async fn the_binaries_export_the_documented_metrics(lab: &Lab) {
     }
 }
 
+/// Waits (60 s at most) until the receiver has seen a ServiceRoute and a PodNetwork reconcile
+/// span and the operator's service name.
+async fn reconcile_spans_arrive(bodies: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = (false, false, false);
+    while !(seen.0 && seen.1 && seen.2) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let body = tokio::time::timeout(left, bodies.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no reconcile span arrived at the OTLP receiver ({seen:?})"))
+            .unwrap();
+        seen.0 |= contains(&body, "reconcile ServiceRoute") && contains(&body, "plug/web");
+        seen.1 |= contains(&body, "reconcile PodNetwork");
+        seen.2 |= contains(&body, "switchyard-operator");
+    }
+}
+
+/// Tracing as users turn it on: `helm upgrade` with `tracing.otlpEndpoint` (a receiver on
+/// the fabric's gateway address, which the host-network pods reach) and `logFormat=json`;
+/// the new operator exports its reconcile spans and logs JSON lines. On the simulator, an
+/// operator the test starts with `OTEL_EXPORTER_OTLP_ENDPOINT`.
+async fn otlp_receives_the_reconcile_spans_and_logs_are_json(lab: &mut Lab) {
+    if !lab.has_real_nodes() {
+        return otlp_from_an_operator_process(lab).await;
+    }
+    step(
+        "OTLP: helm upgrade --set tracing.otlpEndpoint=… makes the operator export its reconcile spans",
+    );
+    let (otlp, mut bodies) =
+        otlp_receiver(std::net::SocketAddr::new(lab.topology.gateway.into(), 0)).await;
+    let t = Instant::now();
+    lab.helm_upgrade(&[
+        &format!("tracing.otlpEndpoint=http://{otlp}"),
+        "logFormat=json",
+    ])
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("helm upgrade and its rollouts took {:?}", t.elapsed());
+    reconcile_spans_arrive(&mut bodies).await;
+    let pods = lab.chart_pods("switchyard-operator").await.unwrap();
+    assert!(!pods.is_empty());
+    let mut exporting = false;
+    for (pod, _) in &pods {
+        let logs = lab
+            .kubectl_ok(&["logs", "-n", "switchyard-system", pod])
+            .await
+            .unwrap();
+        let first = logs.lines().next().unwrap_or_default();
+        let line: Value = serde_json::from_str(first)
+            .unwrap_or_else(|e| panic!("{pod}: log line is not JSON ({e}): {first}"));
+        assert!(
+            line["level"].is_string() && line["fields"].is_object(),
+            "{line}"
+        );
+        exporting |= logs.contains("exporting traces over OTLP/HTTP");
+    }
+    assert!(exporting, "no operator pod says it exports traces");
+}
+
 /// An operator started with `OTEL_EXPORTER_OTLP_ENDPOINT` exports its reconcile spans to a
 /// receiver on loopback and logs JSON lines.
-async fn otlp_receives_the_reconcile_spans_and_logs_are_json(lab: &mut Lab) {
+async fn otlp_from_an_operator_process(lab: &mut Lab) {
     step("OTLP: an operator started with OTEL_EXPORTER_OTLP_ENDPOINT exports its reconcile spans");
-    let (otlp, mut bodies) = otlp_receiver().await;
+    let (otlp, mut bodies) = otlp_receiver("127.0.0.1:0".parse().unwrap()).await;
     lab.stop_operator(0).await;
     let mut cmd = tokio::process::Command::new(&lab.bins.operator);
     cmd.env("KUBECONFIG", lab.controlplane.kubeconfig())
@@ -613,18 +672,7 @@ async fn otlp_receives_the_reconcile_spans_and_logs_are_json(lab: &mut Lab) {
             s
         })
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut seen = (false, false, false);
-    while !(seen.0 && seen.1 && seen.2) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let body = tokio::time::timeout(left, bodies.recv())
-            .await
-            .unwrap_or_else(|_| panic!("no reconcile span arrived at the OTLP receiver ({seen:?})"))
-            .unwrap();
-        seen.0 |= contains(&body, "reconcile ServiceRoute") && contains(&body, "plug/web");
-        seen.1 |= contains(&body, "reconcile PodNetwork");
-        seen.2 |= contains(&body, "switchyard-operator");
-    }
+    reconcile_spans_arrive(&mut bodies).await;
     // Its logs are JSON lines.
     let _ = operator.start_kill();
     let _ = operator.wait().await;
@@ -639,14 +687,17 @@ async fn otlp_receives_the_reconcile_spans_and_logs_are_json(lab: &mut Lab) {
     assert!(logs.contains("exporting traces over OTLP/HTTP"), "{logs}");
 }
 
-/// A minimal OTLP/HTTP receiver on loopback: answers every POST with 200 and sends each
-/// request body (protobuf, whose strings are stored verbatim) to the channel.
-async fn otlp_receiver() -> (
+/// A minimal OTLP/HTTP receiver on `bind` (loopback, or the fabric's gateway address):
+/// answers every POST with 200 and sends each request body (protobuf, whose strings are stored
+/// verbatim) to the channel.
+async fn otlp_receiver(
+    bind: std::net::SocketAddr,
+) -> (
     std::net::SocketAddr,
     tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
 ) {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -692,18 +743,4 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack
         .windows(needle.len())
         .any(|w| w == needle.as_bytes())
-}
-
-/// The body of a plain HTTP GET (the operator's endpoints are in the root namespace).
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.unwrap();
-    body
 }

@@ -37,13 +37,17 @@ annotations:
 {{- printf "%s/%s:%s" .root.Values.image.registry (index .root.Values.image.names .component) $tag -}}
 {{- end -}}
 
-{{/* Environment every container gets: where the API server is, when set. */}}
-{{- define "switchyard.apiServerEnv" -}}
+{{/* Environment every container gets: where the API server is and where traces go, when set. */}}
+{{- define "switchyard.commonEnv" -}}
 {{- if .Values.apiServer.host }}
 - name: KUBERNETES_SERVICE_HOST
   value: {{ .Values.apiServer.host | quote }}
 - name: KUBERNETES_SERVICE_PORT
   value: {{ .Values.apiServer.port | quote }}
+{{- end }}
+{{- if .Values.tracing.otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ .Values.tracing.otlpEndpoint | quote }}
 {{- end }}
 {{- end -}}
 

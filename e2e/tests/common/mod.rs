@@ -370,13 +370,23 @@ pub async fn cnitool_roundtrip(lab: &Lab) {
     )
     .unwrap();
     list["plugins"][0]["stateDir"] = serde_json::json!(state_dir);
+    // On real nodes the agent wrote the paths of the node's mount namespace; cnitool runs on
+    // the host, so it is given the node folders behind them (`realnode::NODE_PATHS`), and the
+    // plugin is the copy the agent's init container installed.
+    let cni_path = if lab.has_real_nodes() {
+        list["plugins"][0]["agentSocket"] =
+            serde_json::json!(node_dir.join("run-switchyard/agent.sock"));
+        node_dir.join("cni/bin")
+    } else {
+        lab.bins.cni.parent().unwrap().to_path_buf()
+    };
     std::fs::write(conf_dir.join("10-switchyard.conflist"), list.to_string()).unwrap();
     let sandbox = format!("{}-cnitool", lab.run);
     netns::add(&sandbox).await.unwrap();
     let cnitool = lab.controlplane.binaries().cnitool().await.unwrap();
     let run = |verb: &'static str| {
         let (cnitool, conf_dir, sandbox) = (cnitool.clone(), conf_dir.clone(), sandbox.clone());
-        let cni_path = lab.bins.cni.parent().unwrap().to_path_buf();
+        let cni_path = cni_path.clone();
         let node_ns = node.netns.clone();
         async move {
             let mut cmd = netns::command(&node_ns, &cnitool).unwrap();
