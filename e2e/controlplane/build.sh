@@ -4,7 +4,7 @@
 # built; a cache hit costs nothing.
 #
 #   build.sh [GROUP...]     GROUP: core (the default), cnitool, helm, incumbents, nodes,
-#                           conformance, all
+#                           conformance, argocd, all
 #
 #   core        etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl:
 #               what `switchyard-lab up` and every lab test need
@@ -16,6 +16,8 @@
 #   conformance the upstream e2e suite (e2e.test, compiled from the pinned Kubernetes tests),
 #               agnhost, the test image its networking tests run, and CoreDNS (the image
 #               carries it at /coredns, as upstream's does)
+#   argocd      Argo CD's multi-call binary (application controller, repo server, git askpass),
+#               for the GitOps test
 #
 # A cold build of `core` takes several minutes on 2 cores; it says what it builds and, every
 # 30 seconds, that it is still at it.
@@ -37,7 +39,8 @@ coredns=$(pinned 'github.com/coredns/coredns' coredns)
 containerd=$(pinned 'github.com/containerd/containerd/v2' containerd)
 runc=$(pinned 'github.com/opencontainers/runc' runc)
 crane=$(pinned 'github.com/google/go-containerregistry' crane)
-for v in k8s cni helm etcd coredns containerd runc crane; do
+argocd=$(pinned 'github.com/argoproj/argo-cd/v3' argocd)
+for v in k8s cni helm etcd coredns containerd runc crane argocd; do
   [ -n "${!v}" ] || { echo "switchyard: cannot read the pinned $v version from $here/*/go.mod" >&2; exit 1; }
 done
 minor=$(cut -d. -f2 <<<"$k8s")
@@ -53,14 +56,15 @@ declare -A group=(
   [incumbents]="kube-proxy coredns-v$coredns/coredns"
   [nodes]="kubelet containerd-v$containerd/containerd containerd-v$containerd/containerd-shim-runc-v2 containerd-v$containerd/ctr runc-v$runc/runc crane-v$crane/crane"
   [conformance]="e2e.test agnhost coredns-v$coredns/coredns"
+  [argocd]="argocd-v$argocd/argocd argocd-v$argocd/crds/application-crd.yaml argocd-v$argocd/crds/appproject-crd.yaml"
 )
 asked=("$@")
 [ ${#asked[@]} -gt 0 ] || asked=(core)
-[ "${asked[*]}" != all ] || asked=(core cnitool helm incumbents nodes conformance)
+[ "${asked[*]}" != all ] || asked=(core cnitool helm incumbents nodes conformance argocd)
 missing=()
 for g in "${asked[@]}"; do
-  [ -n "${group[$g]:-}" ] || { echo "switchyard: build.sh: unknown group '$g' (core, cnitool, helm, incumbents, nodes, conformance, all)" >&2; exit 2; }
-  for b in ${group[$g]}; do [ -x "$out/$b" ] || missing+=("$b"); done
+  [ -n "${group[$g]:-}" ] || { echo "switchyard: build.sh: unknown group '$g' (core, cnitool, helm, incumbents, nodes, conformance, argocd, all)" >&2; exit 2; }
+  for b in ${group[$g]}; do [ -e "$out/$b" ] || missing+=("$b"); done
 done
 if [ ${#missing[@]} -eq 0 ]; then
   echo "$out"
@@ -77,7 +81,7 @@ if ! flock -n 9; then
   say "waiting for another build into $out"
   flock 9
   still=()
-  for b in "${missing[@]}"; do [ -x "$out/$b" ] || still+=("$b"); done
+  for b in "${missing[@]}"; do [ -e "$out/$b" ] || still+=("$b"); done
   missing=("${still[@]}")
   if [ ${#missing[@]} -eq 0 ]; then
     echo "$out"
@@ -173,6 +177,19 @@ fi
 
 if need "crane-v$crane/crane"; then
   build "crane v$crane (builds the lab's OCI images without a daemon)" "$here/crane" "$out/crane-v$crane/crane" -ldflags="-s -w" github.com/google/go-containerregistry/cmd/crane
+fi
+if need "argocd-v$argocd/argocd"; then
+  # As Argo CD's Makefile does: no cgo, the version stamped into common.
+  ald="-s -w -X github.com/argoproj/argo-cd/v3/common.version=$argocd -X github.com/argoproj/argo-cd/v3/common.gitTreeState=clean"
+  build "argocd v$argocd (application controller and repo server, for the GitOps test)" "$here/argocd" "$out/argocd-v$argocd/argocd" \
+    -ldflags="$ald" github.com/argoproj/argo-cd/v3/cmd
+fi
+if need "argocd-v$argocd/crds/application-crd.yaml" || need "argocd-v$argocd/crds/appproject-crd.yaml"; then
+  # The release's own CRDs (Application, AppProject), from the module it was built from.
+  src=$(cd "$here/argocd" && go list -m -f '{{.Dir}}' github.com/argoproj/argo-cd/v3)
+  mkdir -p "$out/argocd-v$argocd/crds"
+  cp "$src/manifests/crds/application-crd.yaml" "$src/manifests/crds/appproject-crd.yaml" "$out/argocd-v$argocd/crds/"
+  chmod u+w "$out/argocd-v$argocd/crds/"*.yaml
 fi
 say "ready in $out"
 echo "$out"

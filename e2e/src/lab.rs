@@ -112,6 +112,10 @@ pub struct LabOptions {
     /// With real nodes: also build the upstream e2e suite's agnhost image (`build.sh
     /// conformance`) and import it into every node, for `switchyard-lab conformance`.
     pub conformance: bool,
+    /// GitOps (implies real nodes and the webhook): Argo CD ([`crate::gitops`]) installs
+    /// Switchyard from the lab's Git repository instead of `helm install`, and `examples/`
+    /// are committed and synced rather than applied.
+    pub gitops: bool,
 }
 
 impl Default for LabOptions {
@@ -124,6 +128,7 @@ impl Default for LabOptions {
             native_services: false,
             real_nodes: false,
             conformance: false,
+            gitops: false,
         }
     }
 }
@@ -159,6 +164,8 @@ pub struct Lab {
     real_nodes: BTreeMap<String, realnode::RealNode>,
     /// Real nodes: the chart's webhook is registered (`LabOptions::webhook`).
     chart_webhook: bool,
+    /// GitOps: Argo CD and the lab's repository (`LabOptions::gitops`).
+    pub argocd: Option<crate::gitops::ArgoCd>,
 }
 
 /// What every real node of a lab runs.
@@ -260,6 +267,10 @@ impl Lab {
         if std::env::var_os(REAL_NODES_ENV).is_some_and(|v| v == "1") {
             opts.real_nodes = true;
         }
+        if opts.gitops {
+            opts.real_nodes = true;
+            opts.webhook = true;
+        }
         let say = |what: &str| {
             eprintln!(
                 "switchyard-lab: [{:.0}s] {what}",
@@ -328,6 +339,7 @@ impl Lab {
             real: None,
             real_nodes: BTreeMap::new(),
             chart_webhook: false,
+            argocd: None,
         };
         if let Some(node_bins) = real {
             say(if agnhost.is_some() {
@@ -370,12 +382,21 @@ impl Lab {
             ));
             lab.start_real_nodes().await?;
             timings_push(&mut lab.timings, "nodes", t.elapsed());
-            say(
-                "installing Switchyard with `helm install` of charts/switchyard (docs/install.md) and waiting for its pods",
-            );
-            let t = Instant::now();
-            lab.install_with_helm(opts.operators, opts.webhook).await?;
-            timings_push(&mut lab.timings, "switchyard", t.elapsed());
+            if opts.gitops {
+                say(
+                    "starting Argo CD (Redis, repo server, application controller) and syncing Switchyard's chart from the lab's Git repository (docs/gitops.md)",
+                );
+                let t = Instant::now();
+                lab.install_with_argocd(opts.operators).await?;
+                timings_push(&mut lab.timings, "switchyard", t.elapsed());
+            } else {
+                say(
+                    "installing Switchyard with `helm install` of charts/switchyard (docs/install.md) and waiting for its pods",
+                );
+                let t = Instant::now();
+                lab.install_with_helm(opts.operators, opts.webhook).await?;
+                timings_push(&mut lab.timings, "switchyard", t.elapsed());
+            }
         } else {
             say(&format!(
                 "installing the CRDs, starting {n} switchyard-agent(s) and the operator"
@@ -451,12 +472,7 @@ impl Lab {
     /// webhook's pod keeps running, unregistered), so that tests can create what the webhook
     /// would refuse and watch the operator's own conditions, as on the simulator.
     async fn install_with_helm(&mut self, operators: usize, webhook: bool) -> Result<()> {
-        let values = LabValues {
-            apiserver: self.controlplane.server_url().to_string(),
-            dns_upstream: format!("{}:53", self.topology.gateway),
-            operators: operators.clamp(1, self.topology.nodes.len().max(1)),
-            native_services: self.native_services,
-        };
+        let values = self.lab_values(operators);
         let file = self.helm_values_file();
         std::fs::write(&file, values.yaml()?).map_err(|source| Error::Io {
             op: "write",
@@ -473,6 +489,71 @@ impl Lab {
         ])
         .await?;
         self.chart_webhook = webhook;
+        self.follow_rollouts().await
+    }
+
+    fn lab_values(&self, operators: usize) -> LabValues {
+        LabValues {
+            apiserver: self.controlplane.server_url().to_string(),
+            dns_upstream: format!("{}:53", self.topology.gateway),
+            operators: operators.clamp(1, self.topology.nodes.len().max(1)),
+            native_services: self.native_services,
+        }
+    }
+
+    /// GitOps: starts Argo CD, commits `charts/switchyard` to the lab's repository, applies
+    /// the platform Application of `examples/argocd/application.yaml` (pointed at that
+    /// repository, with the lab's values) and waits until Argo CD reports it Synced and
+    /// Healthy; then follows every rollout, as after `helm install`.
+    async fn install_with_argocd(&mut self, operators: usize) -> Result<()> {
+        let helm = crate::chart::helm(self.controlplane.binaries()).await?;
+        let mut argo = crate::gitops::ArgoCd::start(
+            &self.controlplane,
+            &self.dir.join("argocd"),
+            &helm,
+            &self.dir.join("logs"),
+        )
+        .await?;
+        argo.repo
+            .copy_dir(&crate::chart::chart_dir(), "charts/switchyard")?;
+        argo.repo.write(
+            &format!("{}/README.md", crate::gitops::NETWORKS_DIR),
+            "PodNetworks and ServiceRoutes, synced by the Application switchyard-networks.\n",
+        )?;
+        argo.repo.commit("Switchyard's chart").await?;
+        let values: serde_json::Value = serde_json::from_str(&self.lab_values(operators).yaml()?)
+            .map_err(|e| Error::Invalid {
+            what: "the lab's chart values".into(),
+            message: e.to_string(),
+        })?;
+        let example_path = workspace_root().join("examples/argocd/application.yaml");
+        let example = std::fs::read_to_string(&example_path).map_err(|source| Error::Io {
+            op: "read",
+            path: example_path,
+            source,
+        })?;
+        let (platform, networks) =
+            crate::gitops::applications(&example, &argo.repo.url(), &values)?;
+        argo.networks_app = networks;
+        self.argocd = Some(argo);
+        crate::gitops::apply_application(&self.controlplane, &platform).await?;
+        crate::gitops::wait_app(
+            &self.controlplane,
+            crate::gitops::PLATFORM_APP,
+            Duration::from_secs(600),
+            |s| s.settled() && s.phase == "Succeeded",
+        )
+        .await
+        .map_err(|e| {
+            with_log(
+                e,
+                &self
+                    .dir
+                    .join("logs")
+                    .join("argocd-application-controller.log"),
+            )
+        })?;
+        self.chart_webhook = true;
         self.follow_rollouts().await
     }
 
@@ -578,10 +659,47 @@ impl Lab {
 
     /// Applies `examples/` (networks, routes, and the workloads behind the routes) and waits
     /// until every ServiceRoute is Ready, so the first thing a newcomer sees works.
+    /// With GitOps the examples are committed to the repository's `networks/` folder and the
+    /// networks Application syncs them.
     pub async fn apply_examples(&self, timeout: Duration) -> Result<()> {
         let examples = workspace_root().join("examples");
-        self.kubectl_ok(&["apply", "--server-side", "-f", &examples.to_string_lossy()])
+        if let Some(argo) = &self.argocd {
+            let entries = std::fs::read_dir(&examples).map_err(|source| Error::Io {
+                op: "read",
+                path: examples.clone(),
+                source,
+            })?;
+            for e in entries.flatten() {
+                let path = e.path();
+                if path.extension().is_some_and(|x| x == "yaml") {
+                    let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+                        op: "read",
+                        path: path.clone(),
+                        source,
+                    })?;
+                    argo.repo.write(
+                        &format!(
+                            "{}/{}",
+                            crate::gitops::NETWORKS_DIR,
+                            e.file_name().to_string_lossy()
+                        ),
+                        &text,
+                    )?;
+                }
+            }
+            let commit = argo.repo.commit("the examples").await?;
+            crate::gitops::apply_application(&self.controlplane, &argo.networks_app).await?;
+            crate::gitops::wait_app(
+                &self.controlplane,
+                crate::gitops::NETWORKS_APP,
+                timeout,
+                |s| s.settled() && s.revision == commit,
+            )
             .await?;
+        } else {
+            self.kubectl_ok(&["apply", "--server-side", "-f", &examples.to_string_lossy()])
+                .await?;
+        }
         self.kubectl_ok(&[
             "wait",
             "--for=condition=Ready",
@@ -1143,6 +1261,9 @@ impl Lab {
 
     /// Removes everything.
     pub async fn down(mut self) {
+        if let Some(a) = self.argocd.take() {
+            a.stop().await;
+        }
         for (_, n) in std::mem::take(&mut self.real_nodes) {
             n.stop().await;
         }

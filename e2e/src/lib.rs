@@ -15,6 +15,7 @@ pub mod compare;
 pub mod conformance;
 pub mod controlplane;
 pub mod error;
+pub mod gitops;
 pub mod host;
 pub mod lab;
 pub mod netns;

@@ -40,6 +40,7 @@ async fn kubectl_plugin_end_to_end() {
             native_services: false,
             real_nodes: true,
             conformance: false,
+            gitops: false,
         },
         |lab| Box::pin(steps(lab)),
     )

@@ -54,6 +54,7 @@ async fn podnetwork_end_to_end() {
             native_services: false,
             real_nodes: true,
             conformance: false,
+            gitops: false,
         },
         |lab| Box::pin(steps(lab)),
     )

@@ -38,6 +38,7 @@ async fn real_nodes_end_to_end() {
             native_services: false,
             real_nodes: true,
             conformance: false,
+            gitops: false,
         },
         |lab| Box::pin(steps(lab)),
     )

@@ -42,6 +42,7 @@ async fn routes_under_failover_and_agent_restarts() {
             // Real nodes: kubelet and containerd, Switchyard installed by its chart.
             real_nodes: true,
             conformance: false,
+            gitops: false,
         },
         |lab| Box::pin(steps(lab)),
     )

@@ -135,6 +135,7 @@ async fn service_traffic_end_to_end() {
             // Real nodes: kubelet and containerd, Switchyard installed by its chart.
             real_nodes: true,
             conformance: false,
+            gitops: false,
         },
         |lab| Box::pin(steps(lab)),
     )

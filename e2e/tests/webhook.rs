@@ -132,6 +132,7 @@ async fn webhook_end_to_end() {
             native_services: false,
             real_nodes: true,
             conformance: false,
+            gitops: false,
         },
         |lab| Box::pin(steps(lab)),
     )

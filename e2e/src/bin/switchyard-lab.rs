@@ -77,6 +77,10 @@ struct UpArgs {
     /// from OCI images, instead of the pod simulator.
     #[arg(long)]
     real: bool,
+    /// GitOps (implies --real): Argo CD, built from its pinned module, installs Switchyard from
+    /// a Git repository of the lab and syncs examples/ from it (docs/gitops.md).
+    #[arg(long)]
+    gitops: bool,
 }
 
 #[derive(Args)]
@@ -180,8 +184,9 @@ async fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
         operators: 1,
         webhook: true,
         native_services: true,
-        real_nodes: args.real,
+        real_nodes: args.real || args.gitops,
         conformance: false,
+        gitops: args.gitops,
     })
     .await?;
     let example = if args.no_examples {
@@ -226,7 +231,18 @@ fn print_lab(lab: &Lab, example: Option<(String, String)>) {
             n.name, n.netns, n.ipv4, n.ipv6, n.ipv4
         );
     }
-    if lab.has_real_nodes() {
+    if let Some(argo) = &lab.argocd {
+        println!(
+            "  installed by Argo CD (application controller and repo server, Redis) from {}: Applications {} (charts/switchyard) and {} (networks/); commit in {}",
+            argo.repo.url(),
+            switchyard_e2e::gitops::PLATFORM_APP,
+            switchyard_e2e::gitops::NETWORKS_APP,
+            argo.repo.work.display()
+        );
+        println!(
+            "  kubectl get applications -n argocd   # Synced / Healthy, as `argocd app list` shows"
+        );
+    } else if lab.has_real_nodes() {
         println!(
             "  installed by `helm install switchyard charts/switchyard` (values: {}): the agent DaemonSet, the operator and webhook Deployments in switchyard-system, on the nodes' host network (metrics on :9090, :9091, :9092)",
             lab.dir.join("helm-values.yaml").display()
@@ -309,6 +325,9 @@ async fn up_detached(args: &UpArgs) -> anyhow::Result<ExitCode> {
     let mut child_args = vec!["up".to_string(), "--nodes".into(), args.nodes.to_string()];
     if args.real {
         child_args.push("--real".into());
+    }
+    if args.gitops {
+        child_args.push("--gitops".into());
     }
     if args.no_examples {
         child_args.push("--no-examples".into());
@@ -510,6 +529,7 @@ async fn conformance(args: &ConformanceArgs) -> anyhow::Result<ExitCode> {
         native_services: true,
         real_nodes: true,
         conformance: true,
+        gitops: false,
     })
     .await?;
     // The suite's namespaces are random: they join the default network, as on a cluster.

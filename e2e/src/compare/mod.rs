@@ -284,6 +284,7 @@ pub async fn run(opts: &CompareOptions) -> Result<CompareReport> {
         native_services: opts.native,
         real_nodes: false,
         conformance: false,
+        gitops: false,
     };
     // One more attempt when the lab does not come up (each attempt removes what it made).
     let lab = match Lab::up(options.clone()).await {

@@ -63,6 +63,9 @@ pub enum Programs {
     Nodes,
     /// The upstream e2e suite (`e2e.test`) and its agnhost, for conformance runs.
     Conformance,
+    /// Argo CD (application controller and repo server, one binary) and its CRDs, for the
+    /// GitOps lab.
+    Argocd,
 }
 
 impl Programs {
@@ -74,6 +77,7 @@ impl Programs {
             Programs::Incumbents => "incumbents",
             Programs::Nodes => "nodes",
             Programs::Conformance => "conformance",
+            Programs::Argocd => "argocd",
         }
     }
 }
@@ -279,6 +283,31 @@ pub async fn ensure_conformance_binaries() -> Result<ConformanceBinaries> {
         agnhost: file("agnhost")?,
         coredns,
     })
+}
+
+/// Argo CD as `build.sh argocd` leaves it: the multi-call binary and the release's CRDs.
+#[derive(Clone, Debug)]
+pub struct ArgocdBinaries {
+    /// `<cache>/argocd-v<version>/argocd`.
+    pub argocd: PathBuf,
+    /// The Application and AppProject CRDs of the same release.
+    pub crds: Vec<PathBuf>,
+}
+
+/// Builds (or finds in the cache) Argo CD.
+pub async fn ensure_argocd_binaries() -> Result<ArgocdBinaries> {
+    let dir = ensure_programs(&[Programs::Argocd]).await?;
+    let argocd = Binaries::versioned_only(&dir)
+        .newest_versioned("argocd")
+        .ok_or_else(|| missing_program(&dir.join("argocd-v*/argocd"), Programs::Argocd))?;
+    let crds: Vec<PathBuf> = ["application-crd.yaml", "appproject-crd.yaml"]
+        .iter()
+        .map(|f| argocd.with_file_name("crds").join(f))
+        .collect();
+    if let Some(absent) = crds.iter().find(|p| !p.is_file()) {
+        return Err(missing_program(absent, Programs::Argocd));
+    }
+    Ok(ArgocdBinaries { argocd, crds })
 }
 
 /// Builds (or finds in the cache) the core control plane: etcd, kube-apiserver,
