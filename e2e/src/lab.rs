@@ -520,7 +520,6 @@ impl Lab {
             &format!("{}/README.md", crate::gitops::NETWORKS_DIR),
             "PodNetworks and ServiceRoutes, synced by the Application switchyard-networks.\n",
         )?;
-        argo.repo.commit("Switchyard's chart").await?;
         let values: serde_json::Value = serde_json::from_str(&self.lab_values(operators).yaml()?)
             .map_err(|e| Error::Invalid {
             what: "the lab's chart values".into(),
@@ -534,6 +533,18 @@ impl Lab {
         })?;
         let (platform, networks) =
             crate::gitops::applications(&example, &argo.repo.url(), &values)?;
+        // The repository holds the two Applications too (JSON, which is YAML), as a GitOps
+        // repository does; the lab applies them as a user bootstraps Argo CD.
+        for (app, name) in [
+            (&platform, crate::gitops::PLATFORM_APP),
+            (&networks, crate::gitops::NETWORKS_APP),
+        ] {
+            argo.repo
+                .write(&format!("apps/{name}.yaml"), &format!("{app:#}\n"))?;
+        }
+        argo.repo
+            .commit("Switchyard's chart and the two Applications")
+            .await?;
         argo.networks_app = networks;
         self.argocd = Some(argo);
         crate::gitops::apply_application(&self.controlplane, &platform).await?;
