@@ -84,3 +84,12 @@ pub enum Error {
 
 /// `Result` with the lab's error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A `map_err` for an I/O failure of `op` on `path`.
+pub(crate) fn io_err(
+    op: &'static str,
+    path: &std::path::Path,
+) -> impl FnOnce(std::io::Error) -> Error + use<> {
+    let path = path.to_path_buf();
+    move |source| Error::Io { op, path, source }
+}

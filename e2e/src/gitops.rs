@@ -22,7 +22,7 @@ use tokio::process::Child;
 
 use crate::child::{spawn_logged, wait_http_ok};
 use crate::controlplane::{ControlPlane, ensure_argocd_binaries, process::free_ports};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, io_err};
 
 /// Argo CD's namespace.
 pub const NAMESPACE: &str = "argocd";
@@ -35,11 +35,6 @@ pub const NETWORKS_DIR: &str = "networks";
 
 /// What Argo CD needs from Debian: Redis (its cache) and git (the repo server clones with it).
 pub const PROGRAMS: &[crate::host::Program] = &[("redis-server", "redis-server"), ("git", "git")];
-
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error + use<> {
-    let path = path.to_path_buf();
-    move |source| Error::Io { op, path, source }
-}
 
 fn repo_root() -> PathBuf {
     crate::binaries::workspace_root()
@@ -375,46 +370,22 @@ impl ArgoCd {
 /// health checks), `argocd-secret` and the `default` AppProject (both of which argocd-server
 /// would create; the lab runs no API server of Argo CD's).
 async fn configure(cp: &ControlPlane, crds: &[PathBuf]) -> Result<()> {
-    let kubectl = |args: Vec<String>, input: Option<String>| async move {
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = cp
-            .kubectl_with_input(&refs, input.unwrap_or_default().as_bytes())
-            .await?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(Error::Command {
-                command: format!("kubectl {}", args.join(" ")),
-                status: out.status.to_string(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            })
-        }
-    };
-    let s = |v: &[&str]| v.iter().map(|x| (*x).to_string()).collect::<Vec<_>>();
     for crd in crds {
-        kubectl(
-            vec![
-                "apply".into(),
-                "--server-side".into(),
-                "-f".into(),
-                crd.to_string_lossy().into_owned(),
-            ],
-            None,
-        )
-        .await?;
+        let crd = crd.to_string_lossy();
+        cp.kubectl_checked(&["apply", "--server-side", "-f", &crd], b"")
+            .await?;
     }
-    kubectl(
-        s(&[
+    cp.kubectl_checked(
+        &[
             "wait",
             "--for=condition=Established",
             "--timeout=60s",
             "crd/applications.argoproj.io",
             "crd/appprojects.argoproj.io",
-        ]),
-        None,
+        ],
+        b"",
     )
     .await?;
-    let secret_key: String = (0..32).map(|_| format!("{:02x}", rand_byte())).collect();
     let part_of = json!({"app.kubernetes.io/part-of": "argocd"});
     let objects = [
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}),
@@ -422,7 +393,7 @@ async fn configure(cp: &ControlPlane, crds: &[PathBuf]) -> Result<()> {
                "metadata": {"name": "argocd-cm", "namespace": NAMESPACE, "labels": part_of}}),
         json!({"apiVersion": "v1", "kind": "Secret",
                "metadata": {"name": "argocd-secret", "namespace": NAMESPACE, "labels": part_of},
-               "stringData": {"server.secretkey": secret_key}}),
+               "stringData": {"server.secretkey": secret_key()?}}),
         json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "AppProject",
                "metadata": {"name": "default", "namespace": NAMESPACE},
                "spec": {"sourceRepos": ["*"],
@@ -430,34 +401,39 @@ async fn configure(cp: &ControlPlane, crds: &[PathBuf]) -> Result<()> {
                         "clusterResourceWhitelist": [{"group": "*", "kind": "*"}]}}),
     ];
     for o in objects {
-        kubectl(
-            s(&["apply", "--server-side", "-f", "-"]),
-            Some(o.to_string()),
+        cp.kubectl_checked(
+            &["apply", "--server-side", "-f", "-"],
+            o.to_string().as_bytes(),
         )
         .await?;
     }
     let patch = repo_root().join("examples/argocd/argocd-cm.yaml");
-    kubectl(
-        vec![
-            "-n".into(),
-            NAMESPACE.into(),
-            "patch".into(),
-            "configmap".into(),
-            "argocd-cm".into(),
-            "--patch-file".into(),
-            patch.to_string_lossy().into_owned(),
+    let patch = patch.to_string_lossy();
+    cp.kubectl_checked(
+        &[
+            "-n",
+            NAMESPACE,
+            "patch",
+            "configmap",
+            "argocd-cm",
+            "--patch-file",
+            &patch,
         ],
-        None,
+        b"",
     )
     .await
+    .map(drop)
 }
 
-/// A byte from the kernel's random source (for `server.secretkey`; nothing else depends on it).
-fn rand_byte() -> u8 {
+/// 32 random bytes from the kernel, in hex: `argocd-secret`'s `server.secretkey`.
+fn secret_key() -> Result<String> {
     use std::io::Read;
-    let mut b = [0u8; 1];
-    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
-    b[0]
+    let path = Path::new("/dev/urandom");
+    let mut b = [0u8; 32];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(io_err("read", path))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 /// An Application's state as `argocd app get` summarises it.
@@ -473,8 +449,6 @@ pub struct AppState {
     pub phase: String,
     /// `status.operationState.message`.
     pub message: String,
-    /// `status.operationState.syncResult.revision`.
-    pub synced_revision: String,
 }
 
 impl AppState {
@@ -488,7 +462,6 @@ impl AppState {
             health: text(&st["health"]["status"]),
             phase: text(&st["operationState"]["phase"]),
             message: text(&st["operationState"]["message"]),
-            synced_revision: text(&st["operationState"]["syncResult"]["revision"]),
         }
     }
 
@@ -501,19 +474,12 @@ impl AppState {
 /// Reads Application `name` as JSON.
 pub async fn application(cp: &ControlPlane, name: &str) -> Result<Value> {
     let out = cp
-        .kubectl_with_input(
+        .kubectl_checked(
             &["get", "application", "-n", NAMESPACE, name, "-o", "json"],
             b"",
         )
         .await?;
-    if !out.status.success() {
-        return Err(Error::Command {
-            command: format!("kubectl get application -n {NAMESPACE} {name}"),
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| Error::Invalid {
+    serde_json::from_str(&out).map_err(|e| Error::Invalid {
         what: format!("Application {name}"),
         message: e.to_string(),
     })
@@ -521,56 +487,38 @@ pub async fn application(cp: &ControlPlane, name: &str) -> Result<Value> {
 
 /// Applies an Application (server-side, as `kubectl apply` of the example does).
 pub async fn apply_application(cp: &ControlPlane, app: &Value) -> Result<()> {
-    let out = cp
-        .kubectl_with_input(
-            &[
-                "apply",
-                "--server-side",
-                "--field-manager",
-                "switchyard-lab",
-                "-f",
-                "-",
-            ],
-            app.to_string().as_bytes(),
-        )
-        .await?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(Error::Command {
-            command: "kubectl apply -f <Application>".into(),
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
-    }
+    cp.kubectl_checked(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager",
+            "switchyard-lab",
+            "-f",
+            "-",
+        ],
+        app.to_string().as_bytes(),
+    )
+    .await
+    .map(drop)
 }
 
 /// Asks Argo CD to look at Application `name` now (`argocd.argoproj.io/refresh=normal`,
 /// what `argocd app get --refresh` sets) instead of at its next resync.
 pub async fn refresh(cp: &ControlPlane, name: &str) -> Result<()> {
-    let out = cp
-        .kubectl_with_input(
-            &[
-                "annotate",
-                "application",
-                "-n",
-                NAMESPACE,
-                name,
-                "argocd.argoproj.io/refresh=normal",
-                "--overwrite",
-            ],
-            b"",
-        )
-        .await?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(Error::Command {
-            command: format!("kubectl annotate application {name}"),
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
-    }
+    cp.kubectl_checked(
+        &[
+            "annotate",
+            "application",
+            "-n",
+            NAMESPACE,
+            name,
+            "argocd.argoproj.io/refresh=normal",
+            "--overwrite",
+        ],
+        b"",
+    )
+    .await
+    .map(drop)
 }
 
 /// Waits until Application `name` satisfies `done`, printing each new state; returns the last.
@@ -651,7 +599,7 @@ mod tests {
         let s = AppState::of(&app);
         assert!(s.settled());
         assert_eq!(s.phase, "Failed");
-        assert_eq!(s.synced_revision, "abc");
+        assert_eq!(s.revision, "abc");
         assert!(!AppState::of(&json!({})).settled());
     }
 }

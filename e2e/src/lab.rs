@@ -18,7 +18,7 @@ use tracing::info;
 use crate::binaries::{SwitchyardBinaries, build_switchyard, workspace_root};
 use crate::child::{spawn_logged, wait_http_ok, with_log};
 use crate::controlplane::{self, ControlPlane, ControlPlaneOptions};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, io_err};
 use crate::topology::{self, NodeNet, Topology};
 use crate::webhook::Webhook;
 use crate::{host, netns, nodes, podsim, realnode};
@@ -474,11 +474,7 @@ impl Lab {
     async fn install_with_helm(&mut self, operators: usize, webhook: bool) -> Result<()> {
         let values = self.lab_values(operators);
         let file = self.helm_values_file();
-        std::fs::write(&file, values.yaml()?).map_err(|source| Error::Io {
-            op: "write",
-            path: file.clone(),
-            source,
-        })?;
+        std::fs::write(&file, values.yaml()?).map_err(io_err("write", &file))?;
         self.helm_release("install", &["--create-namespace"])
             .await?;
         self.kubectl_ok(&[
@@ -520,17 +516,10 @@ impl Lab {
             &format!("{}/README.md", crate::gitops::NETWORKS_DIR),
             "PodNetworks and ServiceRoutes, synced by the Application switchyard-networks.\n",
         )?;
-        let values: serde_json::Value = serde_json::from_str(&self.lab_values(operators).yaml()?)
-            .map_err(|e| Error::Invalid {
-            what: "the lab's chart values".into(),
-            message: e.to_string(),
-        })?;
+        let values = self.lab_values(operators).values()?;
         let example_path = workspace_root().join("examples/argocd/application.yaml");
-        let example = std::fs::read_to_string(&example_path).map_err(|source| Error::Io {
-            op: "read",
-            path: example_path,
-            source,
-        })?;
+        let example =
+            std::fs::read_to_string(&example_path).map_err(io_err("read", &example_path))?;
         let (platform, networks) =
             crate::gitops::applications(&example, &argo.repo.url(), &values)?;
         // The repository holds the two Applications too (JSON, which is YAML), as a GitOps
@@ -675,19 +664,11 @@ impl Lab {
     pub async fn apply_examples(&self, timeout: Duration) -> Result<()> {
         let examples = workspace_root().join("examples");
         if let Some(argo) = &self.argocd {
-            let entries = std::fs::read_dir(&examples).map_err(|source| Error::Io {
-                op: "read",
-                path: examples.clone(),
-                source,
-            })?;
+            let entries = std::fs::read_dir(&examples).map_err(io_err("read", &examples))?;
             for e in entries.flatten() {
                 let path = e.path();
                 if path.extension().is_some_and(|x| x == "yaml") {
-                    let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
-                        op: "read",
-                        path: path.clone(),
-                        source,
-                    })?;
+                    let text = std::fs::read_to_string(&path).map_err(io_err("read", &path))?;
                     argo.repo.write(
                         &format!(
                             "{}/{}",
@@ -834,15 +815,7 @@ impl Lab {
     /// the `replica`-th running pod of the chart's Deployment (by name).
     pub async fn operator_metrics(&self, replica: usize) -> Result<String> {
         if self.real.is_none() {
-            let addr = self.operator_addr(replica);
-            return tokio::task::spawn_blocking(move || {
-                crate::child::http_get_text(addr, "/metrics")
-            })
-            .await
-            .map_err(|e| Error::Invalid {
-                what: format!("GET http://{addr}/metrics"),
-                message: e.to_string(),
-            })?;
+            return metrics_text(None, self.operator_addr(replica)).await;
         }
         let pods = self.chart_pods("switchyard-operator").await?;
         let (name, addr) = pods.get(replica).cloned().ok_or_else(|| Error::Invalid {
@@ -879,17 +852,7 @@ impl Lab {
                 what: format!("pod {name}"),
                 message: format!("{addr} is no node's address"),
             })?;
-        let what = format!("GET http://{addr}/metrics of pod {name}");
-        tokio::task::spawn_blocking(move || {
-            netns::in_netns(&netns, move || {
-                crate::child::http_get_text(addr, "/metrics")
-            })
-        })
-        .await
-        .map_err(|e| Error::Invalid {
-            what,
-            message: e.to_string(),
-        })??
+        metrics_text(Some(netns), addr).await
     }
 
     /// Starts `node`'s containerd and kubelet (with a `system:node:<name>` identity); the
@@ -1219,15 +1182,7 @@ impl Lab {
 
     /// Runs kubectl and fails unless it succeeds.
     pub async fn kubectl_ok(&self, args: &[&str]) -> Result<String> {
-        let out = self.kubectl(args).await?;
-        if !out.status.success() {
-            return Err(Error::Command {
-                command: format!("kubectl {}", args.join(" ")),
-                status: out.status.to_string(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        self.controlplane.kubectl_checked(args, b"").await
     }
 
     /// The sandbox namespace of pod `ns/name`.
@@ -1311,6 +1266,22 @@ impl Lab {
     }
 }
 
+/// `GET /metrics` of `addr`, from inside network namespace `netns` (the root one without).
+async fn metrics_text(netns: Option<String>, addr: SocketAddr) -> Result<String> {
+    tokio::task::spawn_blocking(move || {
+        let get = move || crate::child::http_get_text(addr, "/metrics");
+        match netns {
+            Some(ns) => netns::in_netns(&ns, get)?,
+            None => get(),
+        }
+    })
+    .await
+    .map_err(|e| Error::Invalid {
+        what: format!("GET http://{addr}/metrics"),
+        message: e.to_string(),
+    })?
+}
+
 fn timings_push(t: &mut Vec<(String, Duration)>, what: &str, d: Duration) {
     t.push((what.to_string(), d));
 }
@@ -1333,6 +1304,15 @@ pub struct LabValues {
 impl LabValues {
     /// The values file (JSON, which is YAML).
     pub fn yaml(&self) -> Result<String> {
+        // JSON is YAML: helm reads it as a values file.
+        serde_json::to_string_pretty(&self.values()?).map_err(|e| Error::Invalid {
+            what: "helm values".into(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The values as an object (an Application's `helm.valuesObject` takes them so).
+    pub fn values(&self) -> Result<serde_json::Value> {
         let bad = || Error::Invalid {
             what: "API server URL".into(),
             message: format!("{:?} is not https://HOST:PORT", self.apiserver),
@@ -1340,7 +1320,7 @@ impl LabValues {
         let hostport = self.apiserver.strip_prefix("https://").ok_or_else(bad)?;
         let (host, port) = hostport.rsplit_once(':').ok_or_else(bad)?;
         let port: u16 = port.trim_end_matches('/').parse().map_err(|_| bad())?;
-        let values = serde_json::json!({
+        Ok(serde_json::json!({
             "image": {"registry": realnode::CHART_REGISTRY, "tag": realnode::CHART_TAG},
             "apiServer": {"host": host, "port": port},
             "logFormat": "text",
@@ -1351,11 +1331,6 @@ impl LabValues {
                 "nativeServices": self.native_services,
                 "extraArgs": [format!("--dns-upstream={}", self.dns_upstream)],
             },
-        });
-        // JSON is YAML: helm reads it as a values file.
-        serde_json::to_string_pretty(&values).map_err(|e| Error::Invalid {
-            what: "helm values".into(),
-            message: e.to_string(),
-        })
+        }))
     }
 }

@@ -31,7 +31,7 @@ use tokio::process::{Child, Command};
 use crate::binaries::SwitchyardBinaries;
 use crate::child::spawn_logged;
 use crate::controlplane::NodeBinaries;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, io_err};
 use crate::podsim::TESTPOD_IMAGE;
 use crate::topology::NodeNet;
 
@@ -66,11 +66,6 @@ pub struct RealNode {
     cgroup: String,
     containerd: Option<Child>,
     kubelet: Option<Child>,
-}
-
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error + use<> {
-    let path = path.to_path_buf();
-    move |source| Error::Io { op, path, source }
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {
@@ -227,12 +222,28 @@ async fn switchyard_images(
     dir: &Path,
     bins: &SwitchyardBinaries,
 ) -> Result<Vec<Image>> {
-    let mut out = Vec::new();
+    let at = |component: &str| format!("/usr/local/bin/switchyard-{component}");
+    let mut agent = vec![
+        (bins.agent.clone(), at("agent")),
+        (bins.cni.clone(), at("cni")),
+        (which("dash")?, "/bin/sh".into()),
+    ];
+    for tool in ["cp", "mv"] {
+        agent.push((which(tool)?, format!("/bin/{tool}")));
+    }
+    for tool in ["ip", "nft", "conntrack", "modprobe"] {
+        agent.push((which(tool)?, format!("/usr/sbin/{tool}")));
+    }
+    let components = [
+        ("operator", vec![(bins.operator.clone(), at("operator"))]),
+        ("webhook", vec![(bins.webhook.clone(), at("webhook"))]),
+        ("agent", agent),
+    ];
     let prefix = format!("{CHART_REGISTRY}/");
-    for (component, binary) in [("operator", &bins.operator), ("webhook", &bins.webhook)] {
-        let at = format!("/usr/local/bin/switchyard-{component}");
+    let mut out = Vec::new();
+    for (component, files) in components {
         let layer = Layer {
-            files: vec![(binary.clone(), at.clone())],
+            files,
             links: Vec::new(),
         };
         let base = make_base(crane, registry, dir, component, &layer).await?;
@@ -240,41 +251,11 @@ async fn switchyard_images(
         let spec = ImageSpec {
             name: &name,
             also: &[],
-            entrypoint: at,
+            entrypoint: at(component),
             cmd: None,
         };
         out.push(make_image(crane, registry, dir, &base, &spec, &prefix).await?);
     }
-    let mut files = vec![
-        (
-            bins.agent.clone(),
-            "/usr/local/bin/switchyard-agent".to_string(),
-        ),
-        (
-            bins.cni.clone(),
-            "/usr/local/bin/switchyard-cni".to_string(),
-        ),
-        (which("dash")?, "/bin/sh".into()),
-    ];
-    for tool in ["cp", "mv"] {
-        files.push((which(tool)?, format!("/bin/{tool}")));
-    }
-    for tool in ["ip", "nft", "conntrack", "modprobe"] {
-        files.push((which(tool)?, format!("/usr/sbin/{tool}")));
-    }
-    let layer = Layer {
-        files,
-        links: Vec::new(),
-    };
-    let base = make_base(crane, registry, dir, "agent", &layer).await?;
-    let name = format!("switchyard-agent:{CHART_TAG}");
-    let spec = ImageSpec {
-        name: &name,
-        also: &[],
-        entrypoint: "/usr/local/bin/switchyard-agent".into(),
-        cmd: None,
-    };
-    out.push(make_image(crane, registry, dir, &base, &spec, &prefix).await?);
     Ok(out)
 }
 

@@ -470,7 +470,7 @@ async fn chart_lints_renders_and_refuses_bad_values() {
     the_webhook_registration_is_render_configs(&objs, &bins);
     the_cert_manager_variant_mounts_its_certificate(&cm_objs);
     the_dashboard_lands_whole_or_is_refused(&helm, &chart_dir).await;
-    tracing_sets_the_otlp_endpoint_of_every_component(&helm, &chart_dir, &objs).await;
+    tracing_sets_the_otlp_endpoint_of_every_component(&helm, &objs).await;
     bad_values_fail_naming_the_field(&helm, &chart_dir).await;
     let _ = std::fs::remove_dir_all(&helm.home);
     eprintln!(
@@ -825,28 +825,12 @@ async fn the_dashboard_lands_whole_or_is_refused(helm: &Helm, chart_dir: &str) {
     }
 }
 
-/// Bad values, and a namespace other than switchyard-system, fail naming the field.
 /// `tracing.otlpEndpoint` gives every component `OTEL_EXPORTER_OTLP_ENDPOINT`; by default none
 /// has it (no traces leave the cluster unasked).
-async fn tracing_sets_the_otlp_endpoint_of_every_component(
-    helm: &Helm,
-    chart_dir: &str,
-    defaults: &[Value],
-) {
+async fn tracing_sets_the_otlp_endpoint_of_every_component(helm: &Helm, defaults: &[Value]) {
     let endpoint = "http://otel-collector.observability:4318";
-    let out = helm
-        .run(&[
-            "template",
-            "switchyard",
-            chart_dir,
-            "--namespace",
-            NAMESPACE,
-            "--set",
-            &format!("tracing.otlpEndpoint={endpoint}"),
-        ])
-        .await;
-    assert!(out.success, "tracing.otlpEndpoint: {}", out.stderr);
-    let objs = objects(&out.stdout).unwrap();
+    let set = format!("tracing.otlpEndpoint={endpoint}");
+    let objs = objects(&helm.template(&["--set", &set]).await).unwrap();
     let otlp = |objs: &[Value], kind: &str, name: &str| -> Option<String> {
         pod_spec(find(objs, kind, name))["containers"][0]["env"]
             .as_array()
@@ -865,6 +849,7 @@ async fn tracing_sets_the_otlp_endpoint_of_every_component(
     }
 }
 
+/// Bad values, and a namespace other than switchyard-system, fail naming the field.
 async fn bad_values_fail_naming_the_field(helm: &Helm, chart_dir: &str) {
     let bad: &[(&[&str], &str)] = &[
         (&["--set", "operator.replicas=-1"], "/operator/replicas"),

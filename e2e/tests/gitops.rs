@@ -151,18 +151,8 @@ async fn the_platform_is_synced_and_healthy(lab: &Lab) -> Instant {
             "{kind}/{name}: {h:?}"
         );
     }
-    let bundle = kubectl(
-        lab,
-        &[
-            "get",
-            "validatingwebhookconfiguration",
-            "switchyard-webhook",
-            "-o",
-            "jsonpath={.webhooks[*].clientConfig.caBundle}",
-        ],
-    )
-    .await;
-    assert_eq!(bundle.split_whitespace().count(), 2, "{bundle}");
+    let bundles = webhook_ca_bundles(lab).await;
+    assert_eq!(bundles.len(), 2, "{bundles:?}");
     let ns_labels = kubectl(
         lab,
         &[

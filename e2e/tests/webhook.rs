@@ -142,21 +142,11 @@ async fn webhook_end_to_end() {
 async fn steps(lab: &mut Lab) {
     step("the webhook runs self-managed and has written its caBundle");
     assert!(lab.webhook_registered());
-    let bundle = kubectl(
-        lab,
-        &[
-            "get",
-            "validatingwebhookconfiguration",
-            "switchyard-webhook",
-            "-o",
-            "jsonpath={.webhooks[*].clientConfig.caBundle}",
-        ],
-    )
-    .await;
+    let bundles = webhook_ca_bundles(lab).await;
     assert_eq!(
-        bundle.split_whitespace().count(),
+        bundles.len(),
         2,
-        "both entries carry the bundle: {bundle}"
+        "both entries carry the bundle: {bundles:?}"
     );
 
     step("every invalid manifest of the corpus is refused with exit code 1 naming its field");

@@ -628,6 +628,20 @@ impl ControlPlane {
             })
     }
 
+    /// [`ControlPlane::kubectl_with_input`] that fails unless kubectl succeeds (the error names
+    /// the command and carries kubectl's message); its standard output.
+    pub async fn kubectl_checked(&self, args: &[&str], input: &[u8]) -> Result<String> {
+        let out = self.kubectl_with_input(args, input).await?;
+        if !out.status.success() {
+            return Err(Error::Command {
+                command: format!("kubectl {}", args.join(" ")),
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Writes a kubeconfig for `user` in `groups` (client certificate signed by the cluster
     /// CA; at most [`certs::MAX_GROUPS`] groups) to `path`, mode 0600.
     pub fn mint_client_kubeconfig(&self, user: &str, groups: &[&str], path: &Path) -> Result<()> {

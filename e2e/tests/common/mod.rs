@@ -117,6 +117,24 @@ pub async fn kubectl(lab: &Lab, args: &[&str]) -> String {
     lab.kubectl_ok(args).await.unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The caBundles of the webhook's registration, one per entry that carries one.
+pub async fn webhook_ca_bundles(lab: &Lab) -> Vec<String> {
+    kubectl(
+        lab,
+        &[
+            "get",
+            "validatingwebhookconfiguration",
+            "switchyard-webhook",
+            "-o",
+            "jsonpath={.webhooks[*].clientConfig.caBundle}",
+        ],
+    )
+    .await
+    .split_whitespace()
+    .map(String::from)
+    .collect()
+}
+
 /// `kubectl apply --server-side -f -` of `yaml`.
 pub async fn apply(lab: &Lab, yaml: &str) {
     let out = lab
