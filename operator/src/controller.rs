@@ -23,8 +23,9 @@ use switchyard_api::{NodeBlock, PodNetwork, ServiceRoute, VirtualIP};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::context::{Context, Stores};
+use crate::context::{Context, Indexes, Stores, Wakeups};
 use crate::error::Error;
+use crate::index::Index;
 use crate::metrics::{ControllerLabels, ErrorLabels, Metrics};
 use crate::{pod_network, service_route};
 use switchyard_observe::Health;
@@ -57,12 +58,37 @@ where
         + Sync
         + 'static,
 {
+    cached_observed(api, wc, fingerprint, trigger, on_new, |_| {})
+}
+
+/// [`cached`], with `observe` seeing every event after the cache took it in (for indexes and
+/// the report waiters).
+fn cached_observed<K>(
+    api: Api<K>,
+    wc: watcher::Config,
+    fingerprint: fn(&K) -> u64,
+    trigger: mpsc::Sender<()>,
+    on_new: OnNew,
+    mut observe: impl FnMut(&Event<K>) + Send + 'static,
+) -> (Store<K>, impl std::future::Future<Output = ()>)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
     let (store, writer) = reflector::store();
     let stream = reflector::reflector(writer, watcher(api, wc).default_backoff());
     let driver = async move {
         let mut seen: BTreeMap<String, u64> = BTreeMap::new();
         let mut stream = std::pin::pin!(stream);
         while let Some(ev) = stream.next().await {
+            if let Ok(e) = &ev {
+                observe(e);
+            }
             let changed = match ev {
                 Ok(Event::Apply(o)) | Ok(Event::InitApply(o)) => {
                     let f = fingerprint(&o);
@@ -154,25 +180,6 @@ fn network_fingerprint(n: &PodNetwork) -> u64 {
     hash_of((serde_json::to_string(&n.spec).unwrap_or_default(), accepted))
 }
 
-fn service_fingerprint(s: &Service) -> u64 {
-    hash_of((s.namespace(), s.name_any()))
-}
-
-fn vip_fingerprint(v: &VirtualIP) -> u64 {
-    hash_of((&v.spec.address, &v.spec.route.uid))
-}
-
-/// What routes read of an agent Lease: its holder and what it reports applied. Renewals
-/// alone do not wake every route; [`watch_liveness`] notices agents coming and going.
-fn lease_fingerprint(l: &Lease) -> u64 {
-    let a = l.annotations();
-    hash_of((
-        l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()),
-        a.get(switchyard_api::dataplane::APPLIED_SLICES_ANNOTATION),
-        a.get(switchyard_api::dataplane::APPLIED_VIPS_ANNOTATION),
-    ))
-}
-
 /// Triggers every route when the set of ready agents changes: a Lease that stops being renewed
 /// sends no event, so this looks at the cached Leases once a second (sooner when a report is
 /// about to go stale).
@@ -201,6 +208,29 @@ async fn watch_liveness(leases: Store<Lease>, trigger: mpsc::Sender<()>) {
             .min(Duration::from_secs(1));
         tokio::time::sleep(wait).await;
     }
+}
+
+/// The routes a change of Service `s` may concern: the one of its name (an ambiguous DNS name)
+/// and those holding one of its cluster IPs (they give it up).
+fn routes_for_service(
+    s: &Service,
+    claims: &Index<VirtualIP>,
+    store: &Store<VirtualIP>,
+) -> Vec<ObjectRef<ServiceRoute>> {
+    let mut out = vec![ObjectRef::new(&s.name_any()).within(&s.namespace().unwrap_or_default())];
+    let spec = s.spec.as_ref();
+    let ips = spec
+        .and_then(|sp| sp.cluster_ips.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(spec.and_then(|sp| sp.cluster_ip.clone()))
+        .filter_map(|a| a.parse::<std::net::IpAddr>().ok());
+    for ip in ips {
+        for v in claims.get(&crate::context::addr_key(&ip), store) {
+            out.push(ObjectRef::new(&v.spec.route.name).within(&v.spec.route.namespace));
+        }
+    }
+    out
 }
 
 fn no_trigger<K>(_: &K) -> u64 {
@@ -256,7 +286,9 @@ pub async fn run_controllers(
 ) {
     let (pn_tx, pn_rx) = mpsc::channel(1);
     let (sr_tx, sr_rx) = mpsc::channel(1);
-    let (caches, drive) = watch_caches(&client, &pn_tx, &sr_tx);
+    let (wake_tx, wake_rx) = mpsc::unbounded_channel();
+    let wakeups = Arc::new(Wakeups::new(wake_tx, metrics.clone()));
+    let (caches, drive) = watch_caches(&client, &pn_tx, &sr_tx, &wakeups);
     let drivers = tokio::spawn(drive);
     caches.synced().await;
     info!("caches synced; reconciling");
@@ -277,11 +309,12 @@ pub async fn run_controllers(
         caches.into_stores(routes.clone()),
         metrics,
         instance,
+        wakeups,
     ));
     health.ready.store(true, Ordering::Relaxed);
 
     let pn = run_networks(pn_controller, pn_rx, ctx.clone());
-    let sr = run_routes(sr_controller, client, routes, sr_rx, ctx);
+    let sr = run_routes(sr_controller, client, routes, sr_rx, wake_rx, ctx);
     tokio::join!(pn, sr);
     drivers.abort();
 }
@@ -302,6 +335,7 @@ struct Caches {
     pods: Store<Pod>,
     slices: Store<EndpointSlice>,
     leases: Store<Lease>,
+    indexes: Indexes,
 }
 
 impl Caches {
@@ -332,6 +366,7 @@ impl Caches {
             vips: self.vips,
             slices: self.slices,
             leases: self.leases,
+            indexes: self.indexes,
         }
     }
 }
@@ -344,6 +379,7 @@ fn watch_caches(
     client: &Client,
     pn_tx: &mpsc::Sender<()>,
     sr_tx: &mpsc::Sender<()>,
+    wakeups: &Arc<Wakeups>,
 ) -> (Caches, impl Future<Output = ()> + Send + 'static) {
     let (nodes, d1) = cached(
         Api::<Node>::all(client.clone()),
@@ -366,7 +402,7 @@ fn watch_caches(
         pn_tx.clone(),
         OnNew::Trigger,
     );
-    let (route_inputs, route_drivers) = watch_route_inputs(client, sr_tx);
+    let (route_inputs, route_drivers) = watch_route_inputs(client, sr_tx, wakeups);
     let caches = Caches {
         nodes,
         namespaces,
@@ -377,6 +413,7 @@ fn watch_caches(
         pods: route_inputs.pods,
         slices: route_inputs.slices,
         leases: route_inputs.leases,
+        indexes: route_inputs.indexes,
     };
     let drive = async move {
         tokio::join!(d1, d2, d3, route_drivers);
@@ -392,6 +429,16 @@ struct RouteInputs {
     pods: Store<Pod>,
     slices: Store<EndpointSlice>,
     leases: Store<Lease>,
+    indexes: Indexes,
+}
+
+/// Feeds `index` from a cache's events.
+fn feeding<K>(index: &Arc<Index<K>>) -> impl FnMut(&Event<K>) + Send + use<K>
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    let index = index.clone();
+    move |e| index.observe(e)
 }
 
 /// Starts the watches of what routes read, each triggering `sr_tx` on a change that concerns
@@ -399,7 +446,9 @@ struct RouteInputs {
 fn watch_route_inputs(
     client: &Client,
     sr_tx: &mpsc::Sender<()>,
+    wakeups: &Arc<Wakeups>,
 ) -> (RouteInputs, impl Future<Output = ()> + Send + 'static) {
+    let indexes = Indexes::default();
     let (networks, d4) = cached(
         Api::<PodNetwork>::all(client.clone()),
         all(),
@@ -407,41 +456,87 @@ fn watch_route_inputs(
         sr_tx.clone(),
         OnNew::Trigger,
     );
-    let (services, d5) = cached(
-        Api::<Service>::all(client.clone()),
-        all(),
-        service_fingerprint,
-        sr_tx.clone(),
-        OnNew::Trigger,
-    );
-    // A claim appears when a route's own reconcile creates it; changes and releases concern
-    // other routes too (one waiting for the address).
-    let (vips, d6) = cached(
+    // A claim appears when a route's own reconcile creates it; a change or a release concerns
+    // the route that held it and the routes waiting for an address, not every route.
+    let claims = wakeups.clone();
+    let vip_index = indexes.vips.clone();
+    let (vips, d6) = cached_observed(
         Api::<VirtualIP>::all(client.clone()),
         all(),
-        vip_fingerprint,
-        sr_tx.clone(),
+        no_trigger,
+        mpsc::channel(1).0,
         OnNew::Ignore,
+        {
+            let mut seen: std::collections::HashMap<String, (String, String)> = Default::default();
+            move |e| {
+                vip_index.observe(e);
+                let changed = match e {
+                    Event::Apply(v) | Event::InitApply(v) => {
+                        let now = (v.spec.address.clone(), v.spec.route.uid.clone());
+                        let old = seen.insert(v.name_any(), now.clone());
+                        matches!(e, Event::Apply(_)) && old.is_some_and(|o| o != now)
+                    }
+                    Event::Delete(v) => {
+                        seen.remove(&v.name_any());
+                        true
+                    }
+                    Event::Init | Event::InitDone => false,
+                };
+                let (Event::Apply(v) | Event::Delete(v)) = e else {
+                    return;
+                };
+                if !changed {
+                    return;
+                }
+                let mut wake = claims.starved();
+                wake.push(ObjectRef::new(&v.spec.route.name).within(&v.spec.route.namespace));
+                claims.send(wake);
+            }
+        },
     );
-    let (pods, d7) = cached(
+    // A Service concerns the route of its name (a conflict) and the routes holding one of its
+    // cluster IPs.
+    let services_wake = wakeups.clone();
+    let service_index = indexes.services.clone();
+    let claim_index = indexes.vips.clone();
+    let claim_store = vips.clone();
+    let (services, d5) = cached_observed(
+        Api::<Service>::all(client.clone()),
+        all(),
+        no_trigger,
+        mpsc::channel(1).0,
+        OnNew::Trigger,
+        move |e| {
+            service_index.observe(e);
+            if let Event::Apply(s) | Event::Delete(s) = e {
+                services_wake.send(routes_for_service(s, &claim_index, &claim_store));
+            }
+        },
+    );
+    let (pods, d7) = cached_observed(
         Api::<Pod>::all(client.clone()),
         all(),
         no_trigger,
         mpsc::channel(1).0,
         OnNew::Trigger,
+        feeding(&indexes.pods),
     );
     let slice_wc = all().labels(&format!(
         "endpointslice.kubernetes.io/managed-by={}",
         service_route::slices::MANAGED_BY
     ));
-    let (slices, d8) = cached(
+    let (slices, d8) = cached_observed(
         Api::<EndpointSlice>::all(client.clone()),
         slice_wc,
         no_trigger,
         mpsc::channel(1).0,
         OnNew::Trigger,
+        feeding(&indexes.slices),
     );
-    let (leases, d10) = cached(
+    // A report wakes only the routes whose need it crossed (`Wakeups`); agents coming and
+    // going wake every route through the liveness watch.
+    let reports = wakeups.clone();
+    let (leases, d10) = cached_observed(
         Api::<Lease>::namespaced(
             client.clone(),
             switchyard_api::dataplane::AGENT_LEASE_NAMESPACE,
@@ -451,9 +546,14 @@ fn watch_route_inputs(
             switchyard_api::dataplane::AGENT_LEASE_LABEL,
             switchyard_api::dataplane::AGENT_LEASE_LABEL_VALUE
         )),
-        lease_fingerprint,
-        sr_tx.clone(),
+        no_trigger,
+        mpsc::channel(1).0,
         OnNew::Trigger,
+        move |ev| match ev {
+            Event::Apply(l) | Event::InitApply(l) => reports.report(l),
+            Event::Delete(l) => reports.forget(l),
+            Event::Init | Event::InitDone => {}
+        },
     );
     let namespaces = watch_namespaces_for_routes(client, sr_tx);
     let liveness = watch_liveness(leases.clone(), sr_tx.clone());
@@ -464,6 +564,7 @@ fn watch_route_inputs(
         pods,
         slices,
         leases,
+        indexes,
     };
     let drive = async move {
         tokio::join!(d4, d5, d6, d7, d8, d10, namespaces, liveness);
@@ -516,20 +617,26 @@ fn run_networks(
 }
 
 /// The ServiceRoute controller: reconciles one route on its own changes and on changes of
-/// pods it may concern ([`routes_for_pod`], from `routes`), and every route on each trigger of
-/// `rx`.
+/// pods it may concern ([`routes_for_pod`], from `routes`), on agent reports that concern it
+/// (`wake`), and every route on each trigger of `rx`.
 fn run_routes(
     controller: Controller<ServiceRoute>,
     client: Client,
     routes: Store<ServiceRoute>,
     rx: mpsc::Receiver<()>,
+    wake: mpsc::UnboundedReceiver<ObjectRef<ServiceRoute>>,
     ctx: Arc<Context>,
 ) -> impl Future<Output = ()> {
+    let woken = futures::stream::unfold(
+        wake,
+        |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
+    );
     controller
         .watches(Api::<Pod>::all(client), all(), move |pod| {
             routes_for_pod(&routes, &pod)
         })
         .reconcile_all_on(triggers(rx))
+        .reconcile_on(woken)
         .run(
             |obj, ctx: Arc<Context>| async move {
                 measured(

@@ -11,6 +11,7 @@ pub mod conditions;
 pub mod context;
 pub mod controller;
 pub mod error;
+pub mod index;
 pub mod ipam;
 pub mod leader;
 pub mod metrics;

@@ -43,6 +43,12 @@ pub struct Metrics {
     pub allocated_blocks: Family<NetworkLabels, Gauge>,
     /// Blocks still free, per network.
     pub free_blocks: Family<NetworkLabels, Gauge>,
+    /// Routes woken because an agent's report crossed what they wait for.
+    pub report_wakeups: Counter,
+    /// Agent reports processed.
+    pub reports: Counter,
+    /// Routes waiting for an agent report.
+    pub report_waiters: Gauge,
 }
 
 impl Metrics {
@@ -57,6 +63,9 @@ impl Metrics {
             leader: Gauge::default(),
             allocated_blocks: Family::default(),
             free_blocks: Family::default(),
+            report_wakeups: Counter::default(),
+            reports: Counter::default(),
+            report_waiters: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("switchyard_operator");
         r.register("reconciles", "Reconciliations run", m.reconciles.clone());
@@ -84,6 +93,21 @@ impl Metrics {
             "free_blocks",
             "Blocks of the network still free",
             m.free_blocks.clone(),
+        );
+        r.register(
+            "agent_reports",
+            "Agent reports (Lease changes) processed",
+            m.reports.clone(),
+        );
+        r.register(
+            "report_wakeups",
+            "Routes woken because an agent's report crossed what they wait for",
+            m.report_wakeups.clone(),
+        );
+        r.register(
+            "report_waiters",
+            "Routes waiting for an agent report",
+            m.report_waiters.clone(),
         );
         m
     }

@@ -17,7 +17,7 @@ use kube::runtime::reflector;
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use switchyard_api::{NodeBlock, PodNetwork};
-use switchyard_operator::context::{Context, Stores};
+use switchyard_operator::context::{Context, Indexes, Stores, Wakeups};
 use switchyard_operator::metrics::Metrics;
 use switchyard_operator::pod_network::reconcile;
 
@@ -66,7 +66,7 @@ async fn a_new_node_gets_one_block_one_event_and_one_status_write() {
     let (vips, _) = reflector::store();
     let (slices, _) = reflector::store();
     let (leases, _) = reflector::store();
-    let stores = Stores {
+    let mut stores = Stores {
         networks,
         nodes,
         namespaces,
@@ -77,8 +77,20 @@ async fn a_new_node_gets_one_block_one_event_and_one_status_write() {
         vips,
         slices,
         leases,
+        indexes: Indexes::default(),
     };
-    let ctx = Arc::new(Context::new(client, stores, metrics, "test".into()));
+    stores.indexes = Indexes::of(&stores);
+    let wakeups = Arc::new(Wakeups::new(
+        tokio::sync::mpsc::unbounded_channel().0,
+        metrics.clone(),
+    ));
+    let ctx = Arc::new(Context::new(
+        client,
+        stores,
+        metrics,
+        "test".into(),
+        wakeups,
+    ));
 
     let server = tokio::spawn(async move {
         // 1. Claim the block, named after it, with the network as owner.

@@ -26,7 +26,7 @@ use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use switchyard_api::dataplane::{APPLIED_SLICES_ANNOTATION, APPLIED_VIPS_ANNOTATION};
 use switchyard_api::{NodeBlock, PodNetwork, ServiceRoute, VirtualIP};
-use switchyard_operator::context::{Context, Stores};
+use switchyard_operator::context::{Context, Indexes, Stores, Wakeups};
 use switchyard_operator::metrics::Metrics;
 use switchyard_operator::service_route::{FINALIZER, reconcile};
 
@@ -115,7 +115,7 @@ fn context(client: Client, services: Vec<Service>) -> Arc<Context> {
     let (nodes, _) = reflector::store();
     let (blocks, _) = reflector::store::<NodeBlock>();
     let (routes, _) = reflector::store();
-    let stores = Stores {
+    let mut stores = Stores {
         networks,
         nodes,
         namespaces,
@@ -126,10 +126,22 @@ fn context(client: Client, services: Vec<Service>) -> Arc<Context> {
         vips,
         slices,
         leases,
+        indexes: Indexes::default(),
     };
+    stores.indexes = Indexes::of(&stores);
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
-    Arc::new(Context::new(client, stores, metrics, "test".into()))
+    let wakeups = Arc::new(Wakeups::new(
+        tokio::sync::mpsc::unbounded_channel().0,
+        metrics.clone(),
+    ));
+    Arc::new(Context::new(
+        client,
+        stores,
+        metrics,
+        "test".into(),
+        wakeups,
+    ))
 }
 
 /// One API call: method, path (without the query), query, body.

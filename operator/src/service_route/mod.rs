@@ -9,6 +9,7 @@ pub mod programmed;
 pub mod slices;
 pub mod status;
 pub mod vip;
+pub mod waiters;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -23,16 +24,18 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use switchyard_api::dataplane::Rv;
+use switchyard_api::service_route::NamespaceFrom;
 use switchyard_api::virtual_ip::{RouteRef, virtual_ip_name};
 use switchyard_api::{
     PodNetwork, ServiceRoute, VirtualIP, VirtualIPSpec, membership::resolve, validate::parse_cidr,
 };
 use tracing::{info, warn};
 
-use crate::context::{Context, FIELD_MANAGER};
+use crate::context::{Context, FIELD_MANAGER, addr_key, slice_key, uid_key};
 use crate::error::{Error, Result};
 use crate::pod_network::acceptance;
 use status::Problem;
@@ -77,57 +80,77 @@ pub async fn reconcile(route: Arc<ServiceRoute>, ctx: Arc<Context>) -> Result<Ac
     })
 }
 
-/// Every address in use: the routes' claims, then the cluster IPs of core Services (a route
-/// never picks or is granted one; one it holds and a Service also has is given up, see
-/// [`vip_plan`]).
-fn held_addresses(ctx: &Context) -> BTreeMap<IpAddr, vip::Holder> {
-    let mut held: BTreeMap<IpAddr, vip::Holder> = ctx
-        .stores
-        .vips
-        .state()
-        .iter()
-        .filter_map(|v| {
-            Some((
-                v.spec.address.parse().ok()?,
-                vip::Holder {
-                    uid: v.spec.route.uid.clone(),
-                    route: format!("{}/{}", v.spec.route.namespace, v.spec.route.name),
-                },
-            ))
-        })
-        .collect();
-    for (addr, holder) in service_addresses(&ctx.stores.services.state()) {
-        held.entry(addr).or_insert(holder);
+/// Every address in use, read from the caches' indexes: the routes' claims, then the cluster
+/// IPs of core Services (a route never picks or is granted one; one it holds and a Service
+/// also has is given up, see [`allocate`]).
+struct ClusterHeld<'a>(&'a Context);
+
+impl ClusterHeld<'_> {
+    /// The Service whose cluster IP `addr` is.
+    fn service(&self, addr: &IpAddr) -> Option<vip::Holder> {
+        let s = &self.0.stores;
+        s.indexes
+            .services
+            .get(&addr_key(addr), &s.services)
+            .first()
+            .map(|svc| vip::Holder::service(&svc.namespace().unwrap_or_default(), &svc.name_any()))
     }
-    held
 }
 
-/// The cluster IPs of core Services, each with its Service.
-fn service_addresses(services: &[Arc<Service>]) -> Vec<(IpAddr, vip::Holder)> {
-    services
-        .iter()
-        .flat_map(|s| {
-            let (ns, name) = (s.namespace().unwrap_or_default(), s.name_any());
-            let spec = s.spec.as_ref();
-            spec.and_then(|sp| sp.cluster_ips.clone())
-                .unwrap_or_default()
-                .into_iter()
-                .chain(spec.and_then(|sp| sp.cluster_ip.clone()))
-                .filter_map(|a| a.parse::<IpAddr>().ok())
-                .map(move |a| (a, vip::Holder::service(&ns, &name)))
-                .collect::<Vec<_>>()
-        })
+impl vip::Held for ClusterHeld<'_> {
+    fn holder(&self, addr: &IpAddr) -> Option<vip::Holder> {
+        let s = &self.0.stores;
+        s.indexes
+            .vips
+            .get(&addr_key(addr), &s.vips)
+            .iter()
+            .find(|v| v.spec.address.parse::<IpAddr>().ok() == Some(*addr))
+            .map(|v| vip::Holder {
+                uid: v.spec.route.uid.clone(),
+                route: format!("{}/{}", v.spec.route.namespace, v.spec.route.name),
+            })
+            .or_else(|| self.service(addr))
+    }
+
+    fn held_by(&self, uid: &str) -> Vec<IpAddr> {
+        let mut out: Vec<IpAddr> = route_claims(self.0, uid)
+            .iter()
+            .filter_map(|v| v.spec.address.parse().ok())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+/// The cached claims of route `uid`.
+fn route_claims(ctx: &Context, uid: &str) -> Vec<Arc<VirtualIP>> {
+    let s = &ctx.stores;
+    s.indexes
+        .vips
+        .get(&uid_key(uid), &s.vips)
+        .into_iter()
+        .filter(|v| v.spec.route.uid == uid)
         .collect()
+}
+
+/// The cached slices of route `ns/name`.
+fn route_slices(ctx: &Context, ns: &str, name: &str) -> Vec<Arc<EndpointSlice>> {
+    let s = &ctx.stores;
+    s.indexes.slices.get(&slice_key(ns, name), &s.slices)
 }
 
 async fn cleanup(route: Arc<ServiceRoute>, ctx: Arc<Context>) -> Result<Action> {
     let uid = route.uid().unwrap_or_default();
     let api: Api<VirtualIP> = Api::all(ctx.client.clone());
-    for (addr, holder) in held_addresses(&ctx) {
-        if holder.uid == uid {
-            release(&api, &addr).await?;
-            info!(route = %holder.route, address = %addr, "released virtual IP");
-        }
+    let who = format!(
+        "{}/{}",
+        route.namespace().unwrap_or_default(),
+        route.name_any()
+    );
+    for addr in vip::Held::held_by(&ClusterHeld(&ctx), &uid) {
+        release(&api, &addr).await?;
+        info!(route = %who, address = %addr, "released virtual IP");
     }
     Ok(Action::await_change())
 }
@@ -152,19 +175,24 @@ async fn apply(route: Arc<ServiceRoute>, ctx: Arc<Context>) -> Result<Action> {
         &ctx.stores.networks.state(),
         ctx.stores.namespaces.state(),
     );
-    let mut problems = acceptance_problems(
-        &route,
-        &ctx.cluster_domain,
-        &scope,
-        &ctx.stores.services.state(),
-    );
+    let namesake: Vec<Arc<Service>> = ctx
+        .stores
+        .services
+        .get(&ObjectRef::new(&route.name_any()).within(&route.namespace().unwrap_or_default()))
+        .into_iter()
+        .collect();
+    let mut problems = acceptance_problems(&route, &ctx.cluster_domain, &scope, &namesake);
     let network = scope.network.as_deref().filter(|_| problems.is_empty());
     let vips = allocate(&ctx, &route, network).await?;
     problems.extend(vips.problems.iter().cloned());
+    ctx.wakeups.set_starved(
+        ObjectRef::from_obj(route.as_ref()),
+        !vips.problems.is_empty(),
+    );
     let endpoints = endpoints(
         &route,
         &scope,
-        &ctx.stores.pods.state(),
+        &candidate_pods(&ctx, &route),
         problems.is_empty(),
     );
     let slice_writes = publish_slices(&ctx, &route, &endpoints.slices).await?;
@@ -187,6 +215,24 @@ async fn apply(route: Arc<ServiceRoute>, ctx: Arc<Context>) -> Result<Action> {
     } else {
         Action::requeue(RESYNC)
     })
+}
+
+/// The pods that may back `route` or be its allowed sources: those of its namespace, or every
+/// pod when it takes backends from other namespaces or has an access rule.
+fn candidate_pods(ctx: &Context, route: &ServiceRoute) -> Vec<Arc<Pod>> {
+    let same = route
+        .spec
+        .namespaces
+        .as_ref()
+        .is_none_or(|n| n.from == NamespaceFrom::Same);
+    if same && route.spec.access.is_none() {
+        let s = &ctx.stores;
+        s.indexes
+            .pods
+            .get(&route.namespace().unwrap_or_default(), &s.pods)
+    } else {
+        ctx.stores.pods.state()
+    }
 }
 
 /// Where a route lives, as the caches show it at the start of a pass.
@@ -293,24 +339,17 @@ async fn allocate(
     network: Option<&PodNetwork>,
 ) -> Result<Allocation> {
     let uid = route.uid().unwrap_or_default();
-    let held = held_addresses(ctx);
+    let held = ClusterHeld(ctx);
     let Some(net) = network else {
         return Ok(Allocation {
-            addresses: held
-                .iter()
-                .filter(|(_, h)| h.uid == uid)
-                .map(|(a, _)| *a)
-                .collect(),
+            addresses: vip::Held::held_by(&held, &uid),
             ..Allocation::default()
         });
     };
     let mut plan = vip_plan(route, net, &held);
     // An address of ours a Service also has (the Service was given it later): ours goes, and
     // the next pass picks another.
-    let taken: BTreeMap<IpAddr, vip::Holder> = service_addresses(&ctx.stores.services.state())
-        .into_iter()
-        .collect();
-    plan.keep.retain(|a| match taken.get(a) {
+    plan.keep.retain(|a| match held.service(a) {
         Some(svc) => {
             warn!(route = %route.name_any(), address = %a, holder = %svc.describe(), "a route's virtual IP is also a Service's cluster IP; giving it up");
             plan.release.push(*a);
@@ -357,11 +396,7 @@ async fn allocate(
 }
 
 /// The virtual-IP plan of `route` on `network`, given every claimed address (sans I/O).
-fn vip_plan(
-    route: &ServiceRoute,
-    network: &PodNetwork,
-    held: &BTreeMap<IpAddr, vip::Holder>,
-) -> vip::VipPlan {
+fn vip_plan(route: &ServiceRoute, network: &PodNetwork, held: &impl vip::Held) -> vip::VipPlan {
     let pools: Vec<IpNet> = network
         .spec
         .service_cidrs
@@ -488,15 +523,11 @@ async fn publish_slices(
     let api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
     let annotations = slices::annotations(route);
     let mut out = SliceWrites::default();
+    let cached = route_slices(ctx, &ns, &name);
     for s in want {
         let s_name = s.metadata.name.clone().unwrap_or_default();
-        let existing = ctx
-            .stores
-            .slices
-            .state()
-            .into_iter()
-            .find(|e| e.namespace().as_deref() == Some(ns.as_str()) && e.name_any() == s_name);
-        if existing.is_some_and(|e| holds(&e, s, &annotations)) {
+        let existing = cached.iter().find(|e| e.name_any() == s_name);
+        if existing.is_some_and(|e| holds(e, s, &annotations)) {
             continue;
         }
         let rv = apply_slice(&api, s, &ns, &s_name).await?;
@@ -506,7 +537,7 @@ async fn publish_slices(
         .iter()
         .filter_map(|s| s.metadata.name.clone())
         .collect();
-    for stale in stale_slices(&ctx.stores.slices.state(), &ns, &name, &want_names) {
+    for stale in stale_slices(&cached, &ns, &name, &want_names) {
         delete_slice(&api, &ns, &stale).await?;
         out.deleted.insert(stale);
     }
@@ -591,8 +622,13 @@ fn programmed_on(
     slice_writes: &SliceWrites,
     now: Timestamp,
 ) -> programmed::Programmed {
-    let slice_rvs = slice_versions(&ctx.stores.slices.state(), route, slice_writes);
-    let vip_rvs = claim_versions(&ctx.stores.vips.state(), route, vips);
+    let (ns, name) = (route.namespace().unwrap_or_default(), route.name_any());
+    let slice_rvs = slice_versions(&route_slices(ctx, &ns, &name), route, slice_writes);
+    let vip_rvs = claim_versions(
+        &route_claims(ctx, &route.uid().unwrap_or_default()),
+        route,
+        vips,
+    );
     let reports: Vec<programmed::AgentReport> = ctx
         .stores
         .leases
@@ -600,12 +636,12 @@ fn programmed_on(
         .iter()
         .filter_map(|l| programmed::AgentReport::from_lease(l))
         .collect();
-    programmed::programmed_nodes(
-        &reports,
-        now,
-        &programmed::Need::of(slice_rvs.values().map(|v| v.as_deref())),
-        &programmed::Need::of(vip_rvs.values().map(|v| v.as_deref())),
-    )
+    let slices = programmed::Need::of(slice_rvs.values().map(|v| v.as_deref()));
+    let vips = programmed::Need::of(vip_rvs.values().map(|v| v.as_deref()));
+    let on_nodes = programmed::programmed_nodes(&reports, now, &slices, &vips);
+    ctx.wakeups
+        .register(ObjectRef::from_obj(route), &slices, &vips, &on_nodes);
+    on_nodes
 }
 
 /// The resourceVersions of the route's slices (sans I/O): the cached ones less those this

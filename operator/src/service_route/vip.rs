@@ -47,6 +47,27 @@ impl Holder {
     }
 }
 
+/// Who holds which address: every route's claims and every core Service's cluster IPs.
+pub trait Held {
+    /// The holder of `addr` (a route's claim before a Service's cluster IP).
+    fn holder(&self, addr: &IpAddr) -> Option<Holder>;
+    /// The addresses route `uid` holds, sorted.
+    fn held_by(&self, uid: &str) -> Vec<IpAddr>;
+}
+
+impl Held for BTreeMap<IpAddr, Holder> {
+    fn holder(&self, addr: &IpAddr) -> Option<Holder> {
+        self.get(addr).cloned()
+    }
+
+    fn held_by(&self, uid: &str) -> Vec<IpAddr> {
+        self.iter()
+            .filter(|(_, h)| h.uid == uid)
+            .map(|(a, _)| *a)
+            .collect()
+    }
+}
+
 /// What to do with one route's virtual IPs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct VipPlan {
@@ -103,7 +124,7 @@ fn from_u128(v: u128, like: IpAddr) -> Option<IpAddr> {
 
 /// A usable address of `pool` (neither its first nor its last) not in `held`: the first free
 /// one walking up (and around) from the point `uid` hashes to.
-pub fn free_address(pool: &IpNet, held: &BTreeMap<IpAddr, Holder>, uid: &str) -> Option<IpAddr> {
+pub fn free_address(pool: &IpNet, held: &impl Held, uid: &str) -> Option<IpAddr> {
     let first = to_u128(pool.network()).checked_add(1)?;
     let last = to_u128(pool.broadcast()).checked_sub(1)?;
     if last < first {
@@ -114,7 +135,7 @@ pub fn free_address(pool: &IpNet, held: &BTreeMap<IpAddr, Holder>, uid: &str) ->
     let walk = size.min(MAX_WALK as u128);
     (0..walk)
         .filter_map(|i| from_u128(first + (start + i) % size, pool.network()))
-        .find(|a| !held.contains_key(a))
+        .find(|a| held.holder(a).is_none())
 }
 
 /// Plans the virtual IPs of the route `uid`, given the pools of its
@@ -124,14 +145,10 @@ pub fn plan(
     headless: bool,
     requested: &[IpAddr],
     pools: &[IpNet],
-    held: &BTreeMap<IpAddr, Holder>,
+    held: &impl Held,
 ) -> VipPlan {
     let mut out = VipPlan::default();
-    let mine: Vec<IpAddr> = held
-        .iter()
-        .filter(|(_, h)| h.uid == uid)
-        .map(|(a, _)| *a)
-        .collect();
+    let mine: Vec<IpAddr> = held.held_by(uid);
     if headless {
         out.release = mine;
         return out;
@@ -145,7 +162,7 @@ pub fn plan(
                 if let Some(h) = holding {
                     out.release.push(h);
                 }
-                match held.get(&w) {
+                match held.holder(&w) {
                     Some(other) if other.uid != uid => out.problems.push((
                         "spec.virtualIPs".into(),
                         format!("{w} is already held by {}", other.describe()),
