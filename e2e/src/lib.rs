@@ -22,6 +22,7 @@ pub mod netns;
 pub mod nodes;
 pub mod podsim;
 pub mod realnode;
+pub mod scale;
 pub mod topology;
 pub mod webhook;
 

@@ -131,6 +131,17 @@ struct BenchArgs {
     /// percentiles measure service time, not queueing).
     #[arg(long, default_value_t = 20_000)]
     dns_rate: u32,
+    /// Instead: this many core Services (their slices written by kube-controller-manager),
+    /// then as many ServiceRoutes until all are Programmed: throughput, CPU per process,
+    /// memory (docs/benchmarks.md, "Operator at scale").
+    #[arg(long)]
+    scale: Option<usize>,
+    /// With --scale: backend pods every Service and route selects.
+    #[arg(long, default_value_t = 10)]
+    scale_backends: usize,
+    /// With --scale: minutes each phase may take at most.
+    #[arg(long, default_value_t = 60)]
+    scale_minutes: u64,
 }
 
 fn main() -> ExitCode {
@@ -639,6 +650,24 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         return bench_dns(args, &s, &client).await;
     }
     let nodes: Vec<String> = s.nodes.keys().cloned().collect();
+    if let Some(count) = args.scale {
+        println!(
+            "switchyard-lab: {count} Services, then {count} ServiceRoutes, over {} backends in {}",
+            args.scale_backends,
+            switchyard_e2e::scale::NS
+        );
+        let r = switchyard_e2e::scale::scale(
+            &client,
+            &s.run,
+            &nodes,
+            count,
+            args.scale_backends,
+            Duration::from_secs(args.scale_minutes * 60),
+        )
+        .await?;
+        println!("{}", r.report());
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Some(changes) = args.programming {
         let r =
             switchyard_e2e::bench::programming(&client, &nodes, changes, Duration::from_secs(30))

@@ -207,11 +207,14 @@ async fn apply(route: Arc<ServiceRoute>, ctx: Arc<Context>) -> Result<Action> {
         &ctx.cluster_domain,
         now,
     );
+    let recheck = report.recheck;
     publish_status(&ctx, &route, report).await?;
     // Reports going stale (no event) are noticed by the controller's liveness watch, which
     // triggers every route when the set of ready agents changes.
     Ok(if vips.lost_race {
         Action::requeue(Duration::from_secs(1))
+    } else if let Some(after) = recheck {
+        Action::requeue(after)
     } else {
         Action::requeue(RESYNC)
     })

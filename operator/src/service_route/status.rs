@@ -42,7 +42,16 @@ pub struct Report {
     /// The Accepted verdict to publish as a Warning: the route is not accepted, and it was
     /// before or has no conditions yet.
     pub warning: Option<Verdict>,
+    /// A progress-only change held back (see [`PROGRESS_HOLD`]): look again after this long.
+    pub recheck: Option<std::time::Duration>,
 }
+
+/// How long a route may wait for its agents before its status shows their progress
+/// ("1 of 2 ready node(s) programmed"). Within it, only the write that says Programmed (or
+/// anything else changing) is made: a route programmed promptly costs two status writes
+/// (Pending, then Programmed) instead of one per node, and one stuck on a node still says so
+/// after this long.
+pub const PROGRESS_HOLD: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The report of a pass over `route`: `problems` that keep it from being accepted, its
 /// `backends`, the `addresses` it holds, the ready agents that have programmed it
@@ -82,10 +91,49 @@ pub fn decide(
         ),
     };
     let news = conditions::is_true(&old.conditions, "Accepted") || old.conditions.is_empty();
+    let recheck = held_progress(&old, &status, now);
     Report {
         warning: (!accepted.ok && news).then_some(accepted),
-        status: (!same_status(&old, &status)).then_some(status),
+        status: (!same_status(&old, &status) && recheck.is_none()).then_some(status),
+        recheck,
     }
+}
+
+/// When `new` differs from `old` only in the agents' progress (node counts, the Programmed
+/// and Ready messages) while Programmed stays False, and it has been False for less than
+/// [`PROGRESS_HOLD`]: how long until the hold ends.
+fn held_progress(
+    old: &ServiceRouteStatus,
+    new: &ServiceRouteStatus,
+    now: Timestamp,
+) -> Option<std::time::Duration> {
+    let pending = |s: &ServiceRouteStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == "Programmed")
+            .filter(|c| c.status == "False")
+            .cloned()
+    };
+    let (was, is) = (pending(old)?, pending(new)?);
+    if was.reason != is.reason || same_status(old, new) {
+        return None;
+    }
+    let strip = |s: &ServiceRouteStatus| {
+        let mut s = s.clone();
+        s.nodes = None;
+        for c in &mut s.conditions {
+            if c.type_ == "Programmed" || c.type_ == "Ready" {
+                c.message.clear();
+            }
+        }
+        s
+    };
+    if !same_status(&strip(old), &strip(new)) {
+        return None;
+    }
+    let since = was.last_transition_time.0;
+    let age = std::time::Duration::try_from(now.duration_since(since)).unwrap_or_default();
+    PROGRESS_HOLD.checked_sub(age).filter(|d| !d.is_zero())
 }
 
 /// The route's DNS names: its own under `svc.<cluster_domain>`, then its extra hostnames.
@@ -309,5 +357,43 @@ mod tests {
         let again = decide_at(&r, at(2_000));
         assert_eq!(again.warning, None, "already refused: no second Warning");
         assert_eq!(again.status, None, "same status: no write");
+    }
+
+    #[test]
+    fn agent_progress_waits_for_the_hold_but_programmed_is_written_at_once() {
+        let nodes = |done: &[&str], waiting: &[&str]| Programmed {
+            programmed: done.iter().map(|s| s.to_string()).collect(),
+            pending: waiting.iter().map(|s| s.to_string()).collect(),
+        };
+        let decide_at = |r: &ServiceRoute, on: &Programmed, now| {
+            decide(
+                r,
+                &[],
+                &Resolution::default(),
+                &[],
+                on,
+                "cluster.local",
+                now,
+            )
+        };
+        let mut r = route();
+        let first = decide_at(&r, &nodes(&[], &["n1", "n2"]), at(1_000));
+        r.status = Some(first.status.unwrap());
+        // One of two agents done half a second later: held, look again in 1.5 s.
+        let half = Timestamp::from_millisecond(1_000_500).unwrap();
+        let held = decide_at(&r, &nodes(&["n1"], &["n2"]), half);
+        assert_eq!(held.status, None);
+        assert_eq!(held.recheck, Some(std::time::Duration::from_millis(1_500)));
+        // Both done: written at once.
+        let done = decide_at(&r, &nodes(&["n1", "n2"], &[]), half);
+        assert!(done.status.is_some());
+        assert_eq!(done.recheck, None);
+        // Still one of two after the hold: the progress is written.
+        let late = decide_at(&r, &nodes(&["n1"], &["n2"]), at(1_003));
+        assert_eq!(
+            late.status.and_then(|s| s.nodes).map(|n| n.programmed),
+            Some(1)
+        );
+        assert_eq!(late.recheck, None);
     }
 }
