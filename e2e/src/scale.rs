@@ -77,7 +77,9 @@ fn lab_processes(run: &str) -> BTreeMap<String, Vec<u32>> {
             continue;
         };
         let text = String::from_utf8_lossy(&cmd);
-        if !text.contains(&dir) {
+        // The operator names the lab's folder only in its environment (KUBECONFIG).
+        let env = std::fs::read(e.path().join("environ")).unwrap_or_default();
+        if !text.contains(&dir) && !String::from_utf8_lossy(&env).contains(&dir) {
             continue;
         }
         let argv0 = text.split('\0').next().unwrap_or_default();
@@ -245,6 +247,7 @@ async fn prepare(client: &Client, nodes: &[String], backends: usize) -> Result<(
         )
         .await
         .map_err(kube_err("apply PodNetwork bench-scale".into()))?;
+    wait_network_ready(&networks, nodes.len()).await?;
     crate::check::fresh_namespace(client, NS).await?;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let label = json!({"metadata": {"labels": {"switchyard.dev/bench": "scale"}}});
@@ -267,6 +270,9 @@ async fn prepare(client: &Client, nodes: &[String], backends: usize) -> Result<(
         )
         .await
         .map_err(kube_err("apply ServiceCIDR bench-scale".into()))?;
+    // The agents learn the namespace's new network from their caches: a pod created before
+    // they did would get an address of the default network.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     for i in 0..backends {
         let node = &nodes[i % nodes.len().max(1)];
@@ -289,6 +295,21 @@ async fn prepare(client: &Client, nodes: &[String], backends: usize) -> Result<(
             .map_err(kube_err(format!("list pods in {NS}")))?;
         let ready = list.items.iter().filter(|p| pod_ready(p)).count();
         if ready == backends {
+            let stray: Vec<String> = list
+                .items
+                .iter()
+                .filter(|p| {
+                    let ip = p.status.as_ref().and_then(|s| s.pod_ip.clone());
+                    !ip.is_some_and(|a| a.starts_with("fd00:30:"))
+                })
+                .map(|p| p.name_any())
+                .collect();
+            if !stray.is_empty() {
+                return Err(Error::Invalid {
+                    what: format!("backend pods in {NS}"),
+                    message: format!("{} have no address of {NETWORK}", stray.join(", ")),
+                });
+            }
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -299,6 +320,34 @@ async fn prepare(client: &Client, nodes: &[String], backends: usize) -> Result<(
             });
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Waits until the network is Ready with a block on each of `nodes` nodes.
+async fn wait_network_ready(api: &Api<switchyard_api::PodNetwork>, nodes: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n = api
+            .get(NETWORK)
+            .await
+            .map_err(kube_err(format!("get PodNetwork {NETWORK}")))?;
+        let v = serde_json::to_value(&n).unwrap_or_default();
+        let ready = v["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        });
+        let blocks = v["status"]["allocatedBlocks"].as_u64().unwrap_or(0) as usize;
+        if ready && blocks >= nodes {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Timeout {
+                what: format!("PodNetwork {NETWORK} Ready with {nodes} blocks"),
+                after: Duration::from_secs(60),
+                last: Some(format!("ready {ready}, {blocks} blocks")),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
 

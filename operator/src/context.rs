@@ -152,6 +152,9 @@ pub struct Wakeups {
     /// Routes whose last pass could not have their virtual IPs (a pool without a free address,
     /// a requested address held by another): a claim released or changed may let them.
     starved: Mutex<std::collections::HashSet<ObjectRef<ServiceRoute>>>,
+    /// When each route not yet programmed everywhere last had its status written.
+    progress:
+        Mutex<std::collections::HashMap<ObjectRef<ServiceRoute>, k8s_openapi::jiff::Timestamp>>,
     tx: mpsc::UnboundedSender<ObjectRef<ServiceRoute>>,
     metrics: Arc<Metrics>,
 }
@@ -162,6 +165,7 @@ impl Wakeups {
         Self {
             waiters: Mutex::new(Waiters::default()),
             starved: Mutex::new(Default::default()),
+            progress: Mutex::new(Default::default()),
             tx,
             metrics,
         }
@@ -235,6 +239,32 @@ impl Wakeups {
             .lock()
             .map(|s| s.iter().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// When `route`'s status was last written while it waited for agents.
+    pub fn progress_written(
+        &self,
+        route: &ObjectRef<ServiceRoute>,
+    ) -> Option<k8s_openapi::jiff::Timestamp> {
+        self.progress
+            .lock()
+            .ok()
+            .and_then(|p| p.get(route).copied())
+    }
+
+    /// Records a status write of `route`: `at` while it waits for agents, `None` once it is
+    /// programmed everywhere.
+    pub fn set_progress_written(
+        &self,
+        route: ObjectRef<ServiceRoute>,
+        at: Option<k8s_openapi::jiff::Timestamp>,
+    ) {
+        if let Ok(mut p) = self.progress.lock() {
+            match at {
+                Some(t) => p.insert(route, t),
+                None => p.remove(&route),
+            };
+        }
     }
 
     /// An agent Lease is gone.

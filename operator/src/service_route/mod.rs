@@ -198,6 +198,7 @@ async fn apply(route: Arc<ServiceRoute>, ctx: Arc<Context>) -> Result<Action> {
     let slice_writes = publish_slices(&ctx, &route, &endpoints.slices).await?;
     let now = Timestamp::now();
     let on_nodes = programmed_on(&ctx, &route, &vips, &slice_writes, now);
+    let oref = ObjectRef::from_obj(route.as_ref());
     let report = status::decide(
         &route,
         &problems,
@@ -205,10 +206,22 @@ async fn apply(route: Arc<ServiceRoute>, ctx: Arc<Context>) -> Result<Action> {
         &vips.addresses,
         &on_nodes,
         &ctx.cluster_domain,
-        now,
+        status::When {
+            now,
+            progress_written: ctx.wakeups.progress_written(&oref),
+        },
     );
     let recheck = report.recheck;
+    let pending = report.status.as_ref().map(|s| {
+        !s.conditions
+            .iter()
+            .any(|c| c.type_ == "Programmed" && c.status == "True")
+    });
     publish_status(&ctx, &route, report).await?;
+    if let Some(pending) = pending {
+        ctx.wakeups
+            .set_progress_written(oref, pending.then_some(now));
+    }
     // Reports going stale (no event) are noticed by the controller's liveness watch, which
     // triggers every route when the set of ready agents changes.
     Ok(if vips.lost_race {

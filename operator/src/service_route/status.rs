@@ -46,12 +46,33 @@ pub struct Report {
     pub recheck: Option<std::time::Duration>,
 }
 
-/// How long a route may wait for its agents before its status shows their progress
+/// How long a route may wait for its agents before its status shows their progress, and how
+/// often that progress is rewritten after
 /// ("1 of 2 ready node(s) programmed"). Within it, only the write that says Programmed (or
 /// anything else changing) is made: a route programmed promptly costs two status writes
 /// (Pending, then Programmed) instead of one per node, and one stuck on a node still says so
 /// after this long.
-pub const PROGRESS_HOLD: std::time::Duration = std::time::Duration::from_secs(2);
+pub const PROGRESS_HOLD: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// When a pass decides: now, and when the route's progress was last written (see
+/// [`PROGRESS_HOLD`]).
+#[derive(Clone, Copy, Debug)]
+pub struct When {
+    /// The pass's time.
+    pub now: Timestamp,
+    /// The last status write while the route waited for agents.
+    pub progress_written: Option<Timestamp>,
+}
+
+impl When {
+    /// At `now`, no progress written yet.
+    pub fn at(now: Timestamp) -> Self {
+        Self {
+            now,
+            progress_written: None,
+        }
+    }
+}
 
 /// The report of a pass over `route`: `problems` that keep it from being accepted, its
 /// `backends`, the `addresses` it holds, the ready agents that have programmed it
@@ -63,8 +84,12 @@ pub fn decide(
     addresses: &[IpAddr],
     on_nodes: &Programmed,
     cluster_domain: &str,
-    now: Timestamp,
+    when: When,
 ) -> Report {
+    let When {
+        now,
+        progress_written,
+    } = when;
     let accepted = accepted(problems);
     let programmed = programmed(on_nodes);
     let ready_backends = backends.ready();
@@ -91,7 +116,7 @@ pub fn decide(
         ),
     };
     let news = conditions::is_true(&old.conditions, "Accepted") || old.conditions.is_empty();
-    let recheck = held_progress(&old, &status, now);
+    let recheck = held_progress(&old, &status, now, progress_written);
     Report {
         warning: (!accepted.ok && news).then_some(accepted),
         status: (!same_status(&old, &status) && recheck.is_none()).then_some(status),
@@ -100,12 +125,15 @@ pub fn decide(
 }
 
 /// When `new` differs from `old` only in the agents' progress (node counts, the Programmed
-/// and Ready messages) while Programmed stays False, and it has been False for less than
-/// [`PROGRESS_HOLD`]: how long until the hold ends.
+/// and Ready messages) while Programmed stays False, and less than [`PROGRESS_HOLD`] has
+/// passed since it became False or since the last progress write (`progress_written`): how
+/// long until the hold ends. So progress is written at most once per hold, however many
+/// nodes report.
 fn held_progress(
     old: &ServiceRouteStatus,
     new: &ServiceRouteStatus,
     now: Timestamp,
+    progress_written: Option<Timestamp>,
 ) -> Option<std::time::Duration> {
     let pending = |s: &ServiceRouteStatus| {
         s.conditions
@@ -131,7 +159,9 @@ fn held_progress(
     if !same_status(&strip(old), &strip(new)) {
         return None;
     }
-    let since = was.last_transition_time.0;
+    let since = progress_written
+        .filter(|w| *w > was.last_transition_time.0)
+        .unwrap_or(was.last_transition_time.0);
     let age = std::time::Duration::try_from(now.duration_since(since)).unwrap_or_default();
     PROGRESS_HOLD.checked_sub(age).filter(|d| !d.is_zero())
 }
@@ -340,7 +370,7 @@ mod tests {
                 &[],
                 &Programmed::default(),
                 "cluster.local",
-                now,
+                When::at(now),
             )
         };
         let mut r = route();
@@ -373,27 +403,44 @@ mod tests {
                 &[],
                 on,
                 "cluster.local",
-                now,
+                When::at(now),
             )
         };
         let mut r = route();
         let first = decide_at(&r, &nodes(&[], &["n1", "n2"]), at(1_000));
         r.status = Some(first.status.unwrap());
-        // One of two agents done half a second later: held, look again in 1.5 s.
+        // One of two agents done half a second later: held, look again in 4.5 s.
         let half = Timestamp::from_millisecond(1_000_500).unwrap();
         let held = decide_at(&r, &nodes(&["n1"], &["n2"]), half);
         assert_eq!(held.status, None);
-        assert_eq!(held.recheck, Some(std::time::Duration::from_millis(1_500)));
+        assert_eq!(held.recheck, Some(std::time::Duration::from_millis(4_500)));
         // Both done: written at once.
         let done = decide_at(&r, &nodes(&["n1", "n2"], &[]), half);
         assert!(done.status.is_some());
         assert_eq!(done.recheck, None);
         // Still one of two after the hold: the progress is written.
-        let late = decide_at(&r, &nodes(&["n1"], &["n2"]), at(1_003));
+        let late = decide_at(&r, &nodes(&["n1"], &["n2"]), at(1_006));
         assert_eq!(
             late.status.and_then(|s| s.nodes).map(|n| n.programmed),
             Some(1)
         );
         assert_eq!(late.recheck, None);
+        // Progress was written at 1,006 s: the next progress waits until 1,011 s.
+        let when = When {
+            now: at(1_008),
+            progress_written: Some(at(1_006)),
+        };
+        let on = nodes(&["n1"], &["n2", "n3"]);
+        let r3 = decide(
+            &r,
+            &[],
+            &Resolution::default(),
+            &[],
+            &on,
+            "cluster.local",
+            when,
+        );
+        assert_eq!(r3.status, None);
+        assert_eq!(r3.recheck, Some(std::time::Duration::from_secs(3)));
     }
 }
