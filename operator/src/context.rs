@@ -152,6 +152,18 @@ pub struct Wakeups {
     /// Routes whose last pass could not have their virtual IPs (a pool without a free address,
     /// a requested address held by another): a claim released or changed may let them.
     starved: Mutex<std::collections::HashSet<ObjectRef<ServiceRoute>>>,
+    /// The last status written of each route, with the resourceVersion the write returned:
+    /// a pass that reads the route from a cache not yet showing that write does not write
+    /// the same status again.
+    written: Mutex<
+        std::collections::HashMap<
+            ObjectRef<ServiceRoute>,
+            (
+                switchyard_api::dataplane::Rv,
+                switchyard_api::ServiceRouteStatus,
+            ),
+        >,
+    >,
     /// When each route not yet programmed everywhere last had its status written.
     progress:
         Mutex<std::collections::HashMap<ObjectRef<ServiceRoute>, k8s_openapi::jiff::Timestamp>>,
@@ -166,6 +178,7 @@ impl Wakeups {
             waiters: Mutex::new(Waiters::default()),
             starved: Mutex::new(Default::default()),
             progress: Mutex::new(Default::default()),
+            written: Mutex::new(Default::default()),
             tx,
             metrics,
         }
@@ -264,6 +277,54 @@ impl Wakeups {
                 Some(t) => p.insert(route, t),
                 None => p.remove(&route),
             };
+        }
+    }
+
+    /// Whether `status` is what this operator last wrote for `route`, and the cached copy
+    /// (`cached_rv`) predates that write.
+    pub fn already_written(
+        &self,
+        route: &ObjectRef<ServiceRoute>,
+        cached_rv: Option<&str>,
+        status: &switchyard_api::ServiceRouteStatus,
+    ) -> bool {
+        let Ok(w) = self.written.lock() else {
+            return false;
+        };
+        let Some((rv, last)) = w.get(route) else {
+            return false;
+        };
+        let older = cached_rv
+            .and_then(switchyard_api::dataplane::Rv::parse)
+            .is_some_and(|c| c < *rv);
+        older && crate::service_route::status::same_status(last, status)
+    }
+
+    /// Records a status write of `route` that returned `rv`.
+    pub fn wrote(
+        &self,
+        route: ObjectRef<ServiceRoute>,
+        rv: Option<&str>,
+        status: switchyard_api::ServiceRouteStatus,
+    ) {
+        if let (Ok(mut w), Some(rv)) = (
+            self.written.lock(),
+            rv.and_then(switchyard_api::dataplane::Rv::parse),
+        ) {
+            w.insert(route, (rv, status));
+        }
+    }
+
+    /// `route` is gone: forgets what was recorded of it.
+    pub fn forget_route(&self, route: &ObjectRef<ServiceRoute>) {
+        if let Ok(mut w) = self.written.lock() {
+            w.remove(route);
+        }
+        if let Ok(mut p) = self.progress.lock() {
+            p.remove(route);
+        }
+        if let Ok(mut s) = self.starved.lock() {
+            s.remove(route);
         }
     }
 

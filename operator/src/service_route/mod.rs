@@ -141,6 +141,8 @@ fn route_slices(ctx: &Context, ns: &str, name: &str) -> Vec<Arc<EndpointSlice>> 
 }
 
 async fn cleanup(route: Arc<ServiceRoute>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.wakeups
+        .forget_route(&ObjectRef::from_obj(route.as_ref()));
     let uid = route.uid().unwrap_or_default();
     let api: Api<VirtualIP> = Api::all(ctx.client.clone());
     let who = format!(
@@ -728,16 +730,27 @@ async fn publish_status(ctx: &Context, route: &ServiceRoute, report: status::Rep
     let Some(status) = report.status else {
         return Ok(());
     };
+    let oref = ObjectRef::from_obj(route);
+    let cached_rv = route.resource_version();
+    if ctx
+        .wakeups
+        .already_written(&oref, cached_rv.as_deref(), &status)
+    {
+        return Ok(());
+    }
     let (ns, name) = (route.namespace().unwrap_or_default(), route.name_any());
     let api: Api<ServiceRoute> = Api::namespaced(ctx.client.clone(), &ns);
     let patch =
         json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "ServiceRoute", "status": status});
-    api.patch_status(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(|e| Error::kube(format!("patch ServiceRoute {ns}/{name} status"), e))?;
+    let written = api
+        .patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(|e| Error::kube(format!("patch ServiceRoute {ns}/{name} status"), e))?;
+    ctx.wakeups
+        .wrote(oref, written.resource_version().as_deref(), status);
     Ok(())
 }

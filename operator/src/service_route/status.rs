@@ -293,7 +293,8 @@ fn count(n: usize) -> i32 {
 }
 
 /// Status equality that ignores transition times (they only move when a status flips).
-fn same_status(a: &ServiceRouteStatus, b: &ServiceRouteStatus) -> bool {
+/// Whether two statuses say the same (transition times aside).
+pub fn same_status(a: &ServiceRouteStatus, b: &ServiceRouteStatus) -> bool {
     let strip = |s: &ServiceRouteStatus| {
         let mut s = s.clone();
         for c in &mut s.conditions {
