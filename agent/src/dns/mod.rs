@@ -9,6 +9,7 @@
 
 pub mod answer;
 pub mod forward;
+pub mod incremental;
 pub mod records;
 pub mod server;
 
