@@ -270,11 +270,7 @@ impl Records {
         }
     }
 
-    fn route_fragment(
-        &self,
-        route: Option<&ServiceRoute>,
-        slices: &[&EndpointSlice],
-    ) -> Fragment {
+    fn route_fragment(&self, route: Option<&ServiceRoute>, slices: &[&EndpointSlice]) -> Fragment {
         match route.filter(|r| is_served(r)) {
             Some(route) => {
                 let mut b = self.zone.sibling();
@@ -428,7 +424,10 @@ mod tests {
         }
 
         /// The slices of route or Service `id` in `of`.
-        fn slices_of<'a>(of: &'a BTreeMap<String, EndpointSlice>, id: &str) -> Vec<&'a EndpointSlice> {
+        fn slices_of<'a>(
+            of: &'a BTreeMap<String, EndpointSlice>,
+            id: &str,
+        ) -> Vec<&'a EndpointSlice> {
             of.range(format!("{id}#")..format!("{id}$"))
                 .map(|(_, s)| s)
                 .collect()

@@ -121,7 +121,9 @@ const MAX_NAMES_PER_SHARD: usize = 4 * NAMES_PER_SHARD;
 impl Names {
     /// An empty table laid out for about `len` names.
     pub(super) fn for_len(len: usize) -> Self {
-        let n = (len / NAMES_PER_SHARD).next_power_of_two().clamp(16, 1 << 16);
+        let n = (len / NAMES_PER_SHARD)
+            .next_power_of_two()
+            .clamp(16, 1 << 16);
         Self {
             hasher: Default::default(),
             shards: (0..n).map(|_| Arc::default()).collect(),
@@ -160,7 +162,10 @@ impl Names {
         {
             return;
         }
-        if Arc::make_mut(&mut self.shards[i]).insert(key, node).is_none() {
+        if Arc::make_mut(&mut self.shards[i])
+            .insert(key, node)
+            .is_none()
+        {
             self.len += 1;
         }
         if self.len > self.shards.len() * MAX_NAMES_PER_SHARD {
@@ -171,7 +176,8 @@ impl Names {
     /// Removes `key` (copying its shard first if shared).
     pub(super) fn remove(&mut self, key: &str) {
         let i = self.shard_of(key);
-        if self.shards[i].contains_key(key) && Arc::make_mut(&mut self.shards[i]).remove(key).is_some()
+        if self.shards[i].contains_key(key)
+            && Arc::make_mut(&mut self.shards[i]).remove(key).is_some()
         {
             self.len -= 1;
         }
