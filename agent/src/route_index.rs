@@ -54,6 +54,9 @@ impl Dirty {
 /// Shared dirty set.
 pub type SharedDirty = Arc<Mutex<Dirty>>;
 
+/// A second consumer of a cache's events (DNS): its trigger and its own dirty set.
+pub type Also = (mpsc::Sender<Instant>, SharedDirty);
+
 /// Route → references of its objects of kind `K`.
 #[derive(Debug)]
 pub struct RouteIndex<K: Resource<DynamicType = ()>> {
@@ -168,7 +171,8 @@ pub fn trim<K: Resource>(o: &mut K) {
 }
 
 /// A reflector store of `K` plus its route index: every event updates both, marks the routes
-/// it touches dirty, records its resourceVersion in `seen` and triggers a pass.
+/// it touches dirty (in `dirty` and in `also`'s set), records its resourceVersion in `seen`
+/// and triggers a pass (and `also`).
 pub fn indexed_cache<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -176,7 +180,7 @@ pub fn indexed_cache<K>(
     seen: Arc<Seen>,
     route_of: fn(&K) -> Option<String>,
     dirty: SharedDirty,
-    also: Option<mpsc::Sender<Instant>>,
+    also: Option<Also>,
 ) -> (
     Store<K>,
     SharedIndex<K>,
@@ -201,6 +205,13 @@ where
             match ev {
                 Ok(ev) => {
                     let touched = lock(&idx).event(&ev, route_of);
+                    if let Some((_, also)) = &also {
+                        let mut d = lock(also);
+                        match &touched {
+                            Some(routes) => routes.iter().for_each(|r| d.mark(r.clone())),
+                            None => d.mark_all(),
+                        }
+                    }
                     {
                         let mut d = lock(&dirty);
                         match touched {
@@ -215,7 +226,7 @@ where
                     }
                     if !matches!(ev, Event::Init | Event::InitApply(_)) {
                         let _ = trigger.try_send(Instant::now());
-                        if let Some(also) = &also {
+                        if let Some((also, _)) = &also {
                             let _ = also.try_send(Instant::now());
                         }
                     }

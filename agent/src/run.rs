@@ -14,7 +14,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::watcher::{self, watcher};
+use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Client, Resource};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge, histogram::Histogram};
@@ -135,14 +135,20 @@ impl Metrics {
     }
 }
 
-/// A cache of `K` that triggers a pass on every event and, with `seen`, records the highest
-/// resourceVersion among the events (applies and deletes) it has stored.
+/// Marks the objects of a cache's events in a dirty set, by the id `id_of` gives them.
+type Mark<K> = (SharedDirty, fn(&K) -> String);
+
+/// A cache of `K` that triggers a pass (and `also`) on every change of its store and, with
+/// `seen`, records the highest resourceVersion among the events (applies and deletes) it has
+/// stored; with `mark`, it marks the object of each apply or delete dirty there, and
+/// everything after a relist.
 fn cache<K>(
     api: Api<K>,
     config: watcher::Config,
     trigger: mpsc::Sender<Instant>,
     seen: Option<Arc<Seen>>,
     also: Option<mpsc::Sender<Instant>>,
+    mark: Option<Mark<K>>,
 ) -> (Store<K>, impl std::future::Future<Output = ()>)
 where
     K: Resource<DynamicType = ()>
@@ -161,20 +167,33 @@ where
             .modify(crate::route_index::trim),
     );
     let driver = async move {
-        let mut stream = std::pin::pin!(stream.touched_objects());
+        let mut stream = std::pin::pin!(stream);
         while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(obj) => {
-                    if let Some(seen) = &seen {
-                        seen.observe(obj.meta().resource_version.as_deref());
-                    }
-                    let now = Instant::now();
-                    let _ = trigger.try_send(now);
-                    if let Some(also) = &also {
-                        let _ = also.try_send(now);
-                    }
+            let ev = match ev {
+                Ok(ev) => ev,
+                Err(e) => {
+                    warn!(error = %e, "watch error; retrying with backoff");
+                    continue;
                 }
-                Err(e) => warn!(error = %e, "watch error; retrying with backoff"),
+            };
+            if let (Some(seen), Event::Apply(o) | Event::Delete(o) | Event::InitApply(o)) =
+                (&seen, &ev)
+            {
+                seen.observe(o.meta().resource_version.as_deref());
+            }
+            // The store changes on an apply, a delete, and at the end of a relist.
+            match (&mark, &ev) {
+                (Some((dirty, id_of)), Event::Apply(o) | Event::Delete(o)) => {
+                    lock(dirty).mark(id_of(o));
+                }
+                (Some((dirty, _)), Event::InitDone) => lock(dirty).mark_all(),
+                (_, Event::Init | Event::InitApply(_)) => continue,
+                _ => {}
+            }
+            let now = Instant::now();
+            let _ = trigger.try_send(now);
+            if let Some(also) = &also {
+                let _ = also.try_send(now);
             }
         }
     };
@@ -249,6 +268,8 @@ struct Caches {
     native_pools: std::sync::Mutex<Vec<IpNet>>,
     /// Routes whose slices or claims changed since the last pass.
     dirty: SharedDirty,
+    /// Routes and Services (`service:<ns>/<name>`) DNS has not recomputed since they changed.
+    dns_dirty: SharedDirty,
     /// Highest VirtualIP event version stored, for the report.
     seen_vips: Arc<Seen>,
     /// Highest EndpointSlice event version stored, for the report.
@@ -265,17 +286,22 @@ impl Caches {
         dns: &mpsc::Sender<Instant>,
     ) -> (Self, JoinHandle<()>) {
         let all = watcher::Config::default;
+        // What DNS must recompute: routes and Services by id (`crate::dns::Sources`).
+        let dns_dirty: SharedDirty = Arc::default();
+        let dns_also = || Some((dns.clone(), dns_dirty.clone()));
         let (networks, d1) = cache(
             Api::<PodNetwork>::all(client.clone()),
             all(),
             pass.clone(),
             None,
             Some(dns.clone()),
+            None,
         );
         let (blocks, d2) = cache(
             Api::<NodeBlock>::all(client.clone()),
             all(),
             pass.clone(),
+            None,
             None,
             None,
         );
@@ -285,6 +311,7 @@ impl Caches {
             pass.clone(),
             None,
             Some(dns.clone()),
+            None,
         );
         let seen_vips = Arc::new(Seen::default());
         let seen_slices = Arc::new(Seen::default());
@@ -305,7 +332,7 @@ impl Caches {
             seen_slices.clone(),
             slice_route,
             dirty.clone(),
-            Some(dns.clone()),
+            dns_also(),
         );
         let (routes, d6) = cache(
             Api::<ServiceRoute>::all(client.clone()),
@@ -313,6 +340,7 @@ impl Caches {
             dns.clone(),
             None,
             None,
+            Some((dns_dirty.clone(), dns::route_id)),
         );
         let (native, d7) = if native_services {
             // Their versions are not reported: the operator's Programmed condition is about
@@ -325,7 +353,7 @@ impl Caches {
                 unreported.clone(),
                 service_key,
                 dirty.clone(),
-                Some(dns.clone()),
+                dns_also(),
             );
             let (nslices, nslice_index, d7b) = indexed_cache(
                 Api::<EndpointSlice>::all(client.clone()),
@@ -334,7 +362,7 @@ impl Caches {
                 unreported,
                 slice_service,
                 dirty.clone(),
-                Some(dns.clone()),
+                dns_also(),
             );
             let native = NativeCaches {
                 services,
@@ -367,6 +395,7 @@ impl Caches {
             native,
             native_pools: Default::default(),
             dirty,
+            dns_dirty,
             seen_vips,
             seen_slices,
         };
@@ -390,12 +419,15 @@ impl Caches {
         dns::Sources {
             routes: self.routes.clone(),
             slices: self.slices.clone(),
+            slice_index: self.slice_index.clone(),
             namespaces: self.namespaces.clone(),
             networks: self.networks.clone(),
-            native: self
-                .native
-                .as_ref()
-                .map(|n| (n.services.clone(), n.slices.clone())),
+            native: self.native.as_ref().map(|n| dns::NativeSources {
+                services: n.services.clone(),
+                slices: n.slices.clone(),
+                slice_index: n.slice_index.clone(),
+            }),
+            dirty: self.dns_dirty.clone(),
         }
     }
 

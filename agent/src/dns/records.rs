@@ -3,7 +3,9 @@
 //! lookup with one hash probe on the lowercased name.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use hickory_proto::rr::Name;
 use ipnet::IpNet;
@@ -52,6 +54,20 @@ pub struct Node {
 }
 
 impl Node {
+    /// Puts every record set in its answer order (a total order, so that the same records
+    /// always come out the same way) without duplicates: an RRset is a set (RFC 2181 5).
+    pub(super) fn tidy(&mut self) {
+        self.a.sort();
+        self.a.dedup();
+        self.aaaa.sort();
+        self.aaaa.dedup();
+        self.ptr.sort_by_cached_key(key_of);
+        self.ptr.dedup();
+        self.srv
+            .sort_by_cached_key(|x| (key_of(&x.target), x.port, x.priority, x.weight));
+        self.srv.dedup();
+    }
+
     /// Whether the node holds no record at all.
     pub fn is_empty(&self) -> bool {
         self.a.is_empty()
@@ -83,8 +99,105 @@ pub enum Found<'a> {
     Elsewhere,
 }
 
-/// An immutable answer set, built whole and swapped in atomically.
-#[derive(Debug)]
+/// One shard of the name table.
+type Shard = HashMap<Arc<str>, Arc<Node>>;
+
+/// The name table: owner names in copy-on-write shards chosen by a hash of the name, so a
+/// new snapshot that differs in a few names shares every other shard with the one before it.
+#[derive(Clone, Debug)]
+pub(super) struct Names {
+    /// Picks a name's shard (the same in every snapshot derived from this one).
+    hasher: std::collections::hash_map::RandomState,
+    /// A power of two of them.
+    pub(super) shards: Vec<Arc<Shard>>,
+    len: usize,
+}
+
+/// Names per shard aimed at when a table is laid out.
+const NAMES_PER_SHARD: usize = 256;
+/// A table whose shards hold more than this on average is laid out again.
+const MAX_NAMES_PER_SHARD: usize = 4 * NAMES_PER_SHARD;
+
+impl Names {
+    /// An empty table laid out for about `len` names.
+    pub(super) fn for_len(len: usize) -> Self {
+        let n = (len / NAMES_PER_SHARD)
+            .next_power_of_two()
+            .clamp(16, 1 << 16);
+        Self {
+            hasher: Default::default(),
+            shards: (0..n).map(|_| Arc::default()).collect(),
+            len: 0,
+        }
+    }
+
+    /// A table of `names`, laid out for their number.
+    pub(super) fn collect(names: Vec<(Arc<str>, Arc<Node>)>) -> Self {
+        let mut t = Self::for_len(names.len());
+        for (k, n) in names {
+            t.set(k, n);
+        }
+        t
+    }
+
+    fn shard_of(&self, key: &str) -> usize {
+        // The middle bits: the shard's own map indexes by the low ones and tags by the top.
+        (self.hasher.hash_one(key) >> 32) as usize & (self.shards.len() - 1)
+    }
+
+    fn get(&self, key: &str) -> Option<&Node> {
+        self.shards[self.shard_of(key)].get(key).map(|n| &**n)
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        self.shards[self.shard_of(key)].contains_key(key)
+    }
+
+    /// Sets `key` to `node`; a shard shared with another snapshot is copied first, and only
+    /// when the node changes.
+    pub(super) fn set(&mut self, key: Arc<str>, node: Arc<Node>) {
+        let i = self.shard_of(&key);
+        if let Some(old) = self.shards[i].get(&key)
+            && (Arc::ptr_eq(old, &node) || **old == *node)
+        {
+            return;
+        }
+        if Arc::make_mut(&mut self.shards[i])
+            .insert(key, node)
+            .is_none()
+        {
+            self.len += 1;
+        }
+        if self.len > self.shards.len() * MAX_NAMES_PER_SHARD {
+            self.relayout();
+        }
+    }
+
+    /// Removes `key` (copying its shard first if shared).
+    pub(super) fn remove(&mut self, key: &str) {
+        let i = self.shard_of(key);
+        if self.shards[i].contains_key(key)
+            && Arc::make_mut(&mut self.shards[i]).remove(key).is_some()
+        {
+            self.len -= 1;
+        }
+    }
+
+    /// Lays the table out again for its size (a table grown by updates from a small one).
+    fn relayout(&mut self) {
+        let all = self.iter().map(|(k, n)| (k.clone(), n.clone())).collect();
+        *self = Self::collect(all);
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &Arc<Node>)> {
+        self.shards.iter().flat_map(|s| s.iter())
+    }
+}
+
+/// An immutable answer set, swapped in atomically. Built whole by [`build`] (or
+/// [`super::incremental::Records::new`]), or derived from the one before it by
+/// [`super::incremental::Records`], which copies only the shards of the names that changed.
+#[derive(Clone, Debug)]
 pub struct Snapshot {
     /// The cluster zone's apex, lowercase, fully qualified (`cluster.local.`).
     pub zone: Name,
@@ -98,8 +211,8 @@ pub struct Snapshot {
     pub ttl: u32,
     /// SOA serial: changes with every snapshot.
     pub serial: u32,
-    names: HashMap<Box<str>, Node>,
-    pod_cidrs: Vec<IpNet>,
+    pub(super) names: Names,
+    pub(super) pod_cidrs: Vec<IpNet>,
     /// Routes served, for metrics.
     pub routes: usize,
     /// The SOA's primary server, `ns.dns.<zone>` (built once, not per negative answer).
@@ -202,14 +315,15 @@ struct Backend {
     ports: Vec<(String, i32)>,
 }
 
-/// The names of a build in progress, under one zone.
-struct Builder {
+/// The names of a build in progress, under one zone: of everything ([`build`]) or of one
+/// source (a route, a Service, a namespace) for [`super::incremental::Records`].
+pub(super) struct Builder {
     /// The zone's apex, `Name::root()` if the cluster domain is not a name.
     zone: Name,
     zone_key: String,
-    names: HashMap<Box<str>, Node>,
+    pub(super) names: HashMap<Box<str>, Node>,
     /// Routes served, for metrics.
-    routes: usize,
+    pub(super) routes: usize,
 }
 
 /// The names one route is published under.
@@ -225,17 +339,33 @@ struct RouteNames {
 type NamedPort<'a> = (&'a str, &'a str, i32);
 
 impl Builder {
-    /// A zone holding its apex (with the SOA) and `dns-version` only.
-    fn new(cluster_domain: &str) -> Self {
+    /// Nothing yet, under the zone of `cluster_domain`.
+    pub(super) fn bare(cluster_domain: &str) -> Self {
         let domain = cluster_domain.trim_matches('.').to_ascii_lowercase();
         let zone_key = format!("{domain}.");
         let zone = name_of(&zone_key).unwrap_or_else(Name::root);
-        let mut b = Builder {
+        Builder {
             zone,
-            zone_key: zone_key.clone(),
+            zone_key,
             names: HashMap::new(),
             routes: 0,
-        };
+        }
+    }
+
+    /// Nothing yet, under the same zone as `self`.
+    pub(super) fn sibling(&self) -> Self {
+        Builder {
+            zone: self.zone.clone(),
+            zone_key: self.zone_key.clone(),
+            names: HashMap::new(),
+            routes: 0,
+        }
+    }
+
+    /// A zone holding its apex (with the SOA) and `dns-version` only.
+    pub(super) fn new(cluster_domain: &str) -> Self {
+        let mut b = Self::bare(cluster_domain);
+        let zone_key = b.zone_key.clone();
         b.names.insert(
             zone_key.clone().into_boxed_str(),
             Node {
@@ -250,7 +380,7 @@ impl Builder {
     }
 
     /// `<ns>.svc.<zone>` and `<ns>.pod.<zone>` exist for every namespace, even without routes.
-    fn namespaces(&mut self, namespaces: &[&str]) {
+    pub(super) fn namespaces(&mut self, namespaces: &[&str]) {
         for ns in namespaces {
             let ns = ns.to_ascii_lowercase();
             self.node(&format!("{ns}.svc.{}", self.zone_key));
@@ -259,7 +389,7 @@ impl Builder {
     }
 
     /// One accepted route's records; skipped if its name is not a DNS name.
-    fn route(&mut self, route: &ServiceRoute, slices: &[&EndpointSlice]) {
+    pub(super) fn route(&mut self, route: &ServiceRoute, slices: &[&EndpointSlice]) {
         let Some(names) = self.route_names(route) else {
             return;
         };
@@ -289,7 +419,7 @@ impl Builder {
     /// One core Service's records, as CoreDNS's kubernetes plugin serves them: the cluster
     /// IPs (or, headless, the ready endpoints with their host names), an SRV per named port,
     /// PTRs, and for `ExternalName` a CNAME.
-    fn service(&mut self, svc: &CoreService, slices: &[&EndpointSlice]) {
+    pub(super) fn service(&mut self, svc: &CoreService, slices: &[&EndpointSlice]) {
         let (ns, name) = (
             svc.namespace().unwrap_or_default().to_ascii_lowercase(),
             svc.name_any().to_ascii_lowercase(),
@@ -439,35 +569,58 @@ impl Builder {
                 port: u16::try_from(*port).unwrap_or(0),
                 target: names.svc_name.clone(),
             };
-            self.node(&srv_key(port_name, proto, svc_key)).srv.push(srv);
+            let n = self.node(&srv_key(port_name, proto, svc_key));
+            if !n.srv.contains(&srv) {
+                n.srv.push(srv);
+            }
         }
     }
 
-    /// The snapshot, with every record set in a deterministic answer order.
-    fn finish(mut self, input: &Inputs<'_>) -> Snapshot {
-        for n in self.names.values_mut() {
-            n.a.sort();
-            n.aaaa.sort();
-            n.ptr.sort_by_key(key_of);
-            n.srv.sort_by_key(|x| (key_of(&x.target), x.port));
-        }
-        let pod_cidrs: BTreeSet<IpNet> = input.pod_cidrs.iter().copied().collect();
-        let (zone, zone_key) = (self.zone, self.zone_key);
+    /// The names, each with every record set in its answer order.
+    pub(super) fn tidy_names(self) -> impl Iterator<Item = (Box<str>, Node)> {
+        self.names.into_iter().map(|(k, mut n)| {
+            n.tidy();
+            (k, n)
+        })
+    }
+
+    /// The snapshot of `names` (and `routes`) under this builder's zone.
+    pub(super) fn snapshot(
+        &self,
+        names: Names,
+        routes: usize,
+        pod_cidrs: &[IpNet],
+        ttl: u32,
+        serial: u32,
+    ) -> Snapshot {
+        let (zone, zone_key) = (self.zone.clone(), self.zone_key.clone());
         let soa_mname = name_of(&format!("ns.dns.{zone_key}")).unwrap_or_else(|| zone.clone());
         let soa_rname = name_of(&format!("hostmaster.{zone_key}")).unwrap_or_else(|| zone.clone());
         Snapshot {
             zone_suffix: format!(".{zone_key}"),
             pod_suffix: format!(".pod.{zone_key}"),
             zone_key,
-            ttl: input.ttl,
-            serial: input.serial,
-            names: self.names,
-            pod_cidrs: pod_cidrs.into_iter().collect(),
-            routes: self.routes,
+            ttl,
+            serial,
+            names,
+            pod_cidrs: pod_cidrs_of(pod_cidrs),
+            routes,
             soa_mname,
             soa_rname,
             zone,
         }
+    }
+
+    /// The snapshot, with every record set in a deterministic answer order.
+    fn finish(self, input: &Inputs<'_>) -> Snapshot {
+        let shell = self.sibling();
+        let routes = self.routes;
+        let names = Names::collect(
+            self.tidy_names()
+                .map(|(k, n)| (Arc::from(k), Arc::new(n)))
+                .collect(),
+        );
+        shell.snapshot(names, routes, input.pod_cidrs, input.ttl, input.serial)
     }
 
     fn node(&mut self, key: &str) -> &mut Node {
@@ -502,6 +655,47 @@ impl Builder {
             n.ptr.push(target.clone());
         }
     }
+}
+
+/// The pod pools as a snapshot holds them: sorted, without duplicates.
+pub(super) fn pod_cidrs_of(cidrs: &[IpNet]) -> Vec<IpNet> {
+    let set: BTreeSet<IpNet> = cidrs.iter().copied().collect();
+    set.into_iter().collect()
+}
+
+/// Switchyard's EndpointSlices by (namespace, route label).
+pub(super) fn slices_by_route<'a>(
+    slices: &[&'a EndpointSlice],
+) -> HashMap<(String, String), Vec<&'a EndpointSlice>> {
+    let mut out: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
+    for s in slices {
+        if let Some(r) = s.labels().get(ROUTE_LABEL) {
+            out.entry((s.namespace().unwrap_or_default(), r.clone()))
+                .or_default()
+                .push(s);
+        }
+    }
+    out
+}
+
+/// Core Services' EndpointSlices by (namespace, Service name label).
+pub(super) fn slices_by_service<'a>(
+    slices: &[&'a EndpointSlice],
+) -> HashMap<(String, String), Vec<&'a EndpointSlice>> {
+    let mut out: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
+    for s in slices {
+        if let Some(svc) = s.labels().get(crate::native::SERVICE_NAME_LABEL) {
+            out.entry((s.namespace().unwrap_or_default(), svc.clone()))
+                .or_default()
+                .push(s);
+        }
+    }
+    out
+}
+
+/// Whether `route` is served (accepted).
+pub(super) fn is_served(route: &ServiceRoute) -> bool {
+    is_accepted(route)
 }
 
 /// The owner name of a route's SRV records for one named port: `_<port>._<proto>.<svc>`.
@@ -594,18 +788,15 @@ fn collect_backends<'a>(
 pub fn build(input: &Inputs<'_>) -> Snapshot {
     let mut b = Builder::new(input.cluster_domain);
     b.namespaces(input.namespaces);
+    let route_slices = slices_by_route(input.slices);
     for route in input.routes.iter().filter(|r| is_accepted(r)) {
-        b.route(route, input.slices);
+        let k = (route.namespace().unwrap_or_default(), route.name_any());
+        b.route(
+            route,
+            route_slices.get(&k).map(Vec::as_slice).unwrap_or_default(),
+        );
     }
-    let mut slices_of: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
-    for s in input.service_slices {
-        if let Some(svc) = s.labels().get(crate::native::SERVICE_NAME_LABEL) {
-            slices_of
-                .entry((s.namespace().unwrap_or_default(), svc.clone()))
-                .or_default()
-                .push(s);
-        }
-    }
+    let slices_of = slices_by_service(input.service_slices);
     for svc in input.services {
         let k = (svc.namespace().unwrap_or_default(), svc.name_any());
         b.service(
@@ -617,7 +808,8 @@ pub fn build(input: &Inputs<'_>) -> Snapshot {
 }
 
 impl Snapshot {
-    /// Finds `key` (lowercase, fully qualified): one hash probe, plus a parse for pod names.
+    /// Finds `key` (lowercase, fully qualified): one hash probe (the shard, then the name),
+    /// plus a parse for pod names.
     pub fn find(&self, key: &str) -> Found<'_> {
         let cluster = key == self.zone_key || key.ends_with(&self.zone_suffix);
         if let Some(node) = self.names.get(key) {
@@ -631,7 +823,7 @@ impl Snapshot {
             && !ns.contains('.')
             && self
                 .names
-                .contains_key(format!("{ns}{}", self.pod_suffix).as_str())
+                .contains(format!("{ns}{}", self.pod_suffix).as_str())
             && let Some(ip) = undashed(label)
             && self.pod_cidrs.iter().any(|c| c.contains(&ip))
         {
@@ -647,17 +839,36 @@ impl Snapshot {
 
     /// Number of owner names held.
     pub fn len(&self) -> usize {
-        self.names.len()
+        self.names.len
     }
 
     /// Whether no name is held (never: the apex is always there).
     pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
+        self.names.len == 0
     }
 
     /// The records at `key`, if held (for SRV targets' addresses).
     pub fn node(&self, key: &str) -> Option<&Node> {
         self.names.get(key)
+    }
+
+    /// Every owner name with its records, in no particular order.
+    pub fn names(&self) -> impl Iterator<Item = (&str, &Node)> {
+        self.names.iter().map(|(k, n)| (&**k, &**n))
+    }
+}
+
+/// Two snapshots are equal when they answer the same: the same zone, TTL, serial, routes,
+/// pod pools and names with the same records, however their name tables are laid out.
+impl PartialEq for Snapshot {
+    fn eq(&self, other: &Self) -> bool {
+        self.zone_key == other.zone_key
+            && self.ttl == other.ttl
+            && self.serial == other.serial
+            && self.routes == other.routes
+            && self.pod_cidrs == other.pod_cidrs
+            && self.len() == other.len()
+            && self.names().all(|(k, n)| other.node(k) == Some(n))
     }
 }
 

@@ -176,6 +176,11 @@ impl Dns {
         self.snapshot.store(Some(Arc::new(snap)));
     }
 
+    /// The snapshot being served, if any.
+    pub fn current(&self) -> Option<Arc<Snapshot>> {
+        self.snapshot.load_full()
+    }
+
     fn count(&self, qtype: Option<RecordType>, rcode: ResponseCode, start: Instant) {
         self.metrics
             .queries
