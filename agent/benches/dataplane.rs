@@ -2,7 +2,9 @@
 //! code (`services::elements`, `kernel::services::apply`) inside throwaway network namespaces
 //! and measures full syncs, one-backend changes and the connection rate through a virtual IP.
 //!
-//! `cargo bench -p switchyard-agent --bench dataplane` (root; needs `ip`, `nft`).
+//! `cargo bench -p switchyard-agent --bench dataplane [-- --sizes 1000,10000,100000]` (root;
+//! needs `ip`, `nft`). The read-back is measured over netlink (what a restarted agent does)
+//! and, up to [`NFT_READBACK_MAX`] routes, through `nft -j list` as the same-run baseline.
 //!
 //! Topology (all names start with `sybench<pid>`, all addresses in 198.18.0.0/15, no default
 //! routes): the client namespace `…c` (198.18.0.2/30) and the server namespace `…s`
@@ -18,8 +20,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use switchyard_agent::kernel::netlink;
 use switchyard_agent::kernel::services as ksvc;
+use switchyard_agent::kernel::{dump, netlink};
 use switchyard_agent::service_table::ServiceTable;
 use switchyard_agent::services::{Backend, Elements, Key, Proto, RouteDesired, Service};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,6 +29,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const NODE: &str = "bench-node";
 const BACKENDS: usize = 10;
 const SIZES: [usize; 3] = [1_000, 5_000, 10_000];
+/// Largest size whose read-back (3 s at 10,000) and one-backend change are also measured
+/// through `nft`.
+const NFT_READBACK_MAX: usize = 10_000;
 const CHANGE_ROUNDS: usize = 20;
 const CONNECTIONS: usize = 30_000;
 const CONN_WARMUP: usize = 100;
@@ -214,7 +219,16 @@ fn run_outer(r: &str, c: &str, s: &str, echo_child: &mut Option<Child>) -> Resul
             .spawn()?,
     );
     let mut router = Command::new("ip")
-        .args(["netns", "exec", r, exe, "--role", "router", c])
+        .args([
+            "netns",
+            "exec",
+            r,
+            exe,
+            "--role",
+            "router",
+            c,
+            &sizes_arg()?,
+        ])
         .stdin(Stdio::null())
         .spawn()?;
     let start = Instant::now();
@@ -376,6 +390,7 @@ struct SizeResult {
     elements: usize,
     sync_s: f64,
     readback_s: f64,
+    nft_readback_s: Option<f64>,
     change_median_ms: f64,
     change_max_ms: f64,
     compute_median_ms: f64,
@@ -443,16 +458,35 @@ async fn measure_size(routes: usize) -> Result<SizeResult> {
     let mut nl = netlink::Socket::open()?;
     ksvc::apply(&mut nl, None, &full).await?;
     let sync_s = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let back = ksvc::read().await?;
-    let readback_s = t.elapsed().as_secs_f64();
-    if back != full {
-        bail!(
-            "read-back differs at {routes} routes: {} elements in the kernel, {} wanted",
-            back.len(),
-            full.len()
-        );
+    // Read-back as a restarted agent does it (over netlink), and through `nft -j list` as the
+    // baseline where that is affordable. The first netlink read also waits out the kernel's
+    // growing of the sets' hash tables after the sync (see `kernel::dump`), so the figure is
+    // the second, on a settled table.
+    let mut nl_read = netlink::Socket::open()?;
+    let mut readback_s = f64::NAN;
+    for _ in 0..2 {
+        let t = Instant::now();
+        let back = dump::read(&mut nl_read)?;
+        readback_s = t.elapsed().as_secs_f64();
+        if back != full {
+            bail!(
+                "netlink read-back differs at {routes} routes: {} elements in the kernel, {} wanted",
+                back.len(),
+                full.len()
+            );
+        }
     }
+    let nft_readback_s = if routes <= NFT_READBACK_MAX {
+        let t = Instant::now();
+        let back = ksvc::read_with_nft().await?;
+        let s = t.elapsed().as_secs_f64();
+        if back != full {
+            bail!("nft -j read-back differs at {routes} routes");
+        }
+        Some(s)
+    } else {
+        None
+    };
     // One backend of one route (in the middle of the table) removed, then added back, the way
     // the agent does it: recompute that route, take the change, apply it.
     let mid = routes / 2;
@@ -485,7 +519,14 @@ async fn measure_size(routes: usize) -> Result<SizeResult> {
             kernel.push(t.elapsed().as_secs_f64() * 1e3);
         }
     }
-    for _ in 0..CHANGE_ROUNDS {
+    // Each `nft` run lists every set of the table first (see `kernel::netlink`), which costs
+    // seconds beyond `NFT_READBACK_MAX` routes: not measured there (NaN).
+    let nft_rounds = if routes <= NFT_READBACK_MAX {
+        CHANGE_ROUNDS
+    } else {
+        0
+    };
+    for _ in 0..nft_rounds {
         for short in [true, false] {
             table.set_route(&id, Some(route(mid, short)));
             let script = ksvc::script(&table.take_change().diff, &Elements::default(), false);
@@ -494,7 +535,7 @@ async fn measure_size(routes: usize) -> Result<SizeResult> {
             nft.push(t.elapsed().as_secs_f64() * 1e3);
         }
     }
-    if ksvc::read().await? != table.elements() {
+    if dump::read(&mut nl)? != table.elements() {
         bail!("after the changes the kernel differs from the table at {routes} routes");
     }
     Ok(SizeResult {
@@ -502,6 +543,7 @@ async fn measure_size(routes: usize) -> Result<SizeResult> {
         elements: full.len(),
         sync_s,
         readback_s,
+        nft_readback_s,
         change_median_ms: median(&mut times),
         change_max_ms,
         compute_median_ms: median(&mut compute),
@@ -561,10 +603,38 @@ async fn measure_rate(client_ns: &str, label: &'static str, routes: usize) -> Re
     })
 }
 
+/// The sizes to measure, comma-separated: `--sizes` of the command line, else [`SIZES`].
+fn sizes_arg() -> Result<String> {
+    let args: Vec<String> = std::env::args().collect();
+    let given = args
+        .iter()
+        .position(|a| a == "--sizes")
+        .map(|i| {
+            args.get(i + 1)
+                .context("--sizes needs a list, e.g. 1000,10000")
+        })
+        .transpose()?;
+    let list = match given {
+        Some(l) => l.clone(),
+        None => SIZES.map(|n| n.to_string()).join(","),
+    };
+    for n in list.split(',') {
+        n.parse::<usize>()
+            .with_context(|| format!("--sizes {list}: {n:?} is not a route count"))?;
+    }
+    Ok(list)
+}
+
 async fn router(args: &[String]) -> Result<()> {
     let client_ns = args.first().context("client namespace")?.clone();
+    let wanted: Vec<usize> = args
+        .get(1)
+        .context("sizes")?
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
     let mut sizes = Vec::new();
-    for routes in SIZES {
+    for routes in wanted {
         eprintln!("dataplane: full sync and one-backend changes at {routes} routes");
         sizes.push(measure_size(routes).await?);
     }
@@ -605,17 +675,21 @@ async fn router(args: &[String]) -> Result<()> {
 fn print_report(sizes: &[SizeResult], warmup: &RateResult, rates: &[RateResult]) {
     println!();
     println!(
-        "| routes × backends | elements | full sync from empty | read-back | one-backend change: `apply_change()`, median of {} (max) | of which table update + encoding | of which netlink transaction | the same change through `nft -f` |",
+        "| routes × backends | elements | full sync from empty | read-back over netlink (`nft -j list` + parse, same run) | one-backend change: `apply_change()`, median of {} (max) | of which table update + encoding | of which netlink transaction | the same change through `nft -f` |",
         2 * CHANGE_ROUNDS
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     for s in sizes {
         println!(
-            "| {} × {BACKENDS} | {} | {:.2} s | {:.2} s | {:.2} ms ({:.1} ms) | {:.3} ms | {:.2} ms | {:.1} ms |",
+            "| {} × {BACKENDS} | {} | {:.2} s | {:.3} s ({}) | {:.2} ms ({:.1} ms) | {:.3} ms | {:.2} ms | {:.1} ms |",
             s.routes,
             s.elements,
             s.sync_s,
             s.readback_s,
+            s.nft_readback_s.map_or("not measured".into(), |n| format!(
+                "{n:.2} s, ratio {:.3}",
+                s.readback_s / n
+            )),
             s.change_median_ms,
             s.change_max_ms,
             s.compute_median_ms,

@@ -48,6 +48,14 @@ pub enum Error {
         /// Why.
         message: String,
     },
+    /// The read-back of a set (or of the chains) over netlink failed or did not decode.
+    #[error("nf_tables netlink read-back of inet switchyard {set}: {message}")]
+    Dump {
+        /// The set or map (`(chains)` for the chain dump).
+        set: String,
+        /// What went wrong, naming the attribute.
+        message: String,
+    },
     /// A file operation failed.
     #[error("{op} {}: {source}", path.display())]
     Io {
@@ -107,6 +115,7 @@ impl Error {
             Error::Missing { .. } => "missing",
             Error::Io { .. } => "io",
             Error::Netlink { .. } => "netlink",
+            Error::Dump { .. } => "dump",
             Error::Upstream { .. } => "upstream",
             Error::DnsSocket { .. } => "dns_socket",
             Error::DnsThread { .. } => "dns_thread",

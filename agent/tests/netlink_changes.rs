@@ -1,6 +1,7 @@
 //! The incremental path against a real kernel: the service table's changes, sent over netlink
 //! (and through `nft -f` when they carry chains), leave exactly the table's elements in
-//! `inet switchyard`. Runs in a network namespace of its own (needs root, `nft`, and
+//! `inet switchyard`, and the netlink read-back (`kernel::dump`) finds exactly what
+//! `nft -j list table` shows. Runs in a network namespace of its own (needs root, `nft`, and
 //! `conntrack` for the UDP cleanup), installing nftables and conntrack from Debian packages
 //! first when they are missing, through the lab's `e2e/host-packages.sh`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -9,10 +10,12 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::path::Path;
 
-use switchyard_agent::kernel::netlink;
 use switchyard_agent::kernel::services as ksvc;
+use switchyard_agent::kernel::{dump, netlink};
 use switchyard_agent::service_table::ServiceTable;
-use switchyard_agent::services::{Backend, Key, Proto, RouteAccess, RouteDesired, Service};
+use switchyard_agent::services::{
+    Backend, Elements, Key, Proto, RouteAccess, RouteDesired, Service,
+};
 
 fn key(i: u8, six: bool, proto: Proto) -> Key {
     Key {
@@ -89,6 +92,31 @@ fn preflight(test: &str) -> bool {
     true
 }
 
+/// The kernel holds `want`: read back over netlink, and the same through `nft -j`.
+async fn assert_holds(nl: &mut netlink::Socket, want: &Elements, when: &str) {
+    let back = dump::read(nl).unwrap();
+    assert_eq!(&back, want, "netlink read-back {when}");
+    assert_eq!(
+        ksvc::read_with_nft().await.unwrap(),
+        back,
+        "nft -j against netlink {when}"
+    );
+}
+
+async fn affinity_listing() -> String {
+    let out = tokio::process::Command::new("nft")
+        .args(["list", "map", "inet", "switchyard", "affinity_v4"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 #[test]
 fn incremental_changes_leave_exactly_the_tables_elements() {
     if !preflight("incremental_changes_leave_exactly_the_tables_elements") {
@@ -102,15 +130,17 @@ fn incremental_changes_leave_exactly_the_tables_elements() {
             .build()
             .unwrap();
         rt.block_on(async {
+            // No table yet: nothing read back.
+            let mut nl = netlink::Socket::open().unwrap();
+            assert_eq!(dump::read(&mut nl).unwrap(), Elements::default());
             let mut table = ServiceTable::new("here");
             for i in 0..6 {
                 table.set_route(&format!("ns/r{i}"), Some(route(i, 3, None, i % 2 == 0)));
             }
             table.settle();
             // From an empty table: skeleton and chains by nft, elements over netlink.
-            let mut nl = netlink::Socket::open().unwrap();
             ksvc::apply(&mut nl, None, &table.elements()).await.unwrap();
-            assert_eq!(ksvc::read().await.unwrap(), table.elements());
+            assert_holds(&mut nl, &table.elements(), "after the first programming").await;
             // Element-only changes (netlink): fewer backends, affinity, access, no backends,
             // a route gone, back again.
             let steps: Vec<(u8, Option<RouteDesired>)> = vec![
@@ -126,22 +156,47 @@ fn incremental_changes_leave_exactly_the_tables_elements() {
                 (0, Some(route(0, 2, None, true))),
                 (4, Some(route(4, 1, None, true))),
             ];
+            let mut remembered = false;
             for (i, want) in steps {
                 table.set_route(&format!("ns/r{i}"), want);
                 let change = table.take_change();
                 ksvc::apply_change(&mut nl, &change).await.unwrap();
-                assert_eq!(
-                    ksvc::read().await.unwrap(),
-                    table.elements(),
-                    "after changing route {i}"
-                );
+                assert_holds(
+                    &mut nl,
+                    &table.elements(),
+                    &format!("after changing route {i}"),
+                )
+                .await;
+                if !remembered
+                    && table
+                        .elements()
+                        .affinity
+                        .contains_key(&key(0, false, Proto::Tcp))
+                {
+                    remembered = true;
+                    // Clients remembered by the kernel: one of route 0, one of another key.
+                    let add = "add element inet switchyard affinity_v4 { \
+                               198.18.250.1 . 198.19.0.0 . tcp . 80 timeout 1h : 1, \
+                               198.18.250.2 . 198.19.0.77 . tcp . 80 timeout 1h : 0 }";
+                    let st = tokio::process::Command::new("nft")
+                        .arg(add)
+                        .status()
+                        .await
+                        .unwrap();
+                    assert!(st.success());
+                }
             }
+            // Route 0 went from 3 to 2 backends with affinity: its remembered client was
+            // forgotten (over netlink), the other key's kept.
+            let left = affinity_listing().await;
+            assert!(!left.contains("198.18.250.1"), "{left}");
+            assert!(left.contains("198.18.250.2"), "{left}");
             // Dropping chains nothing uses goes through nft.
             table.release_unused_chains();
             ksvc::apply_change(&mut nl, &table.take_change())
                 .await
                 .unwrap();
-            assert_eq!(ksvc::read().await.unwrap(), table.elements());
+            assert_holds(&mut nl, &table.elements(), "after dropping chains").await;
             // A change the kernel refuses (deleting an element that is not there) applies
             // nothing and names the problem.
             let mut bad = table.clone();
@@ -152,13 +207,13 @@ fn incremental_changes_leave_exactly_the_tables_elements() {
                 .await
                 .unwrap_err();
             assert!(err.to_string().contains("netlink"), "{err}");
-            assert_eq!(ksvc::read().await.unwrap(), table.elements());
+            assert_holds(&mut nl, &table.elements(), "after a refused change").await;
             // The socket stays usable after a refused transaction.
             table.set_route("ns/r1", Some(route(1, 1, None, false)));
             ksvc::apply_change(&mut nl, &table.take_change())
                 .await
                 .unwrap();
-            assert_eq!(ksvc::read().await.unwrap(), table.elements());
+            assert_holds(&mut nl, &table.elements(), "at the end").await;
         });
     })
     .join()

@@ -3,6 +3,7 @@
 //! should be, and changes only the difference.
 
 pub mod cmd;
+pub mod dump;
 pub mod links;
 pub mod netlink;
 pub mod nft;

@@ -28,29 +28,29 @@ use super::nft::TABLE;
 use crate::error::{Error, Result};
 use crate::services::{Diff, Key, Proto};
 
-const NLMSG_ERROR: u16 = 2;
-const NLM_F_REQUEST: u16 = 0x1;
+pub(super) const NLMSG_ERROR: u16 = 2;
+pub(super) const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_CREATE: u16 = 0x400;
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
+pub(super) const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
-const NFT_MSG_NEWSETELEM: u16 = 12;
+pub(super) const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
-const NFPROTO_INET: u8 = 1;
-const NLA_F_NESTED: u16 = 0x8000;
-const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
-const NFTA_SET_ELEM_LIST_SET: u16 = 2;
-const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
-const NFTA_LIST_ELEM: u16 = 1;
-const NFTA_SET_ELEM_KEY: u16 = 1;
-const NFTA_SET_ELEM_DATA: u16 = 2;
-const NFTA_DATA_VALUE: u16 = 1;
-const NFTA_DATA_VERDICT: u16 = 2;
-const NFTA_VERDICT_CODE: u16 = 1;
-const NFTA_VERDICT_CHAIN: u16 = 2;
-const NFT_JUMP: i32 = -3;
-const NFT_GOTO: i32 = -4;
+pub(super) const NFPROTO_INET: u8 = 1;
+pub(super) const NLA_F_NESTED: u16 = 0x8000;
+pub(super) const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+pub(super) const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+pub(super) const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+pub(super) const NFTA_LIST_ELEM: u16 = 1;
+pub(super) const NFTA_SET_ELEM_KEY: u16 = 1;
+pub(super) const NFTA_SET_ELEM_DATA: u16 = 2;
+pub(super) const NFTA_DATA_VALUE: u16 = 1;
+pub(super) const NFTA_DATA_VERDICT: u16 = 2;
+pub(super) const NFTA_VERDICT_CODE: u16 = 1;
+pub(super) const NFTA_VERDICT_CHAIN: u16 = 2;
+pub(super) const NFT_JUMP: i32 = -3;
+pub(super) const NFT_GOTO: i32 = -4;
 /// Elements per message (keeps every nested attribute far below its 64 KiB limit).
 const PER_MESSAGE: usize = 200;
 
@@ -125,7 +125,7 @@ fn fam(ip: &IpAddr) -> &'static str {
     if ip.is_ipv4() { "v4" } else { "v6" }
 }
 
-fn ip_bytes(ip: &IpAddr, out: &mut Vec<u8>) {
+pub(super) fn ip_bytes(ip: &IpAddr, out: &mut Vec<u8>) {
     match ip {
         IpAddr::V4(a) => out.extend_from_slice(&a.octets()),
         IpAddr::V6(a) => out.extend_from_slice(&a.octets()),
@@ -145,12 +145,12 @@ fn port_bytes(port: u16, out: &mut Vec<u8>) {
     out.extend_from_slice(&[0, 0]);
 }
 
-fn mark_bytes(m: u32, out: &mut Vec<u8>) {
+pub(super) fn mark_bytes(m: u32, out: &mut Vec<u8>) {
     out.extend_from_slice(&m.to_ne_bytes());
 }
 
 /// `daddr . l4proto . dport`.
-fn key_bytes(k: &Key) -> Vec<u8> {
+pub(super) fn key_bytes(k: &Key) -> Vec<u8> {
     let mut v = Vec::with_capacity(24);
     ip_bytes(&k.vip, &mut v);
     v.extend_from_slice(&[proto_number(k.proto), 0, 0, 0]);
@@ -259,7 +259,7 @@ pub fn batch(d: &Diff) -> Batch {
 }
 
 /// Appends attribute `ty` with `payload`, padded to 4 bytes.
-fn attr(out: &mut Vec<u8>, ty: u16, payload: &[u8]) {
+pub(super) fn attr(out: &mut Vec<u8>, ty: u16, payload: &[u8]) {
     let len = 4 + payload.len();
     out.extend_from_slice(&u16::try_from(len).unwrap_or(u16::MAX).to_ne_bytes());
     out.extend_from_slice(&ty.to_ne_bytes());
@@ -268,7 +268,7 @@ fn attr(out: &mut Vec<u8>, ty: u16, payload: &[u8]) {
 }
 
 /// Appends a nested attribute `ty` whose payload `f` writes.
-fn nested(out: &mut Vec<u8>, ty: u16, f: impl FnOnce(&mut Vec<u8>)) {
+pub(super) fn nested(out: &mut Vec<u8>, ty: u16, f: impl FnOnce(&mut Vec<u8>)) {
     let start = out.len();
     out.extend_from_slice(&[0, 0]);
     out.extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
@@ -277,14 +277,14 @@ fn nested(out: &mut Vec<u8>, ty: u16, f: impl FnOnce(&mut Vec<u8>)) {
     out[start..start + 2].copy_from_slice(&len.to_ne_bytes());
 }
 
-fn cstr(s: &str) -> Vec<u8> {
+pub(super) fn cstr(s: &str) -> Vec<u8> {
     let mut v = s.as_bytes().to_vec();
     v.push(0);
     v
 }
 
 /// Appends a netlink message: header, `nfgenmsg`, then what `body` writes.
-fn message(
+pub(super) fn message(
     out: &mut Vec<u8>,
     ty: u16,
     flags: u16,
@@ -305,6 +305,34 @@ fn message(
     body(out);
     let len = u32::try_from(out.len() - start).unwrap_or(u32::MAX);
     out[start..start + 4].copy_from_slice(&len.to_ne_bytes());
+}
+
+/// Appends `e` as an `NFTA_LIST_ELEM`: its key and, `with_data`, its data (the kernel lists
+/// elements in the same form).
+pub(super) fn element(m: &mut Vec<u8>, e: &Element, with_data: bool) {
+    nested(m, NFTA_LIST_ELEM, |m| {
+        nested(m, NFTA_SET_ELEM_KEY, |m| attr(m, NFTA_DATA_VALUE, &e.key));
+        if !with_data {
+            return;
+        }
+        match &e.data {
+            Data::None => {}
+            Data::Value(v) => nested(m, NFTA_SET_ELEM_DATA, |m| attr(m, NFTA_DATA_VALUE, v)),
+            Data::Goto(c) | Data::Jump(c) => {
+                let code = if matches!(e.data, Data::Goto(_)) {
+                    NFT_GOTO
+                } else {
+                    NFT_JUMP
+                };
+                nested(m, NFTA_SET_ELEM_DATA, |m| {
+                    nested(m, NFTA_DATA_VERDICT, |m| {
+                        attr(m, NFTA_VERDICT_CODE, &code.to_be_bytes());
+                        attr(m, NFTA_VERDICT_CHAIN, &cstr(c));
+                    })
+                })
+            }
+        }
+    });
 }
 
 /// The batch as nfnetlink messages; returns the bytes and the sequence numbers that must be
@@ -346,30 +374,7 @@ pub fn encode(b: &Batch, first_seq: u32) -> (Vec<u8>, Vec<u32>) {
                 attr(m, NFTA_SET_ELEM_LIST_SET, &cstr(set));
                 nested(m, NFTA_SET_ELEM_LIST_ELEMENTS, |m| {
                     for e in &elements[i..j] {
-                        nested(m, NFTA_LIST_ELEM, |m| {
-                            nested(m, NFTA_SET_ELEM_KEY, |m| attr(m, NFTA_DATA_VALUE, &e.key));
-                            if verb == NFT_MSG_NEWSETELEM {
-                                match &e.data {
-                                    Data::None => {}
-                                    Data::Value(v) => nested(m, NFTA_SET_ELEM_DATA, |m| {
-                                        attr(m, NFTA_DATA_VALUE, v)
-                                    }),
-                                    Data::Goto(c) | Data::Jump(c) => {
-                                        let code = if matches!(e.data, Data::Goto(_)) {
-                                            NFT_GOTO
-                                        } else {
-                                            NFT_JUMP
-                                        };
-                                        nested(m, NFTA_SET_ELEM_DATA, |m| {
-                                            nested(m, NFTA_DATA_VERDICT, |m| {
-                                                attr(m, NFTA_VERDICT_CODE, &code.to_be_bytes());
-                                                attr(m, NFTA_VERDICT_CHAIN, &cstr(c));
-                                            })
-                                        })
-                                    }
-                                }
-                            }
-                        });
+                        element(m, e, verb == NFT_MSG_NEWSETELEM);
                     }
                 });
             });
@@ -389,7 +394,7 @@ pub fn encode(b: &Batch, first_seq: u32) -> (Vec<u8>, Vec<u32>) {
     (out, acks)
 }
 
-fn nl_err(op: &'static str, e: nix::Error) -> Error {
+pub(super) fn nl_err(op: &'static str, e: nix::Error) -> Error {
     Error::Netlink {
         op,
         message: e.desc().to_string(),
@@ -421,6 +426,43 @@ impl Socket {
         Ok(Self { fd, seq: 0 })
     }
 
+    /// A fresh sequence number (they only grow, so replies to earlier exchanges can be told
+    /// apart).
+    pub(super) fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
+    }
+
+    /// Sends `bytes` (whole messages) in one datagram.
+    pub(super) fn send_all(&self, bytes: &[u8]) -> Result<()> {
+        let sent =
+            send(self.fd.as_raw_fd(), bytes, MsgFlags::empty()).map_err(|e| nl_err("send", e))?;
+        if sent != bytes.len() {
+            return Err(Error::Netlink {
+                op: "send",
+                message: format!("sent {sent} of {} bytes", bytes.len()),
+            });
+        }
+        Ok(())
+    }
+
+    /// Receives one datagram into `buf`; returns its length. A datagram longer than `buf` is an
+    /// error (the kernel sends dump parts of at most 32 KiB).
+    pub(super) fn recv_into(&self, buf: &mut [u8]) -> Result<usize> {
+        let n =
+            recv(self.fd.as_raw_fd(), buf, MsgFlags::MSG_TRUNC).map_err(|e| nl_err("recv", e))?;
+        if n > buf.len() {
+            return Err(Error::Netlink {
+                op: "recv",
+                message: format!(
+                    "a {n}-byte datagram does not fit the {}-byte buffer",
+                    buf.len()
+                ),
+            });
+        }
+        Ok(n)
+    }
+
     /// Sends `b` as one transaction and waits for the kernel to acknowledge every message. On
     /// any error the kernel has applied nothing. Replies to earlier exchanges (sequence
     /// numbers only grow) are skipped.
@@ -432,14 +474,7 @@ impl Socket {
         self.seq = self
             .seq
             .wrapping_add(u32::try_from(acks.len() + 2).unwrap_or(u32::MAX));
-        let sent =
-            send(self.fd.as_raw_fd(), &bytes, MsgFlags::empty()).map_err(|e| nl_err("send", e))?;
-        if sent != bytes.len() {
-            return Err(Error::Netlink {
-                op: "send",
-                message: format!("sent {sent} of {} bytes", bytes.len()),
-            });
-        }
+        self.send_all(&bytes)?;
         let mut pending: std::collections::BTreeSet<u32> = acks.into_iter().collect();
         let mut first_error: Option<(u32, i32)> = None;
         let mut buf = vec![0u8; 64 * 1024];

@@ -38,6 +38,7 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 use super::cmd::run;
+use super::dump;
 use super::netlink;
 use super::nft::TABLE;
 use crate::error::{Error, Result};
@@ -545,8 +546,10 @@ pub fn parse_table(json: &str) -> Result<Elements> {
     Ok(e)
 }
 
-/// Reads what the kernel holds.
-pub async fn read() -> Result<Elements> {
+/// Reads what the kernel holds through `nft -j list table` (parsed by [`parse_table`]). The
+/// agent reads over netlink ([`dump::read`]); this independent reader is what the tests and
+/// the benchmark check the netlink read-back against, and the benchmark's baseline.
+pub async fn read_with_nft() -> Result<Elements> {
     match run("nft", &["-j", "list", "table", "inet", TABLE], None).await {
         Ok(out) => parse_table(&out),
         // No table yet: nothing programmed.
@@ -581,7 +584,7 @@ pub async fn apply(
 ) -> Result<Applied> {
     let (have, fresh) = match current {
         Some(c) => (c.clone(), false),
-        None => (read().await?, true),
+        None => (dump::read(nl)?, true),
     };
     let d = diff(&have, target);
     let mut out = Applied::default();
@@ -610,7 +613,7 @@ pub async fn apply(
         }
     }
     for key in affinity_resets(&have, target) {
-        forget_affinity(&key).await;
+        forget_affinity(nl, &key);
     }
     for (key, backend) in stale_udp(&have, target) {
         flush_udp(&key, &backend).await?;
@@ -640,7 +643,7 @@ pub async fn apply_change(nl: &mut netlink::Socket, change: &Change) -> Result<A
         out.transaction = true;
     }
     for key in &change.affinity_resets {
-        forget_affinity(key).await;
+        forget_affinity(nl, key);
     }
     for (key, backend) in &change.stale_udp {
         flush_udp(key, backend).await?;
@@ -649,48 +652,41 @@ pub async fn apply_change(nl: &mut netlink::Socket, change: &Change) -> Result<A
     Ok(out)
 }
 
-/// Drops remembered affinity of `key` (its backend indices changed). Best effort: entries
-/// expire on their own and a vanished entry only costs a fresh random pick.
-async fn forget_affinity(key: &Key) {
+/// Drops remembered affinity of `key` (its backend indices changed): the entries of
+/// `affinity_v4` whose `vip . proto . port` is `key`, found by a netlink dump and deleted in one
+/// transaction. Best effort: entries expire on their own and a vanished entry only costs a
+/// fresh random pick.
+fn forget_affinity(nl: &mut netlink::Socket, key: &Key) {
     if !key.vip.is_ipv4() {
         return;
     }
-    let Ok(out) = run(
-        "nft",
-        &["-j", "list", "map", "inet", TABLE, "affinity_v4"],
-        None,
-    )
-    .await
-    else {
-        return;
-    };
-    let Ok(v) = serde_json::from_str::<Value>(&out) else {
-        return;
-    };
-    let mut victims = Vec::new();
-    for o in v
-        .get("nftables")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        for el in o
-            .get("map")
-            .and_then(|m| m.get("elem"))
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let k = el.as_array().and_then(|p| p.first()).unwrap_or(el);
-            let p = parts(k);
-            if p.len() == 4 && parse_key(&p[1..]) == Some(*key) {
-                victims.push(format!("{} . {}", p[0], key_str(key)));
-            }
+    let victims = match dump::affinity_entries(nl, key) {
+        Ok(v) => v,
+        Err(e) => {
+            warn!(error = %e, "could not read the affinity entries to forget");
+            return;
         }
+    };
+    let el = |key: Vec<u8>| netlink::Element {
+        set: dump::AFFINITY.to_string(),
+        key,
+        data: netlink::Data::None,
+    };
+    let all = netlink::Batch {
+        delete: victims.iter().cloned().map(el).collect(),
+        add: Vec::new(),
+    };
+    if nl.apply(&all).is_ok() {
+        return;
     }
+    // An entry expired between the dump and the deletion: the transaction failed as a whole,
+    // so delete the others one by one.
     for v in victims {
-        let cmd = format!("delete element inet {TABLE} affinity_v4 {{ {v} }}\n");
-        if let Err(e) = run("nft", &["-f", "-"], Some(&cmd)).await {
+        let one = netlink::Batch {
+            delete: vec![el(v)],
+            add: Vec::new(),
+        };
+        if let Err(e) = nl.apply(&one) {
             warn!(error = %e, "could not forget an affinity entry");
         }
     }
