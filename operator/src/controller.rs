@@ -288,7 +288,10 @@ pub async fn run_controllers(
     let (sr_tx, sr_rx) = mpsc::channel(1);
     let (wake_tx, wake_rx) = mpsc::unbounded_channel();
     let wakeups = Arc::new(Wakeups::new(wake_tx, metrics.clone()));
-    let (caches, drive) = watch_caches(&client, &pn_tx, &sr_tx, &wakeups);
+    let sr_controller = Controller::new(Api::<ServiceRoute>::all(client.clone()), all())
+        .with_config(ControllerConfig::default());
+    let routes = sr_controller.store();
+    let (caches, drive) = watch_caches(&client, &pn_tx, &sr_tx, &wakeups, &routes);
     let drivers = tokio::spawn(drive);
     caches.synced().await;
     info!("caches synced; reconciling");
@@ -301,9 +304,6 @@ pub async fn run_controllers(
     // is held and merged anyway.
     let pn_controller = Controller::new(Api::<PodNetwork>::all(client.clone()), all())
         .with_config(ControllerConfig::default().debounce(Duration::from_millis(100)));
-    let sr_controller = Controller::new(Api::<ServiceRoute>::all(client.clone()), all())
-        .with_config(ControllerConfig::default());
-    let routes = sr_controller.store();
     let ctx = Arc::new(Context::new(
         client.clone(),
         caches.into_stores(routes.clone()),
@@ -314,7 +314,7 @@ pub async fn run_controllers(
     health.ready.store(true, Ordering::Relaxed);
 
     let pn = run_networks(pn_controller, pn_rx, ctx.clone());
-    let sr = run_routes(sr_controller, client, routes, sr_rx, wake_rx, ctx);
+    let sr = run_routes(sr_controller, sr_rx, wake_rx, ctx);
     tokio::join!(pn, sr);
     drivers.abort();
 }
@@ -380,6 +380,7 @@ fn watch_caches(
     pn_tx: &mpsc::Sender<()>,
     sr_tx: &mpsc::Sender<()>,
     wakeups: &Arc<Wakeups>,
+    routes: &Store<ServiceRoute>,
 ) -> (Caches, impl Future<Output = ()> + Send + 'static) {
     let (nodes, d1) = cached(
         Api::<Node>::all(client.clone()),
@@ -402,7 +403,7 @@ fn watch_caches(
         pn_tx.clone(),
         OnNew::Trigger,
     );
-    let (route_inputs, route_drivers) = watch_route_inputs(client, sr_tx, wakeups);
+    let (route_inputs, route_drivers) = watch_route_inputs(client, sr_tx, wakeups, routes);
     let caches = Caches {
         nodes,
         namespaces,
@@ -447,6 +448,7 @@ fn watch_route_inputs(
     client: &Client,
     sr_tx: &mpsc::Sender<()>,
     wakeups: &Arc<Wakeups>,
+    routes: &Store<ServiceRoute>,
 ) -> (RouteInputs, impl Future<Output = ()> + Send + 'static) {
     let indexes = Indexes::default();
     let (networks, d4) = cached(
@@ -513,13 +515,23 @@ fn watch_route_inputs(
             }
         },
     );
+    // A pod wakes the routes it may concern once this cache holds it (a watch of its own
+    // could wake them before the cache has the change, and the pass would read the old pod).
+    let pod_index = indexes.pods.clone();
+    let pod_wake = wakeups.clone();
+    let route_store = routes.clone();
     let (pods, d7) = cached_observed(
         Api::<Pod>::all(client.clone()),
         all(),
         no_trigger,
         mpsc::channel(1).0,
         OnNew::Trigger,
-        feeding(&indexes.pods),
+        move |e| {
+            pod_index.observe(e);
+            if let Event::Apply(p) | Event::Delete(p) = e {
+                pod_wake.send(routes_for_pod(&route_store, p));
+            }
+        },
     );
     let slice_wc = all().labels(&format!(
         "endpointslice.kubernetes.io/managed-by={}",
@@ -616,13 +628,11 @@ fn run_networks(
         .for_each(|_| async {})
 }
 
-/// The ServiceRoute controller: reconciles one route on its own changes and on changes of
-/// pods it may concern ([`routes_for_pod`], from `routes`), on agent reports that concern it
-/// (`wake`), and every route on each trigger of `rx`.
+/// The ServiceRoute controller: reconciles one route on its own changes, on what `wake`
+/// names (agent reports that concern it, pods it may concern ([`routes_for_pod`]), Services
+/// and claims), and every route on each trigger of `rx`.
 fn run_routes(
     controller: Controller<ServiceRoute>,
-    client: Client,
-    routes: Store<ServiceRoute>,
     rx: mpsc::Receiver<()>,
     wake: mpsc::UnboundedReceiver<ObjectRef<ServiceRoute>>,
     ctx: Arc<Context>,
@@ -632,9 +642,6 @@ fn run_routes(
         |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
     );
     controller
-        .watches(Api::<Pod>::all(client), all(), move |pod| {
-            routes_for_pod(&routes, &pod)
-        })
         .reconcile_all_on(triggers(rx))
         .reconcile_on(woken)
         .run(
