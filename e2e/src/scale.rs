@@ -148,14 +148,23 @@ impl Phase {
     }
 }
 
-/// The result of one run.
+/// One step of a run: the objects created up to `size`, each side's phase.
 #[derive(Clone, Debug)]
-pub struct Scale {
+pub struct Step {
+    /// Routes (and Services) in the lab at the end of the step.
+    pub size: usize,
     /// Core Services, their slices written by kube-controller-manager.
     pub services: Phase,
     /// ServiceRoutes, Programmed on every node.
     pub routes: Phase,
-    /// Memory per role before either phase.
+}
+
+/// The result of one run.
+#[derive(Clone, Debug)]
+pub struct Scale {
+    /// The steps, by size.
+    pub steps: Vec<Step>,
+    /// Memory per role before the first step.
     pub idle_rss: BTreeMap<String, Vec<u64>>,
 }
 
@@ -166,17 +175,25 @@ fn mib(kib: &[u64]) -> String {
         .join(" / ")
 }
 
-impl Scale {
-    /// The report, as a Markdown table and lines.
+const ROLES: [&str; 5] = [
+    "kube-apiserver",
+    "etcd",
+    "kube-controller-manager",
+    "switchyard-operator",
+    "switchyard-agent",
+];
+
+impl Step {
+    /// The step's report, as a Markdown table.
     pub fn report(&self) -> String {
         let (s, r) = (&self.services, &self.routes);
-        let mut out = String::new();
-        out.push_str(
-            "| | core Services + kube-controller-manager | ServiceRoutes + Switchyard | ratio |\n",
+        let mut out = format!(
+            "{} to {} objects each:\n\n| | core Services + kube-controller-manager | ServiceRoutes + Switchyard | ratio |\n| --- | --- | --- | --- |\n",
+            self.size - r.count,
+            self.size
         );
-        out.push_str("| --- | --- | --- | --- |\n");
         out.push_str(&format!(
-            "| objects | {} | {} | |\n| all created after | {:.1} s | {:.1} s | {:.2} |\n",
+            "| objects created | {} | {} | |\n| all created after | {:.1} s | {:.1} s | {:.2} |\n",
             s.count,
             r.count,
             s.created.as_secs_f64(),
@@ -195,13 +212,7 @@ impl Scale {
             r.rate(),
             r.rate() / s.rate().max(1e-9)
         ));
-        for role in [
-            "kube-apiserver",
-            "etcd",
-            "kube-controller-manager",
-            "switchyard-operator",
-            "switchyard-agent",
-        ] {
+        for role in ROLES {
             let (a, b) = (s.cpu_of(role), r.cpu_of(role));
             let ratio = if a > 0.05 {
                 format!("{:.2}", b / a)
@@ -214,17 +225,86 @@ impl Scale {
                 b * 1000.0 / r.count.max(1) as f64,
             ));
         }
+        out
+    }
+}
+
+impl Scale {
+    /// Every step's table, then memory per role at each size.
+    pub fn report(&self) -> String {
+        let mut out = String::new();
+        for step in &self.steps {
+            out.push_str(&step.report());
+            out.push('\n');
+        }
+        out.push_str("| RSS, MiB | idle |");
+        for step in &self.steps {
+            out.push_str(&format!(" {} routes + {} Services |", step.size, step.size));
+        }
+        out.push_str("\n| --- | --- |");
+        for _ in &self.steps {
+            out.push_str(" --- |");
+        }
         out.push('\n');
-        for role in ["switchyard-operator", "switchyard-agent", "kube-apiserver"] {
+        for role in [
+            "switchyard-operator",
+            "switchyard-agent",
+            "kube-apiserver",
+            "etcd",
+        ] {
             let idle = self.idle_rss.get(role).map(|v| mib(v)).unwrap_or_default();
-            let end = r.rss.get(role).map(|v| mib(v)).unwrap_or_default();
-            out.push_str(&format!(
-                "{role} RSS: {idle} MiB idle, {end} MiB with {} routes (and {} Services)\n",
-                r.count, s.count
-            ));
+            out.push_str(&format!("| {role} | {idle} |"));
+            for step in &self.steps {
+                let v = step
+                    .routes
+                    .rss
+                    .get(role)
+                    .map(|v| mib(v))
+                    .unwrap_or_default();
+                out.push_str(&format!(" {v} |"));
+            }
+            out.push('\n');
         }
         out
     }
+
+    /// The memory of the operator and of each agent at each size, as an SVG bar chart.
+    pub fn memory_svg(&self) -> std::io::Result<String> {
+        let agents = self
+            .steps
+            .iter()
+            .map(|s| s.routes.rss.get("switchyard-agent").map_or(0, Vec::len))
+            .max()
+            .unwrap_or(0);
+        let mut names: Vec<String> = vec!["operator".into()];
+        names.extend((1..=agents).map(|i| format!("agent, node {i}")));
+        let series: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut groups = vec![("idle".to_string(), memory_values(&self.idle_rss, agents))];
+        for s in &self.steps {
+            groups.push((
+                format!("{} routes", s.size),
+                memory_values(&s.routes.rss, agents),
+            ));
+        }
+        crate::compare::svg::render(&crate::compare::svg::Chart {
+            title: "Memory (RSS) with N ServiceRoutes and N core Services",
+            unit: "MiB",
+            series: &series,
+            groups,
+        })
+    }
+}
+
+fn memory_values(rss: &BTreeMap<String, Vec<u64>>, agents: usize) -> Vec<Option<f64>> {
+    let to_mib = |k: &u64| *k as f64 / 1024.0;
+    let mut v = vec![
+        rss.get("switchyard-operator")
+            .and_then(|o| o.first())
+            .map(to_mib),
+    ];
+    let a = rss.get("switchyard-agent");
+    v.extend((0..agents).map(|i| a.and_then(|a| a.get(i)).map(to_mib)));
+    v
 }
 
 /// The network, the namespace and the ServiceCIDR, and `backends` Ready pods over `nodes`.
@@ -358,12 +438,16 @@ fn pod_ready(p: &Pod) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// Creates `count` objects named `<prefix><i>`, `CONCURRENCY` calls at a time.
-async fn create_all<K>(api: &Api<K>, count: usize, make: impl Fn(usize) -> Result<K>) -> Result<()>
+/// Creates the objects `make` gives for `range`, `CONCURRENCY` calls at a time.
+async fn create_all<K>(
+    api: &Api<K>,
+    range: std::ops::Range<usize>,
+    make: impl Fn(usize) -> Result<K>,
+) -> Result<()>
 where
     K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    let objects: Vec<K> = (0..count).map(&make).collect::<Result<_>>()?;
+    let objects: Vec<K> = range.map(&make).collect::<Result<_>>()?;
     let results: Vec<Result<()>> = futures::stream::iter(objects)
         .map(|o| {
             let api = api.clone();
@@ -484,13 +568,13 @@ where
     })
 }
 
-/// Runs the bench on lab `run`: `count` core Services first (the baseline, on a quiet lab),
-/// then `count` ServiceRoutes; each phase bounded by `deadline`.
+/// Runs the bench on lab `run`, in steps up to each of `sizes`: at each step core Services
+/// first (the baseline), then as many ServiceRoutes; each phase bounded by `deadline`.
 pub async fn scale(
     client: &Client,
     run: &str,
     nodes: &[String],
-    count: usize,
+    sizes: &[usize],
     backends: usize,
     deadline: Duration,
 ) -> Result<Scale> {
@@ -498,18 +582,47 @@ pub async fn scale(
     // Let the lab settle after the pods.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let idle_rss = usage(run).rss;
+    let mut steps = Vec::new();
+    let mut from = 0;
+    for &size in sizes.iter().filter(|s| **s > 0) {
+        if size <= from {
+            continue;
+        }
+        let services = services_phase(client, run, from..size, deadline).await?;
+        let routes = routes_phase(client, run, from..size, deadline).await?;
+        println!(
+            "switchyard-lab: {size}: Services {:.0}/s, routes {:.0}/s",
+            services.rate(),
+            routes.rate()
+        );
+        steps.push(Step {
+            size,
+            services,
+            routes,
+        });
+        from = size;
+    }
+    Ok(Scale { steps, idle_rss })
+}
 
+async fn services_phase(
+    client: &Client,
+    run: &str,
+    range: std::ops::Range<usize>,
+    deadline: Duration,
+) -> Result<Phase> {
     let services: Api<Service> = Api::namespaced(client.clone(), NS);
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), NS);
-    let svc_wait = converge(
+    let wait = converge(
         slices,
         watcher::Config::default().labels("kubernetes.io/service-name"),
-        count,
+        range.end,
         deadline,
         "Services with a filled EndpointSlice",
         slice_filled,
     );
-    let svc_create = create_all(&services, count, |i| {
+    let count = range.len();
+    let create = create_all(&services, range, |i| {
         from_json(
             "bench Service",
             json!({"metadata": {"name": format!("s{i}"), "labels": {
@@ -518,18 +631,26 @@ pub async fn scale(
                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
         )
     });
-    let svc = phase(run, "Services", count, svc_create, svc_wait).await?;
+    phase(run, "Services", count, create, wait).await
+}
 
+async fn routes_phase(
+    client: &Client,
+    run: &str,
+    range: std::ops::Range<usize>,
+    deadline: Duration,
+) -> Result<Phase> {
     let routes: Api<ServiceRoute> = Api::namespaced(client.clone(), NS);
-    let route_wait = converge(
+    let wait = converge(
         routes.clone(),
         watcher::Config::default(),
-        count,
+        range.end,
         deadline,
         "ServiceRoutes Programmed",
         route_programmed,
     );
-    let route_create = create_all(&routes, count, |i| {
+    let count = range.len();
+    let create = create_all(&routes, range, |i| {
         from_json(
             "bench ServiceRoute",
             json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "ServiceRoute",
@@ -538,12 +659,7 @@ pub async fn scale(
                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
         )
     });
-    let rt = phase(run, "ServiceRoutes", count, route_create, route_wait).await?;
-    Ok(Scale {
-        services: svc,
-        routes: rt,
-        idle_rss,
-    })
+    phase(run, "ServiceRoutes", count, create, wait).await
 }
 
 #[cfg(test)]
@@ -565,19 +681,40 @@ mod tests {
             created: Duration::from_secs(secs / 2),
             converged: Duration::from_secs(secs),
             cpu: [("kube-apiserver".to_string(), api)].into(),
-            rss: [("switchyard-operator".to_string(), vec![102_400])].into(),
+            rss: [
+                ("switchyard-operator".to_string(), vec![102_400]),
+                ("switchyard-agent".to_string(), vec![65_536, 66_560]),
+            ]
+            .into(),
         };
         let s = Scale {
-            services: p(10, 20.0),
-            routes: p(20, 30.0),
+            steps: vec![Step {
+                size: 1000,
+                services: p(10, 20.0),
+                routes: p(20, 30.0),
+            }],
             idle_rss: [("switchyard-operator".to_string(), vec![51_200])].into(),
         };
         let text = s.report();
         assert!(text.contains("| objects/s | 100 | 50 | 0.50 |"), "{text}");
-        assert!(text.contains("| kube-apiserver CPU | 20.0 s (20.00 ms/object) | 30.0 s (30.00 ms/object) | 1.50 |"), "{text}");
         assert!(
-            text.contains("switchyard-operator RSS: 50.0 MiB idle, 100.0 MiB with 1000 routes"),
+            text.contains(
+                "| kube-apiserver CPU | 20.0 s (20.00 ms/object) | 30.0 s (30.00 ms/object) | 1.50 |"
+            ),
             "{text}"
+        );
+        assert!(
+            text.contains("| switchyard-operator | 50.0 | 100.0 |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| switchyard-agent |  | 64.0 / 65.0 |"),
+            "{text}"
+        );
+        let svg = s.memory_svg().unwrap_or_default();
+        assert!(
+            svg.contains("agent, node 2") && svg.contains("1000 routes"),
+            "{svg}"
         );
     }
 }

@@ -131,11 +131,14 @@ struct BenchArgs {
     /// percentiles measure service time, not queueing).
     #[arg(long, default_value_t = 20_000)]
     dns_rate: u32,
-    /// Instead: this many core Services (their slices written by kube-controller-manager),
-    /// then as many ServiceRoutes until all are Programmed: throughput, CPU per process,
-    /// memory (docs/benchmarks.md, "Operator at scale").
+    /// Instead: in steps up to each size, core Services (their slices written by
+    /// kube-controller-manager), then as many ServiceRoutes until all are Programmed:
+    /// throughput, CPU per process, memory (docs/benchmarks.md, "Operator at scale").
+    #[arg(long, value_delimiter = ',')]
+    scale: Option<Vec<usize>>,
+    /// With --scale: write the memory chart (SVG) here.
     #[arg(long)]
-    scale: Option<usize>,
+    scale_plot: Option<PathBuf>,
     /// With --scale: backend pods every Service and route selects.
     #[arg(long, default_value_t = 10)]
     scale_backends: usize,
@@ -650,9 +653,9 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         return bench_dns(args, &s, &client).await;
     }
     let nodes: Vec<String> = s.nodes.keys().cloned().collect();
-    if let Some(count) = args.scale {
+    if let Some(sizes) = &args.scale {
         println!(
-            "switchyard-lab: {count} Services, then {count} ServiceRoutes, over {} backends in {}",
+            "switchyard-lab: core Services, then ServiceRoutes, up to {sizes:?} of each, over {} backends in {}",
             args.scale_backends,
             switchyard_e2e::scale::NS
         );
@@ -660,12 +663,15 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
             &client,
             &s.run,
             &nodes,
-            count,
+            sizes,
             args.scale_backends,
             Duration::from_secs(args.scale_minutes * 60),
         )
         .await?;
         println!("{}", r.report());
+        if let Some(out) = &args.scale_plot {
+            std::fs::write(out, r.memory_svg()?)?;
+        }
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(changes) = args.programming {
