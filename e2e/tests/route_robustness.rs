@@ -1,7 +1,8 @@
 //! ServiceRoute under stress of the control and data planes: two operator replicas with the
 //! leader stopped in the middle of a burst of route creations never hand one virtual IP to two
 //! routes; an established connection through a virtual IP survives both agents on its path
-//! being killed and restarted while traffic flows (bounded in count and time).
+//! being killed and restarted while traffic flows (bounded in count and time); a backend
+//! change wakes its own route, not every route.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -169,6 +170,62 @@ async fn steps(lab: &mut Lab) {
     lab.wait_agents_ready(Duration::from_secs(60))
         .await
         .unwrap();
+
+    step("a backend change wakes its own route, not the 40 others: reports wake what they cross");
+    wait_condition(lab, "serviceroute/web -n live", "Programmed", 60).await;
+    let leader = lease_holder(lab).await;
+    let replica = lab
+        .chart_pods("switchyard-operator")
+        .await
+        .unwrap()
+        .iter()
+        .position(|(name, _)| *name == leader)
+        .unwrap_or_else(|| panic!("no operator pod {leader:?}"));
+    let before = lab.operator_metrics(replica).await.unwrap();
+    apply(
+        lab,
+        &pod_yaml("live", "server2", "node-1", false).replacen(
+            "labels: {app: server2}",
+            "labels: {app: web}",
+            1,
+        ),
+    )
+    .await;
+    let live: Api<ServiceRoute> = Api::namespaced(lab.client.clone(), "live");
+    wait_until(60, || async {
+        live.get("web")
+            .await
+            .ok()
+            .and_then(|r| r.status)
+            .is_some_and(|s| {
+                s.endpoints.is_some_and(|e| e.ready == 2)
+                    && s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Programmed" && c.status == "True")
+            })
+    })
+    .await;
+    let after = lab.operator_metrics(replica).await.unwrap();
+    let grew = |name: &str| sample(&after, name) - sample(&before, name);
+    let reconciles = grew("switchyard_operator_reconciles_total{controller=\"serviceroute\"}");
+    let woken = grew("switchyard_operator_report_wakeups_total");
+    let reports = grew("switchyard_operator_agent_reports_total");
+    eprintln!(
+        "one backend added: {reconciles} route passes, {reports} reports, {woken} woken by them"
+    );
+    assert!(reports >= 2.0, "both agents reported the change: {reports}");
+    assert!(
+        reconciles < 20.0,
+        "{reconciles} route passes for one backend of one route (41 routes exist)"
+    );
+    assert!(woken <= 10.0, "{woken} routes woken by {reports} reports");
+}
+
+/// The value of the sample `name` (with its labels) in a metrics text; 0 without it.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 async fn routes_in(lab: &Lab, ns: &str) {
