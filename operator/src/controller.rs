@@ -58,18 +58,18 @@ where
         + Sync
         + 'static,
 {
-    cached_observed(api, wc, fingerprint, trigger, on_new, |_| {})
+    cached_observed(api, wc, fingerprint, trigger, on_new, |_, _| {})
 }
 
-/// [`cached`], with `observe` seeing every event after the cache took it in (for indexes and
-/// the report waiters).
+/// [`cached`], with `observe` seeing every event after the cache took it in, and whether its
+/// fingerprint says it changed (for indexes and the wakeups).
 fn cached_observed<K>(
     api: Api<K>,
     wc: watcher::Config,
     fingerprint: fn(&K) -> u64,
     trigger: mpsc::Sender<()>,
     on_new: OnNew,
-    mut observe: impl FnMut(&Event<K>) + Send + 'static,
+    mut observe: impl FnMut(&Event<K>, bool) + Send + 'static,
 ) -> (Store<K>, impl std::future::Future<Output = ()>)
 where
     K: Resource<DynamicType = ()>
@@ -86,12 +86,9 @@ where
         let mut seen: BTreeMap<String, u64> = BTreeMap::new();
         let mut stream = std::pin::pin!(stream);
         while let Some(ev) = stream.next().await {
-            if let Ok(e) = &ev {
-                observe(e);
-            }
-            let changed = match ev {
+            let changed = match &ev {
                 Ok(Event::Apply(o)) | Ok(Event::InitApply(o)) => {
-                    let f = fingerprint(&o);
+                    let f = fingerprint(o);
                     match seen.insert(o.name_any(), f) {
                         None => on_new == OnNew::Trigger,
                         Some(old) => old != f,
@@ -105,6 +102,9 @@ where
                     false
                 }
             };
+            if let Ok(e) = &ev {
+                observe(e, changed);
+            }
             if changed {
                 // A full channel already holds a pending trigger: nothing is lost.
                 let _ = trigger.try_send(());
@@ -238,6 +238,11 @@ fn routes_for_service(
         }
     }
     out
+}
+
+/// What routes read of a claim: its address and holder.
+fn vip_fingerprint(v: &VirtualIP) -> u64 {
+    hash_of((&v.spec.address, &v.spec.route.uid))
 }
 
 fn no_trigger<K>(_: &K) -> u64 {
@@ -448,12 +453,12 @@ struct RouteInputs {
 }
 
 /// Feeds `index` from a cache's events.
-fn feeding<K>(index: &Arc<Index<K>>) -> impl FnMut(&Event<K>) + Send + use<K>
+fn feeding<K>(index: &Arc<Index<K>>) -> impl FnMut(&Event<K>, bool) + Send + use<K>
 where
     K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
 {
     let index = index.clone();
-    move |e| index.observe(e)
+    move |e, _| index.observe(e)
 }
 
 /// Starts the watches of what routes read, each triggering `sr_tx` on a change that concerns
@@ -479,31 +484,12 @@ fn watch_route_inputs(
     let (vips, d6) = cached_observed(
         Api::<VirtualIP>::all(client.clone()),
         all(),
-        no_trigger,
+        vip_fingerprint,
         mpsc::channel(1).0,
         OnNew::Ignore,
-        {
-            let mut seen: std::collections::HashMap<String, (String, String)> = Default::default();
-            move |e| {
-                vip_index.observe(e);
-                let changed = match e {
-                    Event::Apply(v) | Event::InitApply(v) => {
-                        let now = (v.spec.address.clone(), v.spec.route.uid.clone());
-                        let old = seen.insert(v.name_any(), now.clone());
-                        matches!(e, Event::Apply(_)) && old.is_some_and(|o| o != now)
-                    }
-                    Event::Delete(v) => {
-                        seen.remove(&v.name_any());
-                        true
-                    }
-                    Event::Init | Event::InitDone => false,
-                };
-                let (Event::Apply(v) | Event::Delete(v)) = e else {
-                    return;
-                };
-                if !changed {
-                    return;
-                }
+        move |e, changed| {
+            vip_index.observe(e);
+            if let (Event::Apply(v) | Event::Delete(v), true) = (e, changed) {
                 let mut wake = claims.starved();
                 wake.push(ObjectRef::new(&v.spec.route.name).within(&v.spec.route.namespace));
                 claims.send(wake);
@@ -522,7 +508,7 @@ fn watch_route_inputs(
         no_trigger,
         mpsc::channel(1).0,
         OnNew::Trigger,
-        move |e| {
+        move |e, _| {
             service_index.observe(e);
             if let Event::Apply(s) | Event::Delete(s) = e {
                 services_wake.send(routes_for_service(s, &claim_index, &claim_store));
@@ -540,7 +526,7 @@ fn watch_route_inputs(
         no_trigger,
         mpsc::channel(1).0,
         OnNew::Trigger,
-        move |e| {
+        move |e, _| {
             pod_index.observe(e);
             if let Event::Apply(p) | Event::Delete(p) = e {
                 pod_wake.send(routes_for_pod(&route_store, p));
@@ -575,7 +561,7 @@ fn watch_route_inputs(
         no_trigger,
         mpsc::channel(1).0,
         OnNew::Trigger,
-        move |ev| match ev {
+        move |ev, _| match ev {
             Event::Apply(l) | Event::InitApply(l) => reports.report(l),
             Event::Delete(l) => reports.forget(l),
             Event::Init | Event::InitDone => {}
