@@ -157,7 +157,7 @@ pub struct ServiceTable {
     masq: Tracked<Key, ()>,
     affinity: Tracked<Key, u32>,
     hairpin: Counted<IpAddr>,
-    chains_n: Counted<u32>,
+    chains_n: Counted<(u32, u8)>,
     chains_aff: Counted<u32>,
     access_route: Tracked<Key, u32>,
     access_allowed: Tracked<(u32, IpAddr), ()>,
@@ -303,7 +303,7 @@ impl ServiceTable {
         let local: Vec<IpAddr> = local_backends(&self.node, s).collect();
         let count = s.backends.len();
         if let Some(n) = self.dispatch.map.get(k).copied() {
-            self.chains_n.sub(&n);
+            self.chains_n.sub(&(n, k.shard()));
         }
         if let Some(t) = self.affinity.map.get(k).copied() {
             self.chains_aff.sub(&t);
@@ -339,7 +339,7 @@ impl ServiceTable {
             self.masq.insert(*k, ());
         }
         self.dispatch.insert(*k, n);
-        self.chains_n.add(n);
+        self.chains_n.add((n, k.shard()));
         for (i, e) in entries.into_iter().enumerate() {
             let i = u32::try_from(i).unwrap_or(u32::MAX);
             self.backends.insert((*k, i), e);
@@ -399,6 +399,7 @@ impl ServiceTable {
                 chains_aff: self.chains_aff.set.take(),
                 access_route: self.access_route.take(),
                 access_allowed: self.access_allowed.take(),
+                legacy_chains: MapDiff::default(),
             },
             stale_udp: stale.into_iter().collect(),
             affinity_resets: resets.into_iter().collect(),
@@ -423,6 +424,7 @@ impl ServiceTable {
             chains_aff: self.chains_aff.set.map.clone(),
             access_route: self.access_route.map.clone(),
             access_allowed: self.access_allowed.map.clone(),
+            legacy_chains: BTreeMap::new(),
         }
     }
 
@@ -641,14 +643,15 @@ mod tests {
         assert_eq!(c.diff.dispatch.add, vec![(key(7), 2)]);
         assert_eq!(c.diff.backends.delete, vec![(key(7), 2)]);
         assert!(c.diff.backends.add.is_empty());
-        assert_eq!(c.diff.chains_n.add, vec![(2, ())]);
+        let shard = key(7).shard();
+        assert_eq!(c.diff.chains_n.add, vec![((2, shard), ())]);
         assert_eq!(c.stale_udp, vec![(key(7), IpAddr::from([198, 18, 7, 2]))]);
-        // Back to three backends: svc_n2 stays until unused chains are released.
+        // Back to three backends: svc_n2_s<k> stays until unused chains are released.
         table.set_route("ns/r7", Some(route(7, 3)));
         let c = table.take_change();
         assert!(c.diff.chains_n.is_empty());
         table.release_unused_chains();
-        assert_eq!(table.take_change().diff.chains_n.delete, vec![2]);
+        assert_eq!(table.take_change().diff.chains_n.delete, vec![(2, shard)]);
         assert!(table.take_change().diff.is_empty());
     }
 }

@@ -45,6 +45,15 @@ impl Proto {
         }
     }
 
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+            Proto::Sctp => 132,
+        }
+    }
+
     /// From an nftables keyword or protocol number.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
@@ -75,6 +84,14 @@ pub struct Key {
     pub proto: Proto,
     /// The route port.
     pub port: u16,
+}
+
+impl Key {
+    /// The backend map (`backends_v4_s<k>` / `backends_v6_s<k>`) holding this key's backends
+    /// ([`switchyard_api::dataplane::backend_shard`]).
+    pub fn shard(&self) -> u8 {
+        switchyard_api::dataplane::backend_shard(self.vip, self.proto.number(), self.port)
+    }
 }
 
 /// One ready backend of a key.
@@ -384,9 +401,11 @@ pub fn desired_services(
 /// The contents of the shared nftables maps and sets, plus which on-demand chains exist.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Elements {
-    /// `service_dispatch_v4/6`: key → backend count N (`goto svc_n<N>`).
+    /// `service_count_v4/6`: key → backend count N (the element's value is
+    /// [`count_mark`]`(N, key.shard())`, which `count_dispatch` sends to `svc_n<N>_s<k>`).
     pub dispatch: BTreeMap<Key, u32>,
-    /// `backends_v4/6`: (key, index) → backend address and port.
+    /// `backends_v4_s<k>` / `backends_v6_s<k>` (k the key's [`Key::shard`]):
+    /// (key, index) → backend address and port.
     pub backends: BTreeMap<(Key, u32), (IpAddr, u16)>,
     /// `no_endpoints_v4/6`: keys with no ready backend (rejected).
     pub no_endpoints: BTreeMap<Key, ()>,
@@ -396,14 +415,29 @@ pub struct Elements {
     pub hairpin: BTreeMap<IpAddr, ()>,
     /// `affinity_routes_v4`: key → affinity timeout T (`jump svc_aff_<T>`); IPv4 only.
     pub affinity: BTreeMap<Key, u32>,
-    /// Chains `svc_n<N>`.
-    pub chains_n: BTreeMap<u32, ()>,
+    /// Chains `svc_n<N>_s<k>`, as (backend count N, shard k), each with its `count_dispatch`
+    /// element.
+    pub chains_n: BTreeMap<(u32, u8), ()>,
     /// Chains `svc_aff_<T>`.
     pub chains_aff: BTreeMap<u32, ()>,
     /// `access_route_v4/6`: guarded backend address . protocol . target port → route access id.
     pub access_route: BTreeMap<Key, u32>,
     /// `access_allowed_v4/6`: route access id . allowed source address.
     pub access_allowed: BTreeMap<(u32, IpAddr), ()>,
+    /// Chains `svc_n<N>` of the layout before backends were sharded (one `backends_v4/6` map,
+    /// dispatch by verdict map): what an upgraded agent finds and removes. Never desired.
+    pub legacy_chains: BTreeMap<u32, ()>,
+}
+
+/// The `service_count` value of a key with `n` backends in shard `shard`: the shard in the top
+/// byte, the count below it (at most 2²⁴ − 1 backends, far beyond any slice set).
+pub fn count_mark(n: u32, shard: u8) -> u32 {
+    (u32::from(shard) << 24) | n.min(0x00ff_ffff)
+}
+
+/// The (count, shard) of a `service_count` value.
+pub fn count_of_mark(mark: u32) -> (u32, u8) {
+    (mark & 0x00ff_ffff, (mark >> 24) as u8)
 }
 
 impl Elements {
@@ -446,7 +480,7 @@ pub fn elements(node: &str, d: &DesiredServices) -> Elements {
         }
         let n = u32::try_from(s.backends.len()).unwrap_or(u32::MAX);
         e.dispatch.insert(*key, n);
-        e.chains_n.insert(n, ());
+        e.chains_n.insert((n, key.shard()), ());
         for (i, b) in s.backends.iter().enumerate() {
             let i = u32::try_from(i).unwrap_or(u32::MAX);
             e.backends.insert((*key, i), (b.ip, b.port));
@@ -543,14 +577,16 @@ pub struct Diff {
     pub hairpin: MapDiff<IpAddr, ()>,
     /// Affinity routes.
     pub affinity: MapDiff<Key, u32>,
-    /// Dispatch chains per backend count.
-    pub chains_n: MapDiff<u32, ()>,
+    /// Dispatch chains per backend count and shard.
+    pub chains_n: MapDiff<(u32, u8), ()>,
     /// Affinity chains per timeout.
     pub chains_aff: MapDiff<u32, ()>,
     /// Guarded backend ports.
     pub access_route: MapDiff<Key, u32>,
     /// Allowed sources per route.
     pub access_allowed: MapDiff<(u32, IpAddr), ()>,
+    /// Chains of the unsharded layout (only ever deleted).
+    pub legacy_chains: MapDiff<u32, ()>,
 }
 
 impl Diff {
@@ -566,6 +602,7 @@ impl Diff {
             && self.chains_aff.is_empty()
             && self.access_route.is_empty()
             && self.access_allowed.is_empty()
+            && self.legacy_chains.is_empty()
     }
 }
 
@@ -582,6 +619,7 @@ pub fn diff(a: &Elements, b: &Elements) -> Diff {
         chains_aff: map_diff(&a.chains_aff, &b.chains_aff),
         access_route: map_diff(&a.access_route, &b.access_route),
         access_allowed: map_diff(&a.access_allowed, &b.access_allowed),
+        legacy_chains: map_diff(&a.legacy_chains, &b.legacy_chains),
     }
 }
 
@@ -598,6 +636,7 @@ pub fn apply(a: &Elements, d: &Diff) -> Elements {
     apply_map(&mut e.chains_aff, &d.chains_aff);
     apply_map(&mut e.access_route, &d.access_route);
     apply_map(&mut e.access_allowed, &d.access_allowed);
+    apply_map(&mut e.legacy_chains, &d.legacy_chains);
     e
 }
 
@@ -711,6 +750,7 @@ mod tests {
         let e = elements("n1", &d);
         assert_eq!(e.no_endpoints.len(), 2);
         assert_eq!(e.dispatch[&key(80, Proto::Tcp)], 2);
+        assert!(e.chains_n.contains_key(&(2, key(80, Proto::Tcp).shard())));
         assert_eq!(e.hairpin.len(), 1, "only local backends hairpin");
 
         let local = slice_with(
@@ -866,7 +906,7 @@ mod tests {
                 0..4,
             ),
             prop::collection::btree_map(arb_key(), 1u32..3, 0..3),
-            prop::collection::btree_map(1u32..4, Just(()), 0..3),
+            prop::collection::btree_map((1u32..4, 0u8..3), Just(()), 0..3),
             prop::collection::btree_map(1u32..3, Just(()), 0..2),
             prop::collection::btree_map(arb_key(), 1u32..3, 0..3),
             prop::collection::btree_map(
@@ -902,6 +942,7 @@ mod tests {
                         chains_aff,
                         access_route,
                         access_allowed,
+                        legacy_chains: BTreeMap::new(),
                     }
                 },
             )

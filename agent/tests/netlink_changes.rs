@@ -219,3 +219,105 @@ fn incremental_changes_leave_exactly_the_tables_elements() {
     .join()
     .unwrap();
 }
+
+/// What an agent before backend sharding left in the kernel: one verdict map and one backend
+/// map per family and a chain `svc_n2` between them, with a route programmed.
+const UNSHARDED: &str = "add table inet switchyard
+add map inet switchyard service_dispatch_v4 { type ipv4_addr . inet_proto . inet_service : verdict; }
+add map inet switchyard service_dispatch_v6 { type ipv6_addr . inet_proto . inet_service : verdict; }
+add map inet switchyard backends_v4 { type ipv4_addr . inet_proto . inet_service . mark : ipv4_addr . inet_service; }
+add map inet switchyard backends_v6 { type ipv6_addr . inet_proto . inet_service . mark : ipv6_addr . inet_service; }
+add map inet switchyard affinity_routes_v4 { type ipv4_addr . inet_proto . inet_service : verdict; }
+add chain inet switchyard svc_prerouting { type nat hook prerouting priority dstnat; policy accept; }
+add chain inet switchyard svc_dispatch
+add rule inet switchyard svc_prerouting jump svc_dispatch
+add rule inet switchyard svc_dispatch ip daddr . meta l4proto . th dport vmap @service_dispatch_v4
+add rule inet switchyard svc_dispatch ip6 daddr . meta l4proto . th dport vmap @service_dispatch_v6
+add chain inet switchyard svc_n2
+add rule inet switchyard svc_n2 ct mark set numgen random mod 2
+add rule inet switchyard svc_n2 ip daddr . meta l4proto . th dport vmap @affinity_routes_v4
+add rule inet switchyard svc_n2 meta nfproto ipv4 dnat ip to ip daddr . meta l4proto . th dport . ct mark map @backends_v4
+add rule inet switchyard svc_n2 meta nfproto ipv6 dnat ip6 to ip6 daddr . meta l4proto . th dport . ct mark map @backends_v6
+add element inet switchyard backends_v4 { 198.19.0.200 . tcp . 80 . 0 : 198.18.9.1 . 8080, 198.19.0.200 . tcp . 80 . 1 : 198.18.9.2 . 8080 }
+add element inet switchyard service_dispatch_v4 { 198.19.0.200 . tcp . 80 : goto svc_n2 }
+";
+
+#[test]
+fn a_table_of_the_unsharded_layout_is_migrated_in_one_transaction() {
+    if !preflight("a_table_of_the_unsharded_layout_is_migrated_in_one_transaction") {
+        return;
+    }
+    std::thread::spawn(|| {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("unshare a network namespace (run as root)");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let nft = |args: Vec<String>, stdin: Option<&'static str>| async move {
+                let mut cmd = tokio::process::Command::new("nft");
+                cmd.args(&args)
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped());
+                let mut child = cmd.spawn().unwrap();
+                if let Some(text) = stdin {
+                    use tokio::io::AsyncWriteExt;
+                    let mut i = child.stdin.take().unwrap();
+                    i.write_all(text.as_bytes()).await.unwrap();
+                }
+                drop(child.stdin.take());
+                child.wait_with_output().await.unwrap()
+            };
+            let out = nft(vec!["-f".into(), "-".into()], Some(UNSHARDED)).await;
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let mut nl = netlink::Socket::open().unwrap();
+            // The read-back sees the old chain (and nothing it could mistake for routes).
+            let before = dump::read(&mut nl).unwrap();
+            assert_eq!(
+                before.legacy_chains.keys().copied().collect::<Vec<_>>(),
+                vec![2]
+            );
+            let mut table = ServiceTable::new("here");
+            for i in 0..4 {
+                table.set_route(&format!("ns/r{i}"), Some(route(i, 3, None, i == 0)));
+            }
+            table.settle();
+            ksvc::apply(&mut nl, None, &table.elements()).await.unwrap();
+            assert_holds(&mut nl, &table.elements(), "after the migration").await;
+            for gone in [
+                "service_dispatch_v4",
+                "service_dispatch_v6",
+                "backends_v4",
+                "backends_v6",
+            ] {
+                let out = nft(
+                    ["list", "map", "inet", "switchyard", gone]
+                        .map(String::from)
+                        .to_vec(),
+                    None,
+                )
+                .await;
+                assert!(!out.status.success(), "{gone} is still there");
+            }
+            let out = nft(
+                ["list", "chain", "inet", "switchyard", "svc_n2"]
+                    .map(String::from)
+                    .to_vec(),
+                None,
+            )
+            .await;
+            assert!(!out.status.success(), "svc_n2 is still there");
+            // A second start on the migrated table changes nothing.
+            ksvc::apply(&mut nl, None, &table.elements()).await.unwrap();
+            assert_holds(&mut nl, &table.elements(), "after a restart").await;
+        });
+    })
+    .join()
+    .unwrap();
+}

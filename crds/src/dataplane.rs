@@ -32,6 +32,31 @@ pub const AGENT_LEASE_NAMESPACE: &str = "switchyard-system";
 /// `leaseDurationSeconds` of the agents' Leases.
 pub const AGENT_LEASE_DURATION_SECONDS: i32 = 40;
 
+/// How many maps each address family's service backends are split into on a node
+/// (`backends_v4_s<k>`, `backends_v6_s<k>`, k below this).
+pub const BACKEND_SHARDS: u8 = 64;
+
+/// The backend map of the service key `vip . protocol . port` (`protocol` its IP protocol
+/// number): the 32-bit FNV-1a hash of the address's octets, the protocol number and the port
+/// (big-endian), modulo [`BACKEND_SHARDS`]. Part of the node's kernel layout: an agent that
+/// restarts finds each key's backends where this function put them, so it must never change
+/// without a migration.
+pub fn backend_shard(vip: std::net::IpAddr, protocol: u8, port: u16) -> u8 {
+    let mut h: u32 = 0x811c_9dc5;
+    let mut eat = |b: u8| {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    };
+    match vip {
+        std::net::IpAddr::V4(a) => a.octets().into_iter().for_each(&mut eat),
+        std::net::IpAddr::V6(a) => a.octets().into_iter().for_each(&mut eat),
+    }
+    eat(protocol);
+    port.to_be_bytes().into_iter().for_each(&mut eat);
+    // The remainder is below BACKEND_SHARDS, so it fits.
+    (h % u32::from(BACKEND_SHARDS)) as u8
+}
+
 /// The name of `node`'s agent Lease.
 pub fn agent_lease_name(node: &str) -> String {
     format!("switchyard-agent-{node}")
@@ -114,6 +139,24 @@ impl PartialOrd for Rv {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backend_shards_are_fixed_and_spread() {
+        // Fixed values: the kernel layout of running nodes depends on them.
+        let v4: std::net::IpAddr = [198, 19, 0, 10].into();
+        assert_eq!(backend_shard(v4, 6, 80), 34);
+        assert_eq!(backend_shard(v4, 17, 53), 20);
+        let v6: std::net::IpAddr = "fd00:40::1".parse().unwrap_or(v4);
+        assert_eq!(backend_shard(v6, 6, 80), 31);
+        let mut used = std::collections::BTreeSet::new();
+        for i in 0..4096u32 {
+            let ip = std::net::IpAddr::from(std::net::Ipv4Addr::from(0xc613_0000 + i));
+            let k = backend_shard(ip, 6, 80);
+            assert!(k < BACKEND_SHARDS);
+            used.insert(k);
+        }
+        assert_eq!(used.len(), usize::from(BACKEND_SHARDS));
+    }
 
     #[test]
     fn resource_versions_compare_as_integers_and_reject_junk() {

@@ -26,7 +26,7 @@ use nix::sys::time::TimeVal;
 
 use super::nft::TABLE;
 use crate::error::{Error, Result};
-use crate::services::{Diff, Key, Proto};
+use crate::services::{Diff, Key, count_mark};
 
 pub(super) const NLMSG_ERROR: u16 = 2;
 pub(super) const NLM_F_REQUEST: u16 = 0x1;
@@ -132,14 +132,6 @@ pub(super) fn ip_bytes(ip: &IpAddr, out: &mut Vec<u8>) {
     }
 }
 
-fn proto_number(p: Proto) -> u8 {
-    match p {
-        Proto::Tcp => 6,
-        Proto::Udp => 17,
-        Proto::Sctp => 132,
-    }
-}
-
 fn port_bytes(port: u16, out: &mut Vec<u8>) {
     out.extend_from_slice(&port.to_be_bytes());
     out.extend_from_slice(&[0, 0]);
@@ -153,7 +145,7 @@ pub(super) fn mark_bytes(m: u32, out: &mut Vec<u8>) {
 pub(super) fn key_bytes(k: &Key) -> Vec<u8> {
     let mut v = Vec::with_capacity(24);
     ip_bytes(&k.vip, &mut v);
-    v.extend_from_slice(&[proto_number(k.proto), 0, 0, 0]);
+    v.extend_from_slice(&[k.proto.number(), 0, 0, 0]);
     port_bytes(k.port, &mut v);
     v
 }
@@ -167,9 +159,14 @@ pub fn batch(d: &Diff) -> Batch {
         data,
     };
     // Deletions, in the order `kernel::services::script` writes them.
+    let backends = |k: &Key, key: Vec<u8>, data: Data| Element {
+        set: super::services::backends_set(k),
+        key,
+        data,
+    };
     for k in &d.dispatch.delete {
         b.delete
-            .push(el("service_dispatch", &k.vip, key_bytes(k), Data::None));
+            .push(el("service_count", &k.vip, key_bytes(k), Data::None));
     }
     for k in &d.affinity.delete {
         b.delete
@@ -178,7 +175,7 @@ pub fn batch(d: &Diff) -> Batch {
     for (k, i) in &d.backends.delete {
         let mut key = key_bytes(k);
         mark_bytes(*i, &mut key);
-        b.delete.push(el("backends", &k.vip, key, Data::None));
+        b.delete.push(backends(k, key, Data::None));
     }
     for k in &d.no_endpoints.delete {
         b.delete
@@ -227,7 +224,7 @@ pub fn batch(d: &Diff) -> Batch {
         let mut data = Vec::with_capacity(20);
         ip_bytes(ip, &mut data);
         port_bytes(*port, &mut data);
-        b.add.push(el("backends", &k.vip, key, Data::Value(data)));
+        b.add.push(backends(k, key, Data::Value(data)));
     }
     for (k, t) in &d.affinity.add {
         b.add.push(el(
@@ -238,12 +235,10 @@ pub fn batch(d: &Diff) -> Batch {
         ));
     }
     for (k, n) in &d.dispatch.add {
-        b.add.push(el(
-            "service_dispatch",
-            &k.vip,
-            key_bytes(k),
-            Data::Goto(format!("svc_n{n}")),
-        ));
+        let mut data = Vec::with_capacity(4);
+        mark_bytes(count_mark(*n, k.shard()), &mut data);
+        b.add
+            .push(el("service_count", &k.vip, key_bytes(k), Data::Value(data)));
     }
     for (k, _) in &d.no_endpoints.add {
         b.add
@@ -530,7 +525,7 @@ fn acks_in(buf: &[u8]) -> Vec<(u32, i32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::services::{Diff, MapDiff};
+    use crate::services::{Diff, MapDiff, Proto};
 
     fn k(v: &str, port: u16) -> Key {
         Key {
@@ -582,18 +577,26 @@ mod tests {
             ..Default::default()
         };
         let b = batch(&d);
-        assert_eq!(b.delete[0].set, "backends_v4");
+        let v4 = k("198.19.0.1", 53);
+        assert_eq!(b.delete[0].set, format!("backends_v4_s{}", v4.shard()));
         let mut want = vec![198, 19, 0, 1, 17, 0, 0, 0, 0, 53, 0, 0];
         want.extend_from_slice(&2u32.to_ne_bytes());
         assert_eq!(b.delete[0].key, want);
-        assert_eq!(b.add[0].set, "backends_v6");
+        assert_eq!(
+            b.add[0].set,
+            format!("backends_v6_s{}", k("fd00::1", 80).shard())
+        );
         assert_eq!(b.add[0].key.len(), 16 + 4 + 4 + 4);
         let Data::Value(v) = &b.add[0].data else {
             unreachable!("backends carry a value")
         };
         assert_eq!(v.len(), 20);
         assert_eq!(&v[16..], &[0x1f, 0x90, 0, 0]);
-        assert_eq!(b.add[1].data, Data::Goto("svc_n3".into()));
+        assert_eq!(b.add[1].set, "service_count_v4");
+        assert_eq!(
+            b.add[1].data,
+            Data::Value(count_mark(3, v4.shard()).to_ne_bytes().to_vec())
+        );
         let (bytes, acks) = encode(&b, 1);
         // Begin, one delete message, two add messages (different sets), end.
         assert_eq!(acks, vec![2, 3, 4]);

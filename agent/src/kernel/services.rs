@@ -1,15 +1,24 @@
 //! The service data plane in `inet switchyard`: a fixed set of chains and shared maps, plus one
-//! chain per backend count N (`svc_n<N>`) and one per affinity timeout T (`svc_aff_<T>`), made
-//! on demand and shared by every route. No named set, map or chain exists per route.
+//! chain per backend count N and backend shard k (`svc_n<N>_s<k>`) and one per affinity
+//! timeout T (`svc_aff_<T>`), made on demand and shared by every route. No named set, map or
+//! chain exists per route.
 //!
 //! - `svc_prerouting` (nat, prerouting, dstnat) and `svc_output` (nat, output, -100) jump to
-//!   `svc_dispatch`: `ip daddr . meta l4proto . th dport vmap @service_dispatch_v4` (and v6),
-//!   whose verdict is `goto svc_n<N>`.
-//! - `svc_n<N>`: `ct mark set numgen random mod N`; affinity keys jump through
+//!   `svc_dispatch`: `ct mark set ip daddr . meta l4proto . th dport map @service_count_v4
+//!   ct mark vmap @count_dispatch` (and v6). `service_count` is a plain map from a key to a
+//!   mark holding its shard k (top byte) and backend count N; the small verdict map
+//!   `count_dispatch` (one element per chain) sends that mark to `svc_n<N>_s<k>`. Per-key
+//!   entries are data, not verdicts, so adding one does not make nf_tables re-validate the
+//!   jumps of every route (it does for each verdict-map element added).
+//! - `svc_n<N>_s<k>`: `ct mark set numgen random mod N`; affinity keys jump through
 //!   `@affinity_routes_v4` to `svc_aff_<T>`, which overrides the mark from the client's entry in
 //!   the dynamic map `@affinity_v4` (`saddr . vip . proto . port : index`) and refreshes it
-//!   with timeout T; then `dnat to daddr . l4proto . dport . ct mark map @backends_v4`.
+//!   with timeout T; then `dnat to daddr . l4proto . dport . ct mark map @backends_v4_s<k>`.
 //!   The ct mark carries the chosen backend index (nft cannot keep a numgen result otherwise).
+//!   Backends are split into [`BACKEND_SHARDS`] maps per family by a hash of the key
+//!   ([`Key::shard`]): nf_tables resumes each part of a set dump by walking the set from its
+//!   start, so reading one map of a million elements back costs the square of its size
+//!   (39 s); 64 maps of 16,000 cost a second.
 //! - `svc_reject` from filter prerouting, input, forward and output: keys in
 //!   `@no_endpoints_v4/6` get a TCP reset or ICMP port unreachable. Prerouting (kernel 5.9 or
 //!   later) is needed because a node without a route to the service range would otherwise
@@ -43,7 +52,10 @@ use super::netlink;
 use super::nft::TABLE;
 use crate::error::{Error, Result};
 use crate::service_table::Change;
-use crate::services::{Diff, Elements, Key, Proto, affinity_resets, diff, stale_udp};
+use crate::services::{
+    Diff, Elements, Key, Proto, affinity_resets, count_mark, count_of_mark, diff, stale_udp,
+};
+use switchyard_api::dataplane::BACKEND_SHARDS;
 
 const FIXED_CHAINS: [&str; 12] = [
     "svc_prerouting",
@@ -66,10 +78,9 @@ pub fn skeleton() -> String {
     let t = format!("inet {TABLE}");
     let mut s = format!("add table {t}\n");
     for decl in [
-        "map service_dispatch_v4 { type ipv4_addr . inet_proto . inet_service : verdict; }",
-        "map service_dispatch_v6 { type ipv6_addr . inet_proto . inet_service : verdict; }",
-        "map backends_v4 { type ipv4_addr . inet_proto . inet_service . mark : ipv4_addr . inet_service; }",
-        "map backends_v6 { type ipv6_addr . inet_proto . inet_service . mark : ipv6_addr . inet_service; }",
+        "map service_count_v4 { type ipv4_addr . inet_proto . inet_service : mark; }",
+        "map service_count_v6 { type ipv6_addr . inet_proto . inet_service : mark; }",
+        "map count_dispatch { type mark : verdict; }",
         "set no_endpoints_v4 { type ipv4_addr . inet_proto . inet_service; }",
         "set no_endpoints_v6 { type ipv6_addr . inet_proto . inet_service; }",
         "set masq_v4 { type ipv4_addr . inet_proto . inet_service; }",
@@ -98,6 +109,16 @@ pub fn skeleton() -> String {
         let (kind, rest) = decl.split_once(' ').unwrap_or((decl, ""));
         let _ = writeln!(s, "add {kind} {t} {rest}");
     }
+    for k in 0..BACKEND_SHARDS {
+        let _ = writeln!(
+            s,
+            "add map {t} backends_v4_s{k} {{ type ipv4_addr . inet_proto . inet_service . mark : ipv4_addr . inet_service; }}"
+        );
+        let _ = writeln!(
+            s,
+            "add map {t} backends_v6_s{k} {{ type ipv6_addr . inet_proto . inet_service . mark : ipv6_addr . inet_service; }}"
+        );
+    }
     for c in FIXED_CHAINS {
         let _ = writeln!(s, "flush chain {t} {c}");
     }
@@ -114,11 +135,11 @@ pub fn skeleton() -> String {
         ),
         (
             "svc_dispatch",
-            "ip daddr . meta l4proto . th dport vmap @service_dispatch_v4",
+            "ct mark set ip daddr . meta l4proto . th dport map @service_count_v4 ct mark vmap @count_dispatch",
         ),
         (
             "svc_dispatch",
-            "ip6 daddr . meta l4proto . th dport vmap @service_dispatch_v6",
+            "ct mark set ip6 daddr . meta l4proto . th dport map @service_count_v6 ct mark vmap @count_dispatch",
         ),
         (
             "svc_postrouting",
@@ -185,13 +206,59 @@ pub fn skeleton() -> String {
     s
 }
 
-fn chain_n_rules(n: u32) -> Vec<String> {
+/// The name of the dispatch chain of keys with `n` backends in shard `k`.
+pub fn chain_n(n: u32, k: u8) -> String {
+    format!("svc_n{n}_s{k}")
+}
+
+/// A dispatch chain's (N, k) from its name; `Err(N)` for a chain of the unsharded layout
+/// (`svc_n<N>`); `None` for any other chain.
+pub fn parse_chain_n(name: &str) -> Option<std::result::Result<(u32, u8), u32>> {
+    let rest = name.strip_prefix("svc_n")?;
+    match rest.split_once("_s") {
+        Some((n, k)) => Some(Ok((n.parse().ok()?, k.parse().ok()?))),
+        None => Some(Err(rest.parse().ok()?)),
+    }
+}
+
+fn chain_n_rules(n: u32, k: u8) -> Vec<String> {
     vec![
         format!("ct mark set numgen random mod {n}"),
         "ip daddr . meta l4proto . th dport vmap @affinity_routes_v4".into(),
-        "meta nfproto ipv4 dnat ip to ip daddr . meta l4proto . th dport . ct mark map @backends_v4".into(),
-        "meta nfproto ipv6 dnat ip6 to ip6 daddr . meta l4proto . th dport . ct mark map @backends_v6".into(),
+        format!(
+            "meta nfproto ipv4 dnat ip to ip daddr . meta l4proto . th dport . ct mark map @backends_v4_s{k}"
+        ),
+        format!(
+            "meta nfproto ipv6 dnat ip6 to ip6 daddr . meta l4proto . th dport . ct mark map @backends_v6_s{k}"
+        ),
     ]
+}
+
+/// Removes what the unsharded layout left (one `service_dispatch` verdict map and one
+/// `backends` map per family, chains `svc_n<N>`): the dispatch maps first (their elements
+/// hold the chains), then the chains (their rules hold the backend maps), then the backend
+/// maps. Each map is declared first, so the script holds whether or not it exists.
+fn legacy_cleanup(s: &mut String, chains: &[u32]) {
+    let t = format!("inet {TABLE}");
+    for (f, a) in [("v4", "ipv4_addr"), ("v6", "ipv6_addr")] {
+        let _ = writeln!(
+            s,
+            "add map {t} service_dispatch_{f} {{ type {a} . inet_proto . inet_service : verdict; }}"
+        );
+        let _ = writeln!(s, "flush map {t} service_dispatch_{f}");
+        let _ = writeln!(s, "delete map {t} service_dispatch_{f}");
+    }
+    for n in chains {
+        let _ = writeln!(s, "flush chain {t} svc_n{n}");
+        let _ = writeln!(s, "delete chain {t} svc_n{n}");
+    }
+    for (f, a) in [("v4", "ipv4_addr"), ("v6", "ipv6_addr")] {
+        let _ = writeln!(
+            s,
+            "add map {t} backends_{f} {{ type {a} . inet_proto . inet_service . mark : {a} . inet_service; }}"
+        );
+        let _ = writeln!(s, "delete map {t} backends_{f}");
+    }
 }
 
 fn chain_aff_rules(t: u32) -> Vec<String> {
@@ -218,15 +285,36 @@ fn elements_cmd(
     set: &str,
     items: impl IntoIterator<Item = (IpAddr, String)>,
 ) {
-    let mut by: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for (ip, e) in items {
-        by.entry(fam(&ip)).or_default().push(e);
+    named_elements_cmd(
+        s,
+        verb,
+        items
+            .into_iter()
+            .map(|(ip, e)| (format!("{set}_{}", fam(&ip)), e)),
+    );
+}
+
+/// The backend map of `k` (`backends_v4_s<k>`).
+pub fn backends_set(k: &Key) -> String {
+    format!("backends_{}_s{}", fam(&k.vip), k.shard())
+}
+
+/// Groups `items` (set name, element) by set and writes `add|delete element` lines of at most
+/// 1,000 elements.
+fn named_elements_cmd(
+    s: &mut String,
+    verb: &str,
+    items: impl IntoIterator<Item = (String, String)>,
+) {
+    let mut by: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (set, e) in items {
+        by.entry(set).or_default().push(e);
     }
-    for (f, es) in by {
+    for (set, es) in by {
         for chunk in es.chunks(1000) {
             let _ = writeln!(
                 s,
-                "{verb} element inet {TABLE} {set}_{f} {{ {} }}",
+                "{verb} element inet {TABLE} {set} {{ {} }}",
                 chunk.join(", ")
             );
         }
@@ -234,22 +322,35 @@ fn elements_cmd(
 }
 
 /// The transaction for `d`: element deletions, new chains, element additions, old chains.
-/// With `rewrite_chains`, the rules of the on-demand chains of `target` are rewritten too.
+/// With `rewrite_chains`, the rules of the on-demand chains of `target` are rewritten too,
+/// `count_dispatch` is refilled, and what the unsharded layout left is removed (an agent
+/// started on a table an older version wrote).
 pub fn script(d: &Diff, target: &Elements, rewrite_chains: bool) -> String {
     let t = format!("inet {TABLE}");
     let mut s = String::new();
     deletions(&mut s, d);
-    let new_n: Vec<u32> = if rewrite_chains {
+    let new_n: Vec<(u32, u8)> = if rewrite_chains {
+        let _ = writeln!(s, "flush map {t} count_dispatch");
         target.chains_n.keys().copied().collect()
     } else {
-        d.chains_n.add.iter().map(|(n, _)| *n).collect()
+        d.chains_n.add.iter().map(|(c, _)| *c).collect()
     };
-    for n in new_n {
-        let _ = writeln!(s, "add chain {t} svc_n{n}");
-        let _ = writeln!(s, "flush chain {t} svc_n{n}");
-        for r in chain_n_rules(n) {
-            let _ = writeln!(s, "add rule {t} svc_n{n} {r}");
+    let mut dispatch = Vec::with_capacity(new_n.len());
+    for (n, k) in new_n {
+        let c = chain_n(n, k);
+        let _ = writeln!(s, "add chain {t} {c}");
+        let _ = writeln!(s, "flush chain {t} {c}");
+        for r in chain_n_rules(n, k) {
+            let _ = writeln!(s, "add rule {t} {c} {r}");
         }
+        dispatch.push(format!("{} : goto {c}", count_mark(n, k)));
+    }
+    for chunk in dispatch.chunks(1000) {
+        let _ = writeln!(
+            s,
+            "add element {t} count_dispatch {{ {} }}",
+            chunk.join(", ")
+        );
     }
     let new_t: Vec<u32> = if rewrite_chains {
         target.chains_aff.keys().copied().collect()
@@ -264,11 +365,30 @@ pub fn script(d: &Diff, target: &Elements, rewrite_chains: bool) -> String {
         }
     }
     additions(&mut s, d);
-    for n in &d.chains_n.delete {
-        let _ = writeln!(s, "delete chain {t} svc_n{n}");
+    if !rewrite_chains {
+        let gone: Vec<String> = d
+            .chains_n
+            .delete
+            .iter()
+            .map(|(n, k)| count_mark(*n, *k).to_string())
+            .collect();
+        for chunk in gone.chunks(1000) {
+            let _ = writeln!(
+                s,
+                "delete element {t} count_dispatch {{ {} }}",
+                chunk.join(", ")
+            );
+        }
+    }
+    for (n, k) in &d.chains_n.delete {
+        let _ = writeln!(s, "delete chain {t} {}", chain_n(*n, *k));
     }
     for n in &d.chains_aff.delete {
         let _ = writeln!(s, "delete chain {t} svc_aff_{n}");
+    }
+    if rewrite_chains {
+        let legacy: Vec<u32> = d.legacy_chains.delete.clone();
+        legacy_cleanup(&mut s, &legacy);
     }
     s
 }
@@ -278,7 +398,7 @@ fn deletions(s: &mut String, d: &Diff) {
     elements_cmd(
         s,
         "delete",
-        "service_dispatch",
+        "service_count",
         d.dispatch.delete.iter().map(|k| (k.vip, key_str(k))),
     );
     elements_cmd(
@@ -287,14 +407,13 @@ fn deletions(s: &mut String, d: &Diff) {
         "affinity_routes",
         d.affinity.delete.iter().map(|k| (k.vip, key_str(k))),
     );
-    elements_cmd(
+    named_elements_cmd(
         s,
         "delete",
-        "backends",
         d.backends
             .delete
             .iter()
-            .map(|(k, i)| (k.vip, format!("{} . {i}", key_str(k)))),
+            .map(|(k, i)| (backends_set(k), format!("{} . {i}", key_str(k)))),
     );
     elements_cmd(
         s,
@@ -342,14 +461,15 @@ fn additions(s: &mut String, d: &Diff) {
         "masq",
         d.masq.add.iter().map(|(k, _)| (k.vip, key_str(k))),
     );
-    elements_cmd(
+    named_elements_cmd(
         s,
         "add",
-        "backends",
-        d.backends
-            .add
-            .iter()
-            .map(|((k, i), (ip, p))| (k.vip, format!("{} . {i} : {ip} . {p}", key_str(k)))),
+        d.backends.add.iter().map(|((k, i), (ip, p))| {
+            (
+                backends_set(k),
+                format!("{} . {i} : {ip} . {p}", key_str(k)),
+            )
+        }),
     );
     elements_cmd(
         s,
@@ -363,11 +483,13 @@ fn additions(s: &mut String, d: &Diff) {
     elements_cmd(
         s,
         "add",
-        "service_dispatch",
-        d.dispatch
-            .add
-            .iter()
-            .map(|(k, n)| (k.vip, format!("{} : goto svc_n{n}", key_str(k)))),
+        "service_count",
+        d.dispatch.add.iter().map(|(k, n)| {
+            (
+                k.vip,
+                format!("{} : {}", key_str(k), count_mark(*n, k.shard())),
+            )
+        }),
     );
     elements_cmd(
         s,
@@ -429,6 +551,14 @@ fn parse_key(p: &[String]) -> Option<Key> {
     })
 }
 
+/// A mark as `nft -j` lists it (a number, or a hex string such as `0x0100000a`).
+fn parse_mark(v: &str) -> Option<u32> {
+    match v.strip_prefix("0x") {
+        Some(h) => u32::from_str_radix(h, 16).ok(),
+        None => v.parse().ok(),
+    }
+}
+
 fn verdict_target(v: &Value) -> Option<String> {
     ["goto", "jump"]
         .iter()
@@ -453,8 +583,14 @@ pub fn parse_table(json: &str) -> Result<Elements> {
             .and_then(|c| c.get("name"))
             .and_then(Value::as_str)
         {
-            if let Some(n) = name.strip_prefix("svc_n").and_then(|n| n.parse().ok()) {
-                e.chains_n.insert(n, ());
+            match parse_chain_n(name) {
+                Some(Ok(c)) => {
+                    e.chains_n.insert(c, ());
+                }
+                Some(Err(n)) => {
+                    e.legacy_chains.insert(n, ());
+                }
+                None => {}
             }
             if let Some(n) = name.strip_prefix("svc_aff_").and_then(|n| n.parse().ok()) {
                 e.chains_aff.insert(n, ());
@@ -465,6 +601,11 @@ pub fn parse_table(json: &str) -> Result<Elements> {
             continue;
         };
         let name = set.get("name").and_then(Value::as_str).unwrap_or_default();
+        // `backends_v4_s12` → `backends`, shard 12.
+        let (name, shard) = match name.rsplit_once("_s") {
+            Some((base, k)) if base.starts_with("backends_") => (base, k.parse::<u8>().ok()),
+            _ => (name, None),
+        };
         let base = name.trim_end_matches("_v4").trim_end_matches("_v6");
         for el in set
             .get("elem")
@@ -479,13 +620,15 @@ pub fn parse_table(json: &str) -> Result<Elements> {
             };
             let kp = parts(k);
             match base {
-                "service_dispatch" => {
-                    if let (Some(key), Some(n)) = (
+                "service_count" => {
+                    if let (Some(key), Some(mark)) = (
                         parse_key(&kp),
-                        val.and_then(verdict_target)
-                            .and_then(|t| t.strip_prefix("svc_n")?.parse().ok()),
+                        val.and_then(scalar).and_then(|v| parse_mark(&v)),
                     ) {
-                        e.dispatch.insert(key, n);
+                        let (n, k) = count_of_mark(mark);
+                        if k == key.shard() {
+                            e.dispatch.insert(key, n);
+                        }
                     }
                 }
                 "affinity_routes" => {
@@ -497,14 +640,15 @@ pub fn parse_table(json: &str) -> Result<Elements> {
                         e.affinity.insert(key, n);
                     }
                 }
-                "backends" => {
+                "backends" if shard.is_some() => {
                     let vp = val.map(parts).unwrap_or_default();
                     if let (Some(key), Some(Ok(i)), Some(Ok(ip)), Some(Ok(port))) = (
                         parse_key(&kp),
                         kp.get(3).map(|s| s.parse::<u32>()),
                         vp.first().map(|s| s.parse::<IpAddr>()),
                         vp.get(1).map(|s| s.parse::<u16>()),
-                    ) {
+                    ) && shard == Some(key.shard())
+                    {
                         e.backends.insert((key, i), (ip, port));
                     }
                 }
@@ -588,7 +732,8 @@ pub async fn apply(
     };
     let d = diff(&have, target);
     let mut out = Applied::default();
-    if fresh && have.is_empty() && !target.is_empty() {
+    // A table the unsharded layout wrote is migrated in one atomic transaction (below).
+    if fresh && have.is_empty() && have.legacy_chains.is_empty() && !target.is_empty() {
         let mut s = skeleton();
         s.push_str(&script(&Diff::default(), target, true));
         run("nft", &["-f", "-"], Some(&s)).await?;
@@ -812,7 +957,7 @@ mod tests {
         let mut e = Elements::default();
         let key = k("198.19.0.10", 80);
         e.dispatch.insert(key, 2);
-        e.chains_n.insert(2, ());
+        e.chains_n.insert((2, key.shard()), ());
         for i in 0..2u8 {
             e.backends.insert(
                 (key, u32::from(i)),
@@ -863,41 +1008,91 @@ mod tests {
     fn the_script_holds_only_the_difference_and_orders_chains_around_elements() {
         let e = sample();
         let s = script(&diff(&Elements::default(), &e), &e, false);
-        assert!(s.contains("add element inet switchyard service_dispatch_v4 { 198.19.0.10 . tcp . 80 : goto svc_n2 }"), "{s}");
-        assert!(s.contains("198.19.0.10 . tcp . 80 . 1 : 198.18.128.6 . 8080"));
+        let key = k("198.19.0.10", 80);
+        let (shard, mark) = (key.shard(), count_mark(2, key.shard()));
+        assert!(
+            s.contains(&format!(
+                "add element inet switchyard service_count_v4 {{ 198.19.0.10 . tcp . 80 : {mark} }}"
+            )),
+            "{s}"
+        );
+        assert!(s.contains(&format!(
+            "add element inet switchyard backends_v4_s{shard} {{ 198.19.0.10 . tcp . 80 . 0 : 198.18.128.5 . 8080, 198.19.0.10 . tcp . 80 . 1 : 198.18.128.6 . 8080 }}"
+        )));
         assert!(
             s.contains("add element inet switchyard no_endpoints_v6 { fd00:20::a . tcp . 80 }")
         );
-        assert!(s.find("add chain inet switchyard svc_n2") < s.find("goto svc_n2"));
+        let chain = format!("svc_n2_s{shard}");
+        assert!(s.contains(&format!(
+            "add rule inet switchyard {chain} meta nfproto ipv4 dnat ip to ip daddr . meta l4proto . th dport . ct mark map @backends_v4_s{shard}"
+        )));
+        let dispatch =
+            format!("add element inet switchyard count_dispatch {{ {mark} : goto {chain} }}");
+        assert!(s.find(&format!("add chain inet switchyard {chain}")) < s.find(&dispatch));
+        assert!(s.find(&dispatch) < s.find("service_count_v4 {"));
         // Nothing to do: nothing written.
         assert!(script(&diff(&e, &e), &e, false).is_empty());
         // Going back deletes the chains after the elements that use them.
         let back = script(&diff(&e, &Elements::default()), &Elements::default(), false);
         assert!(
-            back.find("delete element inet switchyard service_dispatch_v4")
-                < back.find("delete chain inet switchyard svc_n2")
+            back.find("delete element inet switchyard service_count_v4")
+                < back.find("delete element inet switchyard count_dispatch")
+        );
+        assert!(
+            back.find("delete element inet switchyard count_dispatch")
+                < back.find(&format!("delete chain inet switchyard {chain}"))
         );
         assert!(!back.contains("flush"), "maps are never flushed: {back}");
         assert!(!skeleton().contains("flush set") && !skeleton().contains("flush map"));
     }
 
     #[test]
+    fn a_restart_rewrites_the_chains_and_removes_the_unsharded_layout() {
+        let e = sample();
+        let mut have = e.clone();
+        have.legacy_chains.insert(2, ());
+        have.legacy_chains.insert(9, ());
+        let s = script(&diff(&have, &e), &e, true);
+        // count_dispatch is refilled from the chains.
+        let flush = s.find("flush map inet switchyard count_dispatch");
+        assert!(flush.is_some() && flush < s.find("add element inet switchyard count_dispatch"));
+        // The old dispatch map goes before its chains, the chains before the backend map.
+        let old_dispatch = s.find("delete map inet switchyard service_dispatch_v4");
+        let old_chain = s.find("delete chain inet switchyard svc_n9\n");
+        let old_backends = s.find("delete map inet switchyard backends_v4\n");
+        assert!(
+            old_dispatch.is_some() && old_dispatch < old_chain && old_chain < old_backends,
+            "{s}"
+        );
+        assert!(s.contains("add map inet switchyard backends_v6 {"));
+        // Chain names: sharded, legacy, other.
+        assert_eq!(parse_chain_n("svc_n3_s12"), Some(Ok((3, 12))));
+        assert_eq!(parse_chain_n("svc_n3"), Some(Err(3)));
+        assert_eq!(parse_chain_n("svc_dispatch"), None);
+    }
+
+    #[test]
     fn reads_back_what_nft_lists() {
+        let shard = k("198.19.0.10", 80).shard();
+        let mark = count_mark(2, shard);
         let json = r#"{"nftables": [{"metainfo": {}},
-          {"chain": {"family": "inet", "table": "switchyard", "name": "svc_n2"}},
+          {"chain": {"family": "inet", "table": "switchyard", "name": "svc_n2_sSHARD"}},
+          {"chain": {"family": "inet", "table": "switchyard", "name": "svc_n7"}},
           {"chain": {"family": "inet", "table": "switchyard", "name": "svc_aff_60"}},
-          {"map": {"name": "service_dispatch_v4", "elem": [[{"concat": ["198.19.0.10", "tcp", 80]}, {"goto": {"target": "svc_n2"}}]]}},
+          {"map": {"name": "service_count_v4", "map": "mark", "elem": [[{"concat": ["198.19.0.10", "tcp", 80]}, "MARK"]]}},
           {"map": {"name": "affinity_routes_v4", "elem": [[{"concat": ["198.19.0.10", "tcp", 80]}, {"jump": {"target": "svc_aff_60"}}]]}},
-          {"map": {"name": "backends_v4", "elem": [[{"concat": ["198.19.0.10", "tcp", 80, 0]}, {"concat": ["198.18.128.5", 8080]}],
+          {"map": {"name": "backends_v4_sSHARD", "elem": [[{"concat": ["198.19.0.10", "tcp", 80, 0]}, {"concat": ["198.18.128.5", 8080]}],
                                                    [{"concat": ["198.19.0.10", "tcp", 80, 1]}, {"concat": ["198.18.128.6", 8080]}]]}},
           {"set": {"name": "no_endpoints_v6", "elem": [{"concat": ["fd00:20::a", "tcp", 80]}]}},
           {"set": {"name": "hairpin_v4", "elem": [{"concat": ["198.18.128.5", "198.18.128.5"]}]}},
           {"map": {"name": "access_route_v4", "map": "mark", "elem": [[{"concat": ["198.18.128.5", "tcp", 8080]}, 7]]}},
           {"map": {"name": "access_route_v6", "map": "mark", "elem": [[{"concat": ["fd00:10::5", "tcp", 8080]}, 7]]}},
           {"set": {"name": "access_allowed_v4", "type": ["mark", "ipv4_addr"], "elem": [{"concat": [7, "198.18.130.9"]}]}}]}"#;
-        assert_eq!(
-            parse_table(json).unwrap_or_else(|e| panic!("{e}")),
-            sample()
-        );
+        let json = json
+            .replace("SHARD", &shard.to_string())
+            .replace("MARK", &format!("{mark:#010x}"));
+        let mut want = sample();
+        want.legacy_chains.insert(7, ());
+        assert_eq!(parse_table(&json).unwrap_or_else(|e| panic!("{e}")), want);
     }
 }

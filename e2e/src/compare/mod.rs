@@ -467,6 +467,8 @@ struct Fixtures {
     conn_cluster_ip: Ipv4Addr,
     /// kube-proxy's service chain for the programming Service.
     prog_chain: String,
+    /// The programming route's virtual IP (the Service's ClusterIP when native).
+    prog_vip: Ipv4Addr,
     /// The connection backend pod's address.
     conn_backend: Ipv4Addr,
 }
@@ -508,16 +510,20 @@ async fn create_fixtures(lab: &Lab, nodes: &Nodes, native: bool) -> Result<Fixtu
     );
     let conn_ip = pod_ip(&conn_backend)?;
     let conn_cluster_ip = cluster_ip(&services, "conn").await?;
-    let conn_vip = if native {
-        conn_cluster_ip
+    let (conn_vip, prog_vip) = if native {
+        (conn_cluster_ip, cluster_ip(&services, "prog").await?)
     } else {
-        wait_route_vip(&routes, "prog-sr", Duration::from_secs(60)).await?;
-        wait_route_vip(&routes, "conn-sr", Duration::from_secs(60)).await?
+        let prog = wait_route_vip(&routes, "prog-sr", Duration::from_secs(60)).await?;
+        (
+            wait_route_vip(&routes, "conn-sr", Duration::from_secs(60)).await?,
+            prog,
+        )
     };
     let conn_chain = kp_service_chain(&nodes.netns, NS_FIX, "conn").await?;
     let prog_chain = kp_service_chain(&nodes.netns, NS_FIX, "prog").await?;
-    wait_both_sides_have(nodes, &conn_chain, conn_ip).await?;
+    wait_both_sides_have(nodes, &conn_chain, conn_vip, conn_ip).await?;
     Ok(Fixtures {
+        prog_vip,
         client_netns,
         conn_vip,
         conn_cluster_ip,
@@ -609,16 +615,22 @@ async fn create_dns_names(client: &Client, native: bool) -> Result<()> {
 
 /// Both sides have the connection backend before anything is measured; on a timeout the
 /// error carries what the kernel holds.
-async fn wait_both_sides_have(nodes: &Nodes, conn_chain: &str, conn_ip: Ipv4Addr) -> Result<()> {
+async fn wait_both_sides_have(
+    nodes: &Nodes,
+    conn_chain: &str,
+    conn_vip: Ipv4Addr,
+    conn_ip: Ipv4Addr,
+) -> Result<()> {
     let (ns0, n0) = (nodes.netns.as_str(), nodes.measured.as_str());
+    let set = backends_set(conn_vip);
     if let Err(e) = wait_until_value(
         Duration::from_secs(60),
-        &format!("backend {conn_ip} in inet switchyard backends_v4 on {n0}"),
-        || async move { sy_has_backend(ns0, conn_ip).await.then_some(()) },
+        &format!("backend {conn_ip} in inet switchyard {set} on {n0}"),
+        || async move { sy_has_backend(ns0, conn_vip, conn_ip).await.then_some(()) },
     )
     .await
     {
-        let map = nft_out(ns0, &["list", "map", "inet", "switchyard", "backends_v4"])
+        let map = nft_out(ns0, &["list", "map", "inet", "switchyard", &set])
             .await
             .unwrap_or_default();
         return Err(Error::Invalid {
@@ -659,6 +671,7 @@ async fn measure_programming(
         client,
         &nodes.netns,
         &fix.prog_chain,
+        fix.prog_vip,
         &nodes.backend,
         opts.changes,
     )
@@ -739,7 +752,7 @@ async fn conn_pair_alone(
         &format!("the agent on {n0} to hold the connection backend again"),
         || async move {
             let ip = fix.conn_backend;
-            sy_has_backend(ns0, ip).await.then_some(())
+            sy_has_backend(ns0, fix.conn_vip, ip).await.then_some(())
         },
     )
     .await?;
@@ -1232,14 +1245,23 @@ async fn nft_out(netns_name: &str, args: &[&str]) -> Option<String> {
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
-/// Whether Switchyard's backend map on the node holds `ip` as a backend.
-async fn sy_has_backend(netns_name: &str, ip: Ipv4Addr) -> bool {
+/// The agent's backend map of `vip` port [`PORT`]/TCP (`backends_v4_s<k>`).
+fn backends_set(vip: Ipv4Addr) -> String {
+    let port = u16::try_from(PORT).unwrap_or(80);
+    let k = switchyard_api::dataplane::backend_shard(vip.into(), 6, port);
+    format!("backends_v4_s{k}")
+}
+
+/// Whether Switchyard's backend map on the node holds `ip` as a backend of `vip`.
+async fn sy_has_backend(netns_name: &str, vip: Ipv4Addr, ip: Ipv4Addr) -> bool {
     nft_out(
         netns_name,
-        &["list", "map", "inet", "switchyard", "backends_v4"],
+        &["list", "map", "inet", "switchyard", &backends_set(vip)],
     )
     .await
-    .is_some_and(|t| t.contains(&format!(": {ip} . ")))
+    .is_some_and(|t| {
+        t.contains(&format!("{vip} . tcp . {PORT} . ")) && t.contains(&format!(": {ip} . "))
+    })
 }
 
 /// Whether kube-proxy's service chain `chain` on the node sends to endpoint `ip` (endpoint
@@ -1267,7 +1289,7 @@ async fn sy_has_element(netns_name: &str, vip: Ipv4Addr, j: usize) -> bool {
             "element",
             "inet",
             "switchyard",
-            "backends_v4",
+            &backends_set(vip),
             &format!("{{ {vip} . tcp . {PORT} . {j} }}"),
         ],
     )
@@ -1275,13 +1297,15 @@ async fn sy_has_element(netns_name: &str, vip: Ipv4Addr, j: usize) -> bool {
     .is_ok()
 }
 
+/// The keys with backends the agent has installed (elements of `service_count_v4`, listed
+/// as `<vip> . <proto> . <port> : <mark>`).
 async fn count_dispatch(netns_name: &str) -> usize {
     nft_out(
         netns_name,
-        &["list", "map", "inet", "switchyard", "service_dispatch_v4"],
+        &["list", "map", "inet", "switchyard", "service_count_v4"],
     )
     .await
-    .map(|t| t.matches("goto ").count() + t.matches("jump ").count())
+    .map(|t| t.matches(" : ").count())
     .unwrap_or(0)
 }
 
@@ -1649,6 +1673,7 @@ async fn programming(
     client: &Client,
     ns0: &str,
     chain: &str,
+    vip: Ipv4Addr,
     backend_node: &str,
     changes: usize,
 ) -> Result<(Latencies, Latencies)> {
@@ -1691,7 +1716,7 @@ async fn programming(
         );
         let (a, b) = tokio::join!(
             wait_until_value(limit, &sy_what, || async move {
-                (sy_has_backend(ns0, ip).await == adding).then_some(t0.elapsed())
+                (sy_has_backend(ns0, vip, ip).await == adding).then_some(t0.elapsed())
             }),
             wait_until_value(limit, &kp_what, || async move {
                 (kp_has_backend(ns0, chain, ip).await == adding).then_some(t0.elapsed())
