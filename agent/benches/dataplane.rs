@@ -423,6 +423,8 @@ struct SizeResult {
     compute_median_ms: f64,
     netlink_median_ms: f64,
     nft_median_ms: f64,
+    /// The read-back's time by group of sets: (group, sets, elements, seconds).
+    readback_groups: Vec<(String, usize, usize, f64)>,
     /// Heap bytes the agent's `ServiceTable` holds, per route.
     table_bytes_per_route: f64,
     /// This process's RSS after the full sync and its peak so far, MiB.
@@ -498,10 +500,12 @@ async fn measure_size(routes: usize) -> Result<SizeResult> {
     // the second, on a settled table.
     let mut nl_read = netlink::Socket::open()?;
     let mut readback_s = f64::NAN;
+    let mut set_times = Vec::new();
     for _ in 0..2 {
         let t = Instant::now();
-        let back = dump::read(&mut nl_read)?;
+        let (back, times) = dump::read_timed(&mut nl_read)?;
         readback_s = t.elapsed().as_secs_f64();
+        set_times = times;
         if back != full {
             bail!(
                 "netlink read-back differs at {routes} routes: {} elements in the kernel, {} wanted",
@@ -584,8 +588,25 @@ async fn measure_size(routes: usize) -> Result<SizeResult> {
         netlink_median_ms: median(&mut kernel),
         nft_median_ms: median(&mut nft),
         table_bytes_per_route: table_bytes as f64 / routes.max(1) as f64,
+        readback_groups: groups(&set_times),
         rss_mib: rss,
     })
+}
+
+/// Read-back times summed by set name without its family and shard (`backends_v4_s3` →
+/// `backends`).
+fn groups(times: &[dump::SetTime]) -> Vec<(String, usize, usize, f64)> {
+    let mut by: std::collections::BTreeMap<String, (usize, usize, f64)> = Default::default();
+    for t in times {
+        let base = t.set.split("_v").next().unwrap_or(t.set).to_string();
+        let e = by.entry(base).or_default();
+        e.0 += 1;
+        e.1 += t.elements;
+        e.2 += t.seconds;
+    }
+    let mut v: Vec<_> = by.into_iter().map(|(k, (n, e, s))| (k, n, e, s)).collect();
+    v.sort_by(|a, b| b.3.total_cmp(&a.3));
+    v
 }
 
 struct RateResult {
@@ -734,6 +755,20 @@ fn print_report(sizes: &[SizeResult], warmup: &RateResult, rates: &[RateResult])
             s.table_bytes_per_route,
             s.rss_mib.0,
             s.rss_mib.1
+        );
+    }
+    for s in sizes {
+        let parts: Vec<String> = s
+            .readback_groups
+            .iter()
+            .take(4)
+            .map(|(g, n, e, t)| format!("{g} ({n} sets, {e} elements) {t:.3} s"))
+            .collect();
+        println!();
+        println!(
+            "Read-back at {} routes, slowest sets: {}.",
+            s.routes,
+            parts.join("; ")
         );
     }
     let first = sizes.first();

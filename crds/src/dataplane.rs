@@ -34,11 +34,11 @@ pub const AGENT_LEASE_DURATION_SECONDS: i32 = 40;
 
 /// How many maps each address family's service backends are split into on a node
 /// (`backends_v4_s<k>`, `backends_v6_s<k>`, k below this).
-pub const BACKEND_SHARDS: u8 = 64;
+pub const BACKEND_SHARDS: u16 = 128;
 
 /// The backend map of the service key `vip . protocol . port` (`protocol` its IP protocol
 /// number): the 32-bit FNV-1a hash of the address's octets, the protocol number and the port
-/// (big-endian), modulo [`BACKEND_SHARDS`]. Part of the node's kernel layout: an agent that
+/// (big-endian), its four bytes folded into one by XOR, modulo [`BACKEND_SHARDS`]. Part of the node's kernel layout: an agent that
 /// restarts finds each key's backends where this function put them, so it must never change
 /// without a migration.
 pub fn backend_shard(vip: std::net::IpAddr, protocol: u8, port: u16) -> u8 {
@@ -53,8 +53,8 @@ pub fn backend_shard(vip: std::net::IpAddr, protocol: u8, port: u16) -> u8 {
     }
     eat(protocol);
     port.to_be_bytes().into_iter().for_each(&mut eat);
-    // The remainder is below BACKEND_SHARDS, so it fits.
-    (h % u32::from(BACKEND_SHARDS)) as u8
+    // The hash folded to one byte (all 32 bits count), then its low 7 bits: 128 shards.
+    ((h ^ (h >> 8) ^ (h >> 16) ^ (h >> 24)) & 0x7f) as u8
 }
 
 /// The name of `node`'s agent Lease.
@@ -144,15 +144,15 @@ mod tests {
     fn backend_shards_are_fixed_and_spread() {
         // Fixed values: the kernel layout of running nodes depends on them.
         let v4: std::net::IpAddr = [198, 19, 0, 10].into();
-        assert_eq!(backend_shard(v4, 6, 80), 34);
-        assert_eq!(backend_shard(v4, 17, 53), 20);
+        assert_eq!(backend_shard(v4, 6, 80), 57);
+        assert_eq!(backend_shard(v4, 17, 53), 98);
         let v6: std::net::IpAddr = "fd00:40::1".parse().unwrap_or(v4);
-        assert_eq!(backend_shard(v6, 6, 80), 31);
+        assert_eq!(backend_shard(v6, 6, 80), 100);
         let mut used = std::collections::BTreeSet::new();
-        for i in 0..4096u32 {
+        for i in 0..16_384u32 {
             let ip = std::net::IpAddr::from(std::net::Ipv4Addr::from(0xc613_0000 + i));
             let k = backend_shard(ip, 6, 80);
-            assert!(k < BACKEND_SHARDS);
+            assert!(u16::from(k) < BACKEND_SHARDS);
             used.insert(k);
         }
         assert_eq!(used.len(), usize::from(BACKEND_SHARDS));
