@@ -128,6 +128,77 @@ impl<K: Ord + Clone> Counted<K> {
     }
 }
 
+/// The routes holding one key or guarded port, in name order: almost always one, so a sorted
+/// vector (a `BTreeSet` allocates room for eleven on its first insert).
+#[derive(Clone, Debug, Default)]
+struct Holders(Vec<String>);
+
+impl Holders {
+    fn insert(&mut self, route: &str) {
+        if let Err(i) = self.0.binary_search_by(|r| r.as_str().cmp(route)) {
+            self.0.insert(i, route.to_string());
+        }
+    }
+
+    fn remove(&mut self, route: &str) {
+        if let Ok(i) = self.0.binary_search_by(|r| r.as_str().cmp(route)) {
+            self.0.remove(i);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The holder: the first in name order.
+    fn first(&self) -> Option<&String> {
+        self.0.first()
+    }
+}
+
+/// A route as the table keeps it: its keys and services in a vector sorted by key (most
+/// routes have one or two keys, and a `BTreeMap` allocates an eleven-slot node for the first).
+#[derive(Clone, Debug, PartialEq)]
+struct Stored {
+    services: Vec<(Key, Service)>,
+    access: Option<crate::services::RouteAccess>,
+}
+
+impl From<RouteDesired> for Stored {
+    fn from(rd: RouteDesired) -> Self {
+        Self {
+            // A BTreeMap iterates in key order, so the vector is sorted.
+            services: rd.services.into_iter().collect(),
+            access: rd.access,
+        }
+    }
+}
+
+impl Stored {
+    fn get(&self, k: &Key) -> Option<&Service> {
+        self.services
+            .binary_search_by(|(x, _)| x.cmp(k))
+            .ok()
+            .and_then(|i| self.services.get(i))
+            .map(|(_, s)| s)
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &Key> {
+        self.services.iter().map(|(k, _)| k)
+    }
+
+    /// Whether this is what `rd` asks for.
+    fn is(&self, rd: &RouteDesired) -> bool {
+        self.access == rd.access
+            && self.services.len() == rd.services.len()
+            && self
+                .services
+                .iter()
+                .zip(&rd.services)
+                .all(|((a, sa), (b, sb))| a == b && sa == sb)
+    }
+}
+
 /// One transaction's worth of change and what must happen beside it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Change {
@@ -143,11 +214,11 @@ pub struct Change {
 #[derive(Clone, Debug, Default)]
 pub struct ServiceTable {
     node: String,
-    routes: BTreeMap<String, RouteDesired>,
+    routes: BTreeMap<String, Stored>,
     /// Key → routes asking for it; the first in order holds it.
-    claims: BTreeMap<Key, BTreeSet<String>>,
+    claims: BTreeMap<Key, Holders>,
     /// Guarded destination → routes guarding it; the first in order holds it.
-    guards: BTreeMap<Key, BTreeSet<String>>,
+    guards: BTreeMap<Key, Holders>,
     /// Access ids of routes with an access rule, and the other way round.
     ids: BTreeMap<String, u32>,
     id_owner: BTreeMap<u32, String>,
@@ -195,14 +266,22 @@ impl ServiceTable {
     pub fn set_route(&mut self, id: &str, want: Option<RouteDesired>) {
         let old = self.routes.get(id).cloned();
         let old = old.as_ref();
-        if old == want.as_ref() {
-            return;
+        match (old, want.as_ref()) {
+            (None, None) => return,
+            (Some(o), Some(w)) if o.is(w) => return,
+            _ => {}
         }
         let mut keys: BTreeSet<Key> = BTreeSet::new();
         let mut targets: BTreeSet<Key> = BTreeSet::new();
-        for rd in [old, want.as_ref()].into_iter().flatten() {
-            keys.extend(rd.services.keys().copied());
-            if let Some(a) = &rd.access {
+        if let Some(o) = old {
+            keys.extend(o.keys().copied());
+            if let Some(a) = &o.access {
+                targets.extend(a.targets.iter().copied());
+            }
+        }
+        if let Some(w) = &want {
+            keys.extend(w.services.keys().copied());
+            if let Some(a) = &w.access {
                 targets.extend(a.targets.iter().copied());
             }
         }
@@ -225,7 +304,7 @@ impl ServiceTable {
         }
         // Swap the route.
         if let Some(o) = old {
-            for k in o.services.keys() {
+            for k in o.keys() {
                 if let Some(c) = self.claims.get_mut(k) {
                     c.remove(id);
                     if c.is_empty() {
@@ -258,12 +337,12 @@ impl ServiceTable {
         match want {
             Some(w) => {
                 for k in w.services.keys() {
-                    self.claims.entry(*k).or_default().insert(id.to_string());
+                    self.claims.entry(*k).or_default().insert(id);
                 }
                 for t in w.access.iter().flat_map(|a| &a.targets) {
-                    self.guards.entry(*t).or_default().insert(id.to_string());
+                    self.guards.entry(*t).or_default().insert(id);
                 }
-                self.routes.insert(id.to_string(), w);
+                self.routes.insert(id.to_string(), Stored::from(w));
             }
             None => {
                 self.routes.remove(id);
@@ -292,7 +371,7 @@ impl ServiceTable {
     /// The service holding `k`, if any.
     fn holder(&self, k: &Key) -> Option<&Service> {
         let route = self.claims.get(k)?.first()?;
-        self.routes.get(route)?.services.get(k)
+        self.routes.get(route)?.get(k)
     }
 
     /// Removes the elements of key `k` (as its current holder encodes it).
