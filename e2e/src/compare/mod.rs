@@ -1305,7 +1305,11 @@ async fn count_dispatch(netns_name: &str) -> usize {
         &["list", "map", "inet", "switchyard", "service_count_v4"],
     )
     .await
-    .map(|t| t.matches(" : ").count())
+    .map(|t| {
+        // The map's `type … : mark` line has a " : " too; count the elements only.
+        t.split_once("elements = {")
+            .map_or(0, |(_, e)| e.matches(" : ").count())
+    })
     .unwrap_or(0)
 }
 
