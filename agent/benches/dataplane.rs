@@ -13,7 +13,6 @@
 //! virtual IPs (198.19.0.0/16). The binary re-executes itself through `ip netns exec` for the
 //! router, client and echo-server roles; the outer process deletes the namespaces at the end.
 
-use std::alloc::System;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -21,23 +20,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 use switchyard_agent::kernel::services as ksvc;
 use switchyard_agent::kernel::{dump, netlink};
 use switchyard_agent::service_table::ServiceTable;
 use switchyard_agent::services::{Backend, Elements, Key, Proto, RouteDesired, Service};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Counts heap allocations (for the agent's table per route).
-#[global_allocator]
-static ALLOC: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
-
-/// Heap bytes in use now.
-fn heap() -> usize {
-    let s = ALLOC.stats();
-    let net = s.bytes_allocated as i128 + s.bytes_reallocated as i128 - s.bytes_deallocated as i128;
-    usize::try_from(net).unwrap_or(0)
-}
+#[path = "support/heap.rs"]
+mod heap;
+use heap::heap;
 
 /// `VmRSS` and `VmHWM` (peak) of this process, in MiB.
 fn rss_mib() -> (f64, f64) {

@@ -17,7 +17,6 @@
 //! Traffic stays on loopback (127.0.0.1, ports the kernel picks). Every dnsperf run is bounded
 //! by `--seconds`; the servers live at most `SERVER_LIMIT`.
 
-use std::alloc::System;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,23 +26,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use prometheus_client::registry::Registry;
-use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 use switchyard_agent::dns::forward::Forwarder;
 use switchyard_agent::dns::incremental::Records;
 use switchyard_agent::dns::records::{self, Found, Inputs, Snapshot};
 use switchyard_agent::dns::server::{self, Dns, DnsMetrics};
 use switchyard_api::ServiceRoute;
 
-/// Counts heap allocations (for the snapshot's memory).
-#[global_allocator]
-static ALLOC: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
-
-/// Heap bytes in use now.
-fn heap() -> usize {
-    let s = ALLOC.stats();
-    let net = s.bytes_allocated as i128 + s.bytes_reallocated as i128 - s.bytes_deallocated as i128;
-    usize::try_from(net).unwrap_or(0)
-}
+#[path = "support/heap.rs"]
+mod heap;
+use heap::heap;
 
 const NS: &str = "bench";
 const SERVER_LIMIT: Duration = Duration::from_secs(30 * 60);

@@ -117,107 +117,131 @@ async fn affinity_listing() -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Runs `test` on a thread of its own in a network namespace of its own (the agent's netlink
+/// sockets and `nft` then see only that namespace), on a current-thread runtime.
+fn in_own_netns<F: std::future::Future<Output = ()>>(test: impl FnOnce() -> F + Send + 'static) {
+    std::thread::spawn(|| {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("unshare a network namespace (run as root)");
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(test());
+    })
+    .join()
+    .unwrap();
+}
+
+/// Runs `nft args` with `stdin`, returning what it did.
+async fn nft(args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("nft")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).await.unwrap();
+    }
+    drop(input);
+    child.wait_with_output().await.unwrap()
+}
+
 #[test]
 fn incremental_changes_leave_exactly_the_tables_elements() {
     if !preflight("incremental_changes_leave_exactly_the_tables_elements") {
         return;
     }
-    std::thread::spawn(|| {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-            .expect("unshare a network namespace (run as root)");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            // No table yet: nothing read back.
-            let mut nl = netlink::Socket::open().unwrap();
-            assert_eq!(dump::read(&mut nl).unwrap(), Elements::default());
-            let mut table = ServiceTable::new("here");
-            for i in 0..6 {
-                table.set_route(&format!("ns/r{i}"), Some(route(i, 3, None, i % 2 == 0)));
-            }
-            table.settle();
-            // From an empty table: skeleton and chains by nft, elements over netlink.
-            ksvc::apply(&mut nl, None, &table.elements()).await.unwrap();
-            assert_holds(&mut nl, &table.elements(), "after the first programming").await;
-            // Element-only changes (netlink): fewer backends, affinity, access, no backends,
-            // a route gone, back again.
-            let steps: Vec<(u8, Option<RouteDesired>)> = vec![
-                (1, Some(route(1, 2, None, false))),
-                (1, Some(route(1, 3, None, false))),
-                (2, Some(route(2, 3, None, false))),
-                (3, Some(route(3, 3, None, true))),
-                (4, Some(route(4, 0, None, true))),
-                (5, None),
-                (5, Some(route(5, 3, None, false))),
-                (0, Some(route(0, 3, Some(30), true))),
-                (0, Some(route(0, 2, Some(30), true))),
-                (0, Some(route(0, 2, None, true))),
-                (4, Some(route(4, 1, None, true))),
-            ];
-            let mut remembered = false;
-            for (i, want) in steps {
-                table.set_route(&format!("ns/r{i}"), want);
-                let change = table.take_change();
-                ksvc::apply_change(&mut nl, &change).await.unwrap();
-                assert_holds(
-                    &mut nl,
-                    &table.elements(),
-                    &format!("after changing route {i}"),
-                )
-                .await;
-                if !remembered
-                    && table
-                        .elements()
-                        .affinity
-                        .contains_key(&key(0, false, Proto::Tcp))
-                {
-                    remembered = true;
-                    // Clients remembered by the kernel: one of route 0, one of another key.
-                    let add = "add element inet switchyard affinity_v4 { \
+    in_own_netns(|| async {
+        // No table yet: nothing read back.
+        let mut nl = netlink::Socket::open().unwrap();
+        assert_eq!(dump::read(&mut nl).unwrap(), Elements::default());
+        let mut table = ServiceTable::new("here");
+        for i in 0..6 {
+            table.set_route(&format!("ns/r{i}"), Some(route(i, 3, None, i % 2 == 0)));
+        }
+        table.settle();
+        // From an empty table: skeleton and chains by nft, elements over netlink.
+        ksvc::apply(&mut nl, None, &table.elements()).await.unwrap();
+        assert_holds(&mut nl, &table.elements(), "after the first programming").await;
+        // Element-only changes (netlink): fewer backends, affinity, access, no backends,
+        // a route gone, back again.
+        let steps: Vec<(u8, Option<RouteDesired>)> = vec![
+            (1, Some(route(1, 2, None, false))),
+            (1, Some(route(1, 3, None, false))),
+            (2, Some(route(2, 3, None, false))),
+            (3, Some(route(3, 3, None, true))),
+            (4, Some(route(4, 0, None, true))),
+            (5, None),
+            (5, Some(route(5, 3, None, false))),
+            (0, Some(route(0, 3, Some(30), true))),
+            (0, Some(route(0, 2, Some(30), true))),
+            (0, Some(route(0, 2, None, true))),
+            (4, Some(route(4, 1, None, true))),
+        ];
+        let mut remembered = false;
+        for (i, want) in steps {
+            table.set_route(&format!("ns/r{i}"), want);
+            let change = table.take_change();
+            ksvc::apply_change(&mut nl, &change).await.unwrap();
+            assert_holds(
+                &mut nl,
+                &table.elements(),
+                &format!("after changing route {i}"),
+            )
+            .await;
+            if !remembered
+                && table
+                    .elements()
+                    .affinity
+                    .contains_key(&key(0, false, Proto::Tcp))
+            {
+                remembered = true;
+                // Clients remembered by the kernel: one of route 0, one of another key.
+                let add = "add element inet switchyard affinity_v4 { \
                                198.18.250.1 . 198.19.0.0 . tcp . 80 timeout 1h : 1, \
                                198.18.250.2 . 198.19.0.77 . tcp . 80 timeout 1h : 0 }";
-                    let st = tokio::process::Command::new("nft")
-                        .arg(add)
-                        .status()
-                        .await
-                        .unwrap();
-                    assert!(st.success());
-                }
+                let st = tokio::process::Command::new("nft")
+                    .arg(add)
+                    .status()
+                    .await
+                    .unwrap();
+                assert!(st.success());
             }
-            // Route 0 went from 3 to 2 backends with affinity: its remembered client was
-            // forgotten (over netlink), the other key's kept.
-            let left = affinity_listing().await;
-            assert!(!left.contains("198.18.250.1"), "{left}");
-            assert!(left.contains("198.18.250.2"), "{left}");
-            // Dropping chains nothing uses goes through nft.
-            table.release_unused_chains();
-            ksvc::apply_change(&mut nl, &table.take_change())
-                .await
-                .unwrap();
-            assert_holds(&mut nl, &table.elements(), "after dropping chains").await;
-            // A change the kernel refuses (deleting an element that is not there) applies
-            // nothing and names the problem.
-            let mut bad = table.clone();
-            bad.set_route("ns/r9", Some(route(9, 1, None, false)));
-            bad.settle();
-            bad.set_route("ns/r9", None);
-            let err = ksvc::apply_change(&mut nl, &bad.take_change())
-                .await
-                .unwrap_err();
-            assert!(err.to_string().contains("netlink"), "{err}");
-            assert_holds(&mut nl, &table.elements(), "after a refused change").await;
-            // The socket stays usable after a refused transaction.
-            table.set_route("ns/r1", Some(route(1, 1, None, false)));
-            ksvc::apply_change(&mut nl, &table.take_change())
-                .await
-                .unwrap();
-            assert_holds(&mut nl, &table.elements(), "at the end").await;
-        });
-    })
-    .join()
-    .unwrap();
+        }
+        // Route 0 went from 3 to 2 backends with affinity: its remembered client was
+        // forgotten (over netlink), the other key's kept.
+        let left = affinity_listing().await;
+        assert!(!left.contains("198.18.250.1"), "{left}");
+        assert!(left.contains("198.18.250.2"), "{left}");
+        // Dropping chains nothing uses goes through nft.
+        table.release_unused_chains();
+        ksvc::apply_change(&mut nl, &table.take_change())
+            .await
+            .unwrap();
+        assert_holds(&mut nl, &table.elements(), "after dropping chains").await;
+        // A change the kernel refuses (deleting an element that is not there) applies
+        // nothing and names the problem.
+        let mut bad = table.clone();
+        bad.set_route("ns/r9", Some(route(9, 1, None, false)));
+        bad.settle();
+        bad.set_route("ns/r9", None);
+        let err = ksvc::apply_change(&mut nl, &bad.take_change())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("netlink"), "{err}");
+        assert_holds(&mut nl, &table.elements(), "after a refused change").await;
+        // The socket stays usable after a refused transaction.
+        table.set_route("ns/r1", Some(route(1, 1, None, false)));
+        ksvc::apply_change(&mut nl, &table.take_change())
+            .await
+            .unwrap();
+        assert_holds(&mut nl, &table.elements(), "at the end").await;
+    });
 }
 
 /// What an agent before backend sharding left in the kernel: one verdict map and one backend
@@ -247,77 +271,40 @@ fn a_table_of_the_unsharded_layout_is_migrated_in_one_transaction() {
     if !preflight("a_table_of_the_unsharded_layout_is_migrated_in_one_transaction") {
         return;
     }
-    std::thread::spawn(|| {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-            .expect("unshare a network namespace (run as root)");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let nft = |args: Vec<String>, stdin: Option<&'static str>| async move {
-                let mut cmd = tokio::process::Command::new("nft");
-                cmd.args(&args)
-                    .stdin(std::process::Stdio::piped())
-                    .stdout(std::process::Stdio::piped())
-                    .stderr(std::process::Stdio::piped());
-                let mut child = cmd.spawn().unwrap();
-                if let Some(text) = stdin {
-                    use tokio::io::AsyncWriteExt;
-                    let mut i = child.stdin.take().unwrap();
-                    i.write_all(text.as_bytes()).await.unwrap();
-                }
-                drop(child.stdin.take());
-                child.wait_with_output().await.unwrap()
-            };
-            let out = nft(vec!["-f".into(), "-".into()], Some(UNSHARDED)).await;
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let mut nl = netlink::Socket::open().unwrap();
-            // The read-back sees the old chain (and nothing it could mistake for routes).
-            let before = dump::read(&mut nl).unwrap();
-            assert_eq!(
-                before.legacy_chains.keys().copied().collect::<Vec<_>>(),
-                vec![2]
-            );
-            let mut table = ServiceTable::new("here");
-            for i in 0..4 {
-                table.set_route(&format!("ns/r{i}"), Some(route(i, 3, None, i == 0)));
-            }
-            table.settle();
-            ksvc::apply(&mut nl, None, &table.elements()).await.unwrap();
-            assert_holds(&mut nl, &table.elements(), "after the migration").await;
-            for gone in [
-                "service_dispatch_v4",
-                "service_dispatch_v6",
-                "backends_v4",
-                "backends_v6",
-            ] {
-                let out = nft(
-                    ["list", "map", "inet", "switchyard", gone]
-                        .map(String::from)
-                        .to_vec(),
-                    None,
-                )
-                .await;
-                assert!(!out.status.success(), "{gone} is still there");
-            }
-            let out = nft(
-                ["list", "chain", "inet", "switchyard", "svc_n2"]
-                    .map(String::from)
-                    .to_vec(),
-                None,
-            )
-            .await;
-            assert!(!out.status.success(), "svc_n2 is still there");
-            // A second start on the migrated table changes nothing.
-            ksvc::apply(&mut nl, None, &table.elements()).await.unwrap();
-            assert_holds(&mut nl, &table.elements(), "after a restart").await;
-        });
-    })
-    .join()
-    .unwrap();
+    in_own_netns(|| async {
+        let out = nft(&["-f", "-"], Some(UNSHARDED)).await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut nl = netlink::Socket::open().unwrap();
+        // The read-back sees the old chain (and nothing it could mistake for routes).
+        let before = dump::read(&mut nl).unwrap();
+        assert_eq!(
+            before.legacy_chains.keys().copied().collect::<Vec<_>>(),
+            vec![2]
+        );
+        let mut table = ServiceTable::new("here");
+        for i in 0..4 {
+            table.set_route(&format!("ns/r{i}"), Some(route(i, 3, None, i == 0)));
+        }
+        table.settle();
+        ksvc::apply(&mut nl, None, &table.elements()).await.unwrap();
+        assert_holds(&mut nl, &table.elements(), "after the migration").await;
+        for gone in [
+            "service_dispatch_v4",
+            "service_dispatch_v6",
+            "backends_v4",
+            "backends_v6",
+        ] {
+            let out = nft(&["list", "map", "inet", "switchyard", gone], None).await;
+            assert!(!out.status.success(), "{gone} is still there");
+        }
+        let out = nft(&["list", "chain", "inet", "switchyard", "svc_n2"], None).await;
+        assert!(!out.status.success(), "svc_n2 is still there");
+        // A second start on the migrated table changes nothing.
+        ksvc::apply(&mut nl, None, &table.elements()).await.unwrap();
+        assert_holds(&mut nl, &table.elements(), "after a restart").await;
+    });
 }

@@ -57,6 +57,16 @@ pub fn backend_shard(vip: std::net::IpAddr, protocol: u8, port: u16) -> u8 {
     ((h ^ (h >> 8) ^ (h >> 16) ^ (h >> 24)) & 0x7f) as u8
 }
 
+/// The name of backend map `shard` of a family (`backends_v4_s<k>`, `backends_v6_s<k>`).
+pub fn backend_map_name(ipv6: bool, shard: u8) -> String {
+    format!("backends_{}_s{shard}", if ipv6 { "v6" } else { "v4" })
+}
+
+/// The name of the backend map holding the key `vip . protocol . port`.
+pub fn backend_map(vip: std::net::IpAddr, protocol: u8, port: u16) -> String {
+    backend_map_name(vip.is_ipv6(), backend_shard(vip, protocol, port))
+}
+
 /// The name of `node`'s agent Lease.
 pub fn agent_lease_name(node: &str) -> String {
     format!("switchyard-agent-{node}")

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::LazyLock;
 
-use switchyard_api::dataplane::BACKEND_SHARDS;
+use switchyard_api::dataplane::{BACKEND_SHARDS, backend_map_name};
 
 use tracing::warn;
 
@@ -77,8 +77,9 @@ pub static SETS: LazyLock<Vec<(String, Kind, bool)>> = LazyLock::new(|| {
         .map(|(n, k, six)| ((*n).to_string(), *k, *six))
         .collect();
     for k in (0..BACKEND_SHARDS).filter_map(|k| u8::try_from(k).ok()) {
-        v.push((format!("backends_v4_s{k}"), Kind::Backends(k), false));
-        v.push((format!("backends_v6_s{k}"), Kind::Backends(k), true));
+        for six in [false, true] {
+            v.push((backend_map_name(six, k), Kind::Backends(k), six));
+        }
     }
     v
 });
@@ -1200,10 +1201,17 @@ mod tests {
 
     #[test]
     fn errors_name_the_set_and_what_is_wrong() {
-        let start = |set| {
+        fn start(set: &str) -> SetReader {
             let mut r = SetReader::default();
             r.start(set).unwrap_or_else(|e| panic!("{e}"));
             r
+        }
+        // The error reading a dump of `e`'s set that holds `e` alone.
+        let refused = |e: Element| {
+            let set = e.set.clone();
+            let mut d = Vec::new();
+            setelem_msg(&mut d, 5, &set, &[e]);
+            start(&set).feed(5, &d).unwrap_err().to_string()
         };
         // The kernel refuses: errno named; ENOENT: nothing there.
         let mut d = Vec::new();
@@ -1222,9 +1230,7 @@ mod tests {
             key: vec![0; 16 + 8],
             data: Data::Value(vec![0; 20]),
         };
-        let mut d = Vec::new();
-        setelem_msg(&mut d, 5, "backends_v6_s0", &[short]);
-        let err = start("backends_v6_s0").feed(5, &d).unwrap_err().to_string();
+        let err = refused(short);
         assert!(
             err.contains("backends_v6_s0") && err.contains("NFTA_SET_ELEM_KEY"),
             "{err}"
@@ -1232,17 +1238,14 @@ mod tests {
         // A backend in another key's shard, and a count naming the wrong shard.
         let key = k("198.19.0.1", Proto::Udp, 53);
         let wrong = key.shard().wrapping_add(1);
-        let set = format!("backends_v4_s{wrong}");
         let mut kb = netlink::key_bytes(&key);
         kb.extend_from_slice(&0u32.to_ne_bytes());
         let stray = Element {
-            set: set.clone(),
+            set: backend_map_name(false, wrong),
             key: kb,
             data: Data::Value(vec![198, 18, 0, 9, 0, 80, 0, 0]),
         };
-        let mut d = Vec::new();
-        setelem_msg(&mut d, 5, &set, &[stray]);
-        let err = start(&set).feed(5, &d).unwrap_err().to_string();
+        let err = refused(stray);
         assert!(
             err.contains(&format!("belongs in shard {}", key.shard())),
             "{err}"
@@ -1252,12 +1255,7 @@ mod tests {
             key: netlink::key_bytes(&key),
             data: Data::Value(count_mark(2, wrong).to_ne_bytes().to_vec()),
         };
-        let mut d = Vec::new();
-        setelem_msg(&mut d, 5, "service_count_v4", &[count]);
-        let err = start("service_count_v4")
-            .feed(5, &d)
-            .unwrap_err()
-            .to_string();
+        let err = refused(count);
         assert!(err.contains(&format!("in shard {wrong}")), "{err}");
         // A verdict to a chain that is not ours.
         let odd = Element {
@@ -1265,12 +1263,7 @@ mod tests {
             key: netlink::key_bytes(&k("198.19.0.1", Proto::Udp, 53)),
             data: Data::Jump("elsewhere".into()),
         };
-        let mut d = Vec::new();
-        setelem_msg(&mut d, 5, "affinity_routes_v4", &[odd]);
-        let err = start("affinity_routes_v4")
-            .feed(5, &d)
-            .unwrap_err()
-            .to_string();
+        let err = refused(odd);
         assert!(
             err.contains("NFTA_DATA_VERDICT") && err.contains("elsewhere"),
             "{err}"
@@ -1281,12 +1274,7 @@ mod tests {
             key: netlink::key_bytes(&k("198.19.0.1", Proto::Udp, 53)),
             data: Data::None,
         };
-        let mut d = Vec::new();
-        setelem_msg(&mut d, 5, "access_route_v4", &[bare]);
-        let err = start("access_route_v4")
-            .feed(5, &d)
-            .unwrap_err()
-            .to_string();
+        let err = refused(bare);
         assert!(
             err.contains("access_route_v4") && err.contains("NFTA_SET_ELEM_DATA"),
             "{err}"
@@ -1299,9 +1287,7 @@ mod tests {
             key,
             data: Data::None,
         };
-        let mut d = Vec::new();
-        setelem_msg(&mut d, 5, "masq_v4", &[icmp]);
-        let err = start("masq_v4").feed(5, &d).unwrap_err().to_string();
+        let err = refused(icmp);
         assert!(err.contains("protocol 1"), "{err}");
         // A message cut short, and one flagged interrupted.
         let mut d = Vec::new();

@@ -55,7 +55,7 @@ use crate::service_table::Change;
 use crate::services::{
     Diff, Elements, Key, Proto, affinity_resets, count_mark, count_of_mark, diff, stale_udp,
 };
-use switchyard_api::dataplane::BACKEND_SHARDS;
+use switchyard_api::dataplane::{BACKEND_SHARDS, backend_map, backend_map_name};
 
 const FIXED_CHAINS: [&str; 12] = [
     "svc_prerouting",
@@ -109,15 +109,14 @@ pub fn skeleton() -> String {
         let (kind, rest) = decl.split_once(' ').unwrap_or((decl, ""));
         let _ = writeln!(s, "add {kind} {t} {rest}");
     }
-    for k in 0..BACKEND_SHARDS {
-        let _ = writeln!(
-            s,
-            "add map {t} backends_v4_s{k} {{ type ipv4_addr . inet_proto . inet_service . mark : ipv4_addr . inet_service; }}"
-        );
-        let _ = writeln!(
-            s,
-            "add map {t} backends_v6_s{k} {{ type ipv6_addr . inet_proto . inet_service . mark : ipv6_addr . inet_service; }}"
-        );
+    for k in (0..BACKEND_SHARDS).filter_map(|k| u8::try_from(k).ok()) {
+        for (six, a) in [(false, "ipv4_addr"), (true, "ipv6_addr")] {
+            let _ = writeln!(
+                s,
+                "add map {t} {} {{ type {a} . inet_proto . inet_service . mark : {a} . inet_service; }}",
+                backend_map_name(six, k)
+            );
+        }
     }
     for c in FIXED_CHAINS {
         let _ = writeln!(s, "flush chain {t} {c}");
@@ -226,10 +225,12 @@ fn chain_n_rules(n: u32, k: u8) -> Vec<String> {
         format!("ct mark set numgen random mod {n}"),
         "ip daddr . meta l4proto . th dport vmap @affinity_routes_v4".into(),
         format!(
-            "meta nfproto ipv4 dnat ip to ip daddr . meta l4proto . th dport . ct mark map @backends_v4_s{k}"
+            "meta nfproto ipv4 dnat ip to ip daddr . meta l4proto . th dport . ct mark map @{}",
+            backend_map_name(false, k)
         ),
         format!(
-            "meta nfproto ipv6 dnat ip6 to ip6 daddr . meta l4proto . th dport . ct mark map @backends_v6_s{k}"
+            "meta nfproto ipv6 dnat ip6 to ip6 daddr . meta l4proto . th dport . ct mark map @{}",
+            backend_map_name(true, k)
         ),
     ]
 }
@@ -296,7 +297,7 @@ fn elements_cmd(
 
 /// The backend map of `k` (`backends_v4_s<k>`).
 pub fn backends_set(k: &Key) -> String {
-    format!("backends_{}_s{}", fam(&k.vip), k.shard())
+    backend_map(k.vip, k.proto.number(), k.port)
 }
 
 /// Groups `items` (set name, element) by set and writes `add|delete element` lines of at most
@@ -345,13 +346,13 @@ pub fn script(d: &Diff, target: &Elements, rewrite_chains: bool) -> String {
         }
         dispatch.push(format!("{} : goto {c}", count_mark(n, k)));
     }
-    for chunk in dispatch.chunks(1000) {
-        let _ = writeln!(
-            s,
-            "add element {t} count_dispatch {{ {} }}",
-            chunk.join(", ")
-        );
-    }
+    named_elements_cmd(
+        &mut s,
+        "add",
+        dispatch
+            .into_iter()
+            .map(|e| ("count_dispatch".to_string(), e)),
+    );
     let new_t: Vec<u32> = if rewrite_chains {
         target.chains_aff.keys().copied().collect()
     } else {
@@ -366,19 +367,14 @@ pub fn script(d: &Diff, target: &Elements, rewrite_chains: bool) -> String {
     }
     additions(&mut s, d);
     if !rewrite_chains {
-        let gone: Vec<String> = d
-            .chains_n
-            .delete
-            .iter()
-            .map(|(n, k)| count_mark(*n, *k).to_string())
-            .collect();
-        for chunk in gone.chunks(1000) {
-            let _ = writeln!(
-                s,
-                "delete element {t} count_dispatch {{ {} }}",
-                chunk.join(", ")
-            );
-        }
+        named_elements_cmd(
+            &mut s,
+            "delete",
+            d.chains_n
+                .delete
+                .iter()
+                .map(|(n, k)| ("count_dispatch".to_string(), count_mark(*n, *k).to_string())),
+        );
     }
     for (n, k) in &d.chains_n.delete {
         let _ = writeln!(s, "delete chain {t} {}", chain_n(*n, *k));
@@ -387,8 +383,7 @@ pub fn script(d: &Diff, target: &Elements, rewrite_chains: bool) -> String {
         let _ = writeln!(s, "delete chain {t} svc_aff_{n}");
     }
     if rewrite_chains {
-        let legacy: Vec<u32> = d.legacy_chains.delete.clone();
-        legacy_cleanup(&mut s, &legacy);
+        legacy_cleanup(&mut s, &d.legacy_chains.delete);
     }
     s
 }

@@ -1248,8 +1248,7 @@ async fn nft_out(netns_name: &str, args: &[&str]) -> Option<String> {
 /// The agent's backend map of `vip` port [`PORT`]/TCP (`backends_v4_s<k>`).
 fn backends_set(vip: Ipv4Addr) -> String {
     let port = u16::try_from(PORT).unwrap_or(80);
-    let k = switchyard_api::dataplane::backend_shard(vip.into(), 6, port);
-    format!("backends_v4_s{k}")
+    switchyard_api::dataplane::backend_map(vip.into(), 6, port)
 }
 
 /// Whether Switchyard's backend map on the node holds `ip` as a backend of `vip`.
