@@ -24,12 +24,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use prometheus_client::registry::Registry;
 use switchyard_agent::dns::forward::Forwarder;
 use switchyard_agent::dns::incremental::Records;
 use switchyard_agent::dns::records::{self, Found, Inputs, Snapshot};
 use switchyard_agent::dns::server::{self, Dns, DnsMetrics};
+use switchyard_agent::slim::EndpointSlice;
 use switchyard_api::ServiceRoute;
 
 #[path = "support/heap.rs"]

@@ -14,12 +14,12 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::Service as CoreService;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::json;
 use switchyard_agent::dns::records::{self, Inputs};
 use switchyard_agent::native::{NodeView, native_desired, service_id};
 use switchyard_agent::service_table::ServiceTable;
 use switchyard_agent::services::route_desired;
+use switchyard_agent::slim::EndpointSlice;
 use switchyard_api::dataplane::{ROUTE_GENERATION_ANNOTATION, ROUTE_PARAMS_ANNOTATION};
 use switchyard_api::{ServiceRoute, VirtualIP};
 

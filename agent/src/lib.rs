@@ -26,6 +26,7 @@ pub mod route_index;
 pub mod run;
 pub mod service_table;
 pub mod services;
+pub mod slim;
 pub mod state;
 
 pub use error::{Error, Result};

@@ -20,9 +20,9 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
+use crate::slim::EndpointSlice;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Service as CoreService;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 
 use crate::services::{Backend, Key, Proto, RouteDesired, Service};
@@ -253,10 +253,11 @@ pub fn native_desired(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::slim::Endpoint;
     use k8s_openapi::api::core::v1::{
         ClientIPConfig, ServicePort, ServiceSpec, SessionAffinityConfig,
     };
-    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
+    use k8s_openapi::api::discovery::v1::{EndpointConditions, EndpointPort};
     use kube::api::ObjectMeta;
 
     fn view() -> NodeView {

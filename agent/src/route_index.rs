@@ -160,14 +160,56 @@ pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// What a cached kind drops before it is stored, beyond what [`trim`] drops from every
+/// object: fields of the object the agent never reads.
+pub trait Trim: Resource {
+    /// Drops this kind's unread fields.
+    fn trim_fields(&mut self) {}
+}
+
+impl Trim for switchyard_api::PodNetwork {}
+impl Trim for switchyard_api::NodeBlock {}
+impl Trim for switchyard_api::VirtualIP {}
+impl Trim for k8s_openapi::api::core::v1::Namespace {}
+impl Trim for k8s_openapi::api::core::v1::Service {}
+impl Trim for crate::slim::EndpointSlice {}
+
+/// DNS reads a route's spec, its virtual IPs and whether it is `Accepted`: the other
+/// conditions, their messages, the DNS names and the counts of its status are dropped (most of
+/// a route's cached bytes at 100,000 routes).
+impl Trim for switchyard_api::ServiceRoute {
+    fn trim_fields(&mut self) {
+        if let Some(status) = self.status.as_mut() {
+            status.dns_names = Vec::new();
+            status.endpoints = None;
+            status.nodes = None;
+            status.conditions.retain(|c| c.type_ == "Accepted");
+            for c in &mut status.conditions {
+                c.message = String::new();
+                c.reason = String::new();
+            }
+        }
+    }
+}
+
 /// Drops what the agent never reads before an object is cached: `managedFields` (often the
-/// larger part of a small object) and kubectl's last-applied copy of the whole object.
-pub fn trim<K: Resource>(o: &mut K) {
+/// larger part of a small object), kubectl's last-applied copy of the whole object, the
+/// metadata it never looks at (uid, creation time, generation, generateName, finalizers; the
+/// store's key would copy the uid once more), and what the kind's [`Trim`] drops. Kept: name,
+/// namespace, resourceVersion (the report's versions), labels, annotations, owner references
+/// and the deletion time.
+pub fn trim<K: Trim>(o: &mut K) {
     let meta = o.meta_mut();
     meta.managed_fields = None;
+    meta.uid = None;
+    meta.creation_timestamp = None;
+    meta.generation = None;
+    meta.generate_name = None;
+    meta.finalizers = None;
     if let Some(a) = meta.annotations.as_mut() {
         a.remove("kubectl.kubernetes.io/last-applied-configuration");
     }
+    o.trim_fields();
 }
 
 /// A reflector store of `K` plus its route index: every event updates both, marks the routes
@@ -187,13 +229,7 @@ pub fn indexed_cache<K>(
     impl std::future::Future<Output = ()>,
 )
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Trim<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store();
     let index: SharedIndex<K> = Arc::default();
@@ -240,10 +276,52 @@ where
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use crate::slim::EndpointSlice;
     use kube::api::ObjectMeta;
 
     use super::*;
+
+    #[test]
+    fn a_cached_route_keeps_what_dns_reads_only() -> Result<(), serde_json::Error> {
+        let cond = |t: &str| {
+            serde_json::json!({"type": t, "status": "True", "reason": "Because",
+                "message": "a long message", "lastTransitionTime": "2026-12-07T00:00:00Z"})
+        };
+        let mut r: switchyard_api::ServiceRoute = serde_json::from_value(serde_json::json!({
+            "apiVersion": "switchyard.dev/v1alpha1", "kind": "ServiceRoute",
+            "metadata": {"name": "web", "namespace": "shop", "uid": "u", "generation": 3,
+                "resourceVersion": "7", "creationTimestamp": "2026-12-07T00:00:00Z", "annotations": {
+                "kubectl.kubernetes.io/last-applied-configuration": "{}", "keep": "me"}},
+            "spec": {"selector": {"matchLabels": {"app": "web"}},
+                "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+            "status": {"virtualIPs": ["198.18.200.1"], "dnsNames": ["web.shop.svc.cluster.local"],
+                "endpoints": {"ready": 1, "notReady": 0}, "nodes": {"programmed": 1, "total": 1},
+                "conditions": [cond("Accepted"), cond("Programmed"), cond("Ready")]}
+        }))?;
+        let spec = r.spec.clone();
+        trim(&mut r);
+        assert_eq!(r.spec, spec);
+        assert_eq!(
+            r.metadata.annotations,
+            Some([("keep".to_string(), "me".to_string())].into())
+        );
+        assert!(r.metadata.uid.is_none() && r.metadata.generation.is_none());
+        assert!(r.metadata.creation_timestamp.is_none());
+        assert_eq!(r.metadata.resource_version.as_deref(), Some("7"));
+        let s = r.status.unwrap_or_default();
+        assert_eq!(s.virtual_ips, vec!["198.18.200.1".to_string()]);
+        assert!(s.dns_names.is_empty() && s.endpoints.is_none() && s.nodes.is_none());
+        assert_eq!(s.conditions.len(), 1);
+        assert_eq!(
+            (
+                s.conditions[0].type_.as_str(),
+                s.conditions[0].status.as_str()
+            ),
+            ("Accepted", "True")
+        );
+        assert!(s.conditions[0].message.is_empty());
+        Ok(())
+    }
 
     fn slice(name: &str, route: &str) -> EndpointSlice {
         EndpointSlice {

@@ -7,15 +7,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::slim::EndpointSlice;
 use futures::StreamExt;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Namespace, Service as CoreService};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Client;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event, watcher};
-use kube::{Client, Resource};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge, histogram::Histogram};
 use prometheus_client::registry::Registry;
@@ -151,7 +151,7 @@ fn cache<K>(
     mark: Option<Mark<K>>,
 ) -> (Store<K>, impl std::future::Future<Output = ()>)
 where
-    K: Resource<DynamicType = ()>
+    K: crate::route_index::Trim<DynamicType = ()>
         + Clone
         + DeserializeOwned
         + std::fmt::Debug

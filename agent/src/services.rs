@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use crate::slim::EndpointSlice;
 use kube::ResourceExt;
 use switchyard_api::VirtualIP;
 use switchyard_api::dataplane::{

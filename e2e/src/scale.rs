@@ -153,8 +153,9 @@ impl Phase {
 pub struct Step {
     /// Routes (and Services) in the lab at the end of the step.
     pub size: usize,
-    /// Core Services, their slices written by kube-controller-manager.
-    pub services: Phase,
+    /// Core Services, their slices written by kube-controller-manager; `None` above the
+    /// run's cap for the baseline (the routes then run alone).
+    pub services: Option<Phase>,
     /// ServiceRoutes, Programmed on every node.
     pub routes: Phase,
 }
@@ -166,6 +167,18 @@ pub struct Scale {
     pub steps: Vec<Step>,
     /// Memory per role before the first step.
     pub idle_rss: BTreeMap<String, Vec<u64>>,
+}
+
+impl Step {
+    /// Core Services in the lab at the end of the step.
+    fn services_present(&self, steps: &[Step]) -> usize {
+        steps
+            .iter()
+            .filter(|s| s.size <= self.size && s.services.is_some())
+            .map(|s| s.size)
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 fn mib(kib: &[u64]) -> String {
@@ -186,7 +199,10 @@ const ROLES: [&str; 5] = [
 impl Step {
     /// The step's report, as a Markdown table.
     pub fn report(&self) -> String {
-        let (s, r) = (&self.services, &self.routes);
+        let r = &self.routes;
+        let Some(s) = &self.services else {
+            return self.routes_alone();
+        };
         let mut out = format!(
             "{} to {} objects each:\n\n| | core Services + kube-controller-manager | ServiceRoutes + Switchyard | ratio |\n| --- | --- | --- | --- |\n",
             self.size - r.count,
@@ -227,6 +243,31 @@ impl Step {
         }
         out
     }
+
+    /// A step above the baseline's cap: the routes' side only.
+    fn routes_alone(&self) -> String {
+        let r = &self.routes;
+        let mut out = format!(
+            "{} to {} routes (no core Services created in this step):\n\n| | ServiceRoutes + Switchyard |\n| --- | --- |\n",
+            self.size - r.count,
+            self.size
+        );
+        out.push_str(&format!(
+            "| objects created | {} |\n| all created after | {:.1} s |\n| all Programmed after | {:.1} s |\n| objects/s | {:.0} |\n",
+            r.count,
+            r.created.as_secs_f64(),
+            r.converged.as_secs_f64(),
+            r.rate()
+        ));
+        for role in ROLES {
+            let b = r.cpu_of(role);
+            out.push_str(&format!(
+                "| {role} CPU | {b:.1} s ({:.2} ms/object) |\n",
+                b * 1000.0 / r.count.max(1) as f64,
+            ));
+        }
+        out
+    }
 }
 
 impl Scale {
@@ -239,7 +280,11 @@ impl Scale {
         }
         out.push_str("| RSS, MiB | idle |");
         for step in &self.steps {
-            out.push_str(&format!(" {} routes + {} Services |", step.size, step.size));
+            out.push_str(&format!(
+                " {} routes + {} Services |",
+                step.size,
+                step.services_present(&self.steps)
+            ));
         }
         out.push_str("\n| --- | --- |");
         for _ in &self.steps {
@@ -281,13 +326,16 @@ impl Scale {
         let series: Vec<&str> = names.iter().map(String::as_str).collect();
         let mut groups = vec![("idle".to_string(), memory_values(&self.idle_rss, agents))];
         for s in &self.steps {
-            groups.push((
-                format!("{} routes", s.size),
-                memory_values(&s.routes.rss, agents),
-            ));
+            let services = s.services_present(&self.steps);
+            let label = if services == s.size {
+                format!("{} routes", s.size)
+            } else {
+                format!("{} routes, {services} Services", s.size)
+            };
+            groups.push((label, memory_values(&s.routes.rss, agents)));
         }
         crate::compare::svg::render(&crate::compare::svg::Chart {
-            title: "Memory (RSS) with N ServiceRoutes and N core Services",
+            title: "Memory (RSS) with N ServiceRoutes and as many core Services (or as labelled)",
             unit: "MiB",
             series: &series,
             groups,
@@ -569,12 +617,14 @@ where
 }
 
 /// Runs the bench on lab `run`, in steps up to each of `sizes`: at each step core Services
-/// first (the baseline), then as many ServiceRoutes; each phase bounded by `deadline`.
+/// first (the baseline, in steps up to `services_cap` only), then as many ServiceRoutes; each
+/// phase bounded by `deadline`.
 pub async fn scale(
     client: &Client,
     run: &str,
     nodes: &[String],
     sizes: &[usize],
+    services_cap: usize,
     backends: usize,
     deadline: Duration,
 ) -> Result<Scale> {
@@ -588,13 +638,20 @@ pub async fn scale(
         if size <= from {
             continue;
         }
-        let services = services_phase(client, run, from..size, deadline).await?;
+        let services = if size <= services_cap {
+            Some(services_phase(client, run, from..size, deadline).await?)
+        } else {
+            None
+        };
         let routes = routes_phase(client, run, from..size, deadline).await?;
-        println!(
-            "switchyard-lab: {size}: Services {:.0}/s, routes {:.0}/s",
-            services.rate(),
-            routes.rate()
-        );
+        match &services {
+            Some(s) => println!(
+                "switchyard-lab: {size}: Services {:.0}/s, routes {:.0}/s",
+                s.rate(),
+                routes.rate()
+            ),
+            None => println!("switchyard-lab: {size}: routes {:.0}/s", routes.rate()),
+        }
         steps.push(Step {
             size,
             services,
@@ -688,11 +745,18 @@ mod tests {
             .into(),
         };
         let s = Scale {
-            steps: vec![Step {
-                size: 1000,
-                services: p(10, 20.0),
-                routes: p(20, 30.0),
-            }],
+            steps: vec![
+                Step {
+                    size: 1000,
+                    services: Some(p(10, 20.0)),
+                    routes: p(20, 30.0),
+                },
+                Step {
+                    size: 2000,
+                    services: None,
+                    routes: p(20, 30.0),
+                },
+            ],
             idle_rss: [("switchyard-operator".to_string(), vec![51_200])].into(),
         };
         let text = s.report();
@@ -711,9 +775,17 @@ mod tests {
             text.contains("| switchyard-agent |  | 64.0 / 65.0 |"),
             "{text}"
         );
+        assert!(
+            text.contains("1000 to 2000 routes (no core Services created in this step)")
+                && text.contains("| all Programmed after | 20.0 s |")
+                && text.contains(" 2000 routes + 1000 Services |"),
+            "{text}"
+        );
         let svg = s.memory_svg().unwrap_or_default();
         assert!(
-            svg.contains("agent, node 2") && svg.contains("1000 routes"),
+            svg.contains("agent, node 2")
+                && svg.contains("1000 routes")
+                && svg.contains("2000 routes, 1000 Services"),
             "{svg}"
         );
     }

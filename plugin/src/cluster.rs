@@ -1,12 +1,12 @@
 //! A snapshot of the objects the plugin reads, and how it reads them.
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, ListParams};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 use switchyard_agent::services::SLICE_SELECTOR;
+use switchyard_agent::slim::EndpointSlice;
 use switchyard_api::{PodNetwork, ServiceRoute, VirtualIP};
 
 use crate::{Error, Result};

@@ -14,7 +14,6 @@ use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 use kube::core::{Selector, SelectorExt};
@@ -24,6 +23,7 @@ use switchyard_agent::services::{
     DesiredServices, Elements, Key, Proto, ROUTE_LABEL, access_ids, desired_services, elements,
     is_access_slice,
 };
+use switchyard_agent::slim::EndpointSlice;
 use switchyard_agent::state::is_accepted;
 use switchyard_api::membership;
 use switchyard_api::service_route::{Protocol, TrafficPolicy};
@@ -1033,9 +1033,10 @@ pub fn render(t: &Trace) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use k8s_openapi::api::core::v1::{PodIP, PodSpec, PodStatus};
-    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
+    use k8s_openapi::api::discovery::v1::{EndpointConditions, EndpointPort};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
     use k8s_openapi::jiff::Timestamp;
+    use switchyard_agent::slim::Endpoint;
     use switchyard_api::dataplane::{
         ParamPort, ROUTE_GENERATION_ANNOTATION, ROUTE_PARAMS_ANNOTATION, RouteParams,
         SLICE_ROLE_ACCESS, SLICE_ROLE_LABEL,

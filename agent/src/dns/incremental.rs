@@ -12,9 +12,9 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
+use crate::slim::EndpointSlice;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Service as CoreService;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use switchyard_api::ServiceRoute;
 

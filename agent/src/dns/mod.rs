@@ -19,9 +19,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::slim::EndpointSlice;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Namespace, Service as CoreService};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use switchyard_api::{PodNetwork, ServiceRoute};

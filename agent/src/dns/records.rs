@@ -7,10 +7,10 @@ use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
+use crate::slim::EndpointSlice;
 use hickory_proto::rr::Name;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Service as CoreService;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use switchyard_api::ServiceRoute;
 use switchyard_api::dataplane::{SLICE_ROLE_ACCESS, SLICE_ROLE_LABEL};
@@ -875,7 +875,8 @@ impl PartialEq for Snapshot {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
+    use crate::slim::Endpoint;
+    use k8s_openapi::api::discovery::v1::{EndpointConditions, EndpointPort};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
     use switchyard_api::ServiceRouteStatus;
     use switchyard_api::service_route::ServiceRouteSpec;

@@ -139,6 +139,11 @@ struct BenchArgs {
     /// With --scale: write the memory chart (SVG) here.
     #[arg(long)]
     scale_plot: Option<PathBuf>,
+    /// With --scale: the baseline's cap: core Services only in the steps up to this size,
+    /// the routes alone above it (the API server's memory and the time of a run bound how
+    /// many objects one lab on this machine can hold).
+    #[arg(long)]
+    scale_services_up_to: Option<usize>,
     /// With --scale: backend pods every Service and route selects.
     #[arg(long, default_value_t = 10)]
     scale_backends: usize,
@@ -655,7 +660,10 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let nodes: Vec<String> = s.nodes.keys().cloned().collect();
     if let Some(sizes) = &args.scale {
         println!(
-            "switchyard-lab: core Services, then ServiceRoutes, up to {sizes:?} of each, over {} backends in {}",
+            "switchyard-lab: core Services{}, then ServiceRoutes, up to {sizes:?} of each, over {} backends in {}",
+            args.scale_services_up_to
+                .map(|c| format!(" (in the steps up to {c})"))
+                .unwrap_or_default(),
             args.scale_backends,
             switchyard_e2e::scale::NS
         );
@@ -664,6 +672,7 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
             &s.run,
             &nodes,
             sizes,
+            args.scale_services_up_to.unwrap_or(usize::MAX),
             args.scale_backends,
             Duration::from_secs(args.scale_minutes * 60),
         )
