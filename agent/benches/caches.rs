@@ -12,10 +12,10 @@
 use anyhow::{Context, Result};
 use k8s_openapi::api::discovery::v1 as upstream;
 use kube::Resource;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector;
 use kube::runtime::watcher::Event;
 use serde::de::DeserializeOwned;
-use switchyard_agent::route_index::{Trim, trim};
+use switchyard_agent::route_index::trim;
 use switchyard_agent::slim::EndpointSlice;
 use switchyard_api::{ServiceRoute, VirtualIP};
 
@@ -48,28 +48,23 @@ fn copies(fixture: &str, n: usize) -> Result<Vec<Vec<u8>>> {
         .collect()
 }
 
-/// Heap bytes a reflector store of `docs` holds, decoded as `K` and passed through `modify`
-/// (the store is returned so it lives while measured).
-fn stored<K>(docs: &[Vec<u8>], modify: fn(&mut K)) -> Result<(usize, Store<K>)>
+/// Heap bytes a reflector store of `docs` holds, decoded as `K` and passed through `modify`.
+fn stored<K>(docs: &[Vec<u8>], modify: fn(&mut K)) -> Result<usize>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Send + Sync + 'static,
 {
     let before = heap();
-    let (store, mut writer) = reflector::store::<K>();
+    let (_store, mut writer) = reflector::store::<K>();
     for d in docs {
         let mut o: K = serde_json::from_slice(d).context("decode")?;
         modify(&mut o);
         writer.apply_watcher_event(&Event::Apply(o));
     }
-    Ok((heap().saturating_sub(before), store))
+    Ok(heap().saturating_sub(before))
 }
 
 fn managed_fields_only<K: Resource>(o: &mut K) {
     o.meta_mut().managed_fields = None;
-}
-
-fn agent<K: Trim>(o: &mut K) {
-    trim(o);
 }
 
 fn per(bytes: usize, n: usize) -> String {
@@ -93,22 +88,14 @@ fn main() -> Result<()> {
             copies(ROUTE_SLICE, n)?,
             copies(SERVICE_SLICE, n)?,
         );
-        let (route_full, s1) = stored::<ServiceRoute>(&routes, managed_fields_only)?;
-        drop(s1);
-        let (route_now, s2) = stored::<ServiceRoute>(&routes, agent)?;
-        drop(s2);
-        let (vip_full, s3) = stored::<VirtualIP>(&vips, managed_fields_only)?;
-        drop(s3);
-        let (vip_now, s3) = stored::<VirtualIP>(&vips, agent)?;
-        drop(s3);
-        let (slice_full, s4) = stored::<upstream::EndpointSlice>(&slices, managed_fields_only)?;
-        drop(s4);
-        let (slice_now, s5) = stored::<EndpointSlice>(&slices, agent)?;
-        drop(s5);
-        let (kslice_full, s6) = stored::<upstream::EndpointSlice>(&kslices, managed_fields_only)?;
-        drop(s6);
-        let (kslice_now, s7) = stored::<EndpointSlice>(&kslices, agent)?;
-        drop(s7);
+        let route_full = stored::<ServiceRoute>(&routes, managed_fields_only)?;
+        let route_now = stored::<ServiceRoute>(&routes, trim)?;
+        let vip_full = stored::<VirtualIP>(&vips, managed_fields_only)?;
+        let vip_now = stored::<VirtualIP>(&vips, trim)?;
+        let slice_full = stored::<upstream::EndpointSlice>(&slices, managed_fields_only)?;
+        let slice_now = stored::<EndpointSlice>(&slices, trim)?;
+        let kslice_full = stored::<upstream::EndpointSlice>(&kslices, managed_fields_only)?;
+        let kslice_now = stored::<EndpointSlice>(&kslices, trim)?;
         let before = route_full + vip_full + slice_full;
         let now = route_now + vip_now + slice_now;
         println!(

@@ -20,12 +20,12 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use crate::slim::EndpointSlice;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Service as CoreService;
 use kube::ResourceExt;
 
 use crate::services::{Backend, Key, Proto, RouteDesired, Service};
+use crate::slim::EndpointSlice;
 
 /// Label selector of the EndpointSlices of core Services (not Switchyard's own).
 pub const NATIVE_SLICE_SELECTOR: &str =

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::slim::EndpointSlice;
 use futures::StreamExt;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Namespace, Service as CoreService};
@@ -34,6 +33,7 @@ use crate::report::{Report, Seen};
 use crate::route_index::{SharedDirty, SharedIndex, indexed_cache, lock};
 use crate::service_table::ServiceTable;
 use crate::services::{SLICE_SELECTOR, route_desired, slice_route, vip_route};
+use crate::slim::EndpointSlice;
 use crate::state::{View, is_accepted};
 
 /// How the agent is set up.

@@ -10,7 +10,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use crate::slim::EndpointSlice;
 use kube::ResourceExt;
 use switchyard_api::VirtualIP;
 use switchyard_api::dataplane::{
@@ -18,6 +17,8 @@ use switchyard_api::dataplane::{
     SLICE_ROLE_LABEL,
 };
 use switchyard_api::service_route::{Protocol, TrafficPolicy};
+
+use crate::slim::EndpointSlice;
 
 /// Label naming the route a slice belongs to (set by the operator).
 pub const ROUTE_LABEL: &str = "switchyard.dev/route";

@@ -12,7 +12,6 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use crate::slim::EndpointSlice;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Service as CoreService;
 use kube::ResourceExt;
@@ -22,6 +21,7 @@ use super::records::{
     Builder, Inputs, Names, Node, Snapshot, is_served, pod_cidrs_of, slices_by_route,
     slices_by_service,
 };
+use crate::slim::EndpointSlice;
 
 /// What contributes names.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

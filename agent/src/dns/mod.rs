@@ -19,7 +19,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::slim::EndpointSlice;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Namespace, Service as CoreService};
 use kube::ResourceExt;
@@ -31,6 +30,7 @@ use tracing::{debug, info, warn};
 use crate::error::Result;
 use crate::kernel::cmd::run as cmd;
 use crate::route_index::{SharedDirty, SharedIndex, lock};
+use crate::slim::EndpointSlice;
 use incremental::Records;
 
 /// The default server address: link-local, the NodeLocal DNSCache convention.

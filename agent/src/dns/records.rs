@@ -7,13 +7,14 @@ use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use crate::slim::EndpointSlice;
 use hickory_proto::rr::Name;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Service as CoreService;
 use kube::ResourceExt;
 use switchyard_api::ServiceRoute;
 use switchyard_api::dataplane::{SLICE_ROLE_ACCESS, SLICE_ROLE_LABEL};
+
+use crate::slim::EndpointSlice;
 
 /// Label naming the route a slice belongs to (written by the operator).
 pub const ROUTE_LABEL: &str = "switchyard.dev/route";
